@@ -1,0 +1,3 @@
+from glioseg.cli import app
+
+app(prog_name="glioseg")

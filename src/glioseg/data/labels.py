@@ -1,0 +1,139 @@
+"""Label conventions and the WT/TC/ET regions: the one pure module that knows them.
+
+Internal convention (used in memory, in the cache, by training and by the model's head):
+
+    0 background, 1 necrotic / non-enhancing tumour core (NCR/NETC), 2 edema (ED/SNFH),
+    3 enhancing tumour (ET)
+
+It is the BraTS 2023 file convention, chosen because it is contiguous. Every file scheme maps
+to and from it here and nowhere else:
+
+    scheme      file labels                          file -> internal
+    brats2020   0, 1 NCR/NET, 2 ED, 4 ET             4 -> 3
+    brats2021   same as brats2020                    4 -> 3
+    brats2023   0, 1 NETC, 2 SNFH, 3 ET              identity (a 4 is an error, never ET)
+    msd         0, 1 edema, 2 non-enhancing, 3 ET    1 -> 2, 2 -> 1
+
+Regions (channels in this order everywhere): WT = {1, 2, 3}, TC = {1, 3}, ET = {3} internal.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+MODALITIES: tuple[str, ...] = ("t1", "t1ce", "t2", "flair")
+"""Canonical modality names and the channel order of every image array in the project."""
+
+REGIONS: tuple[str, ...] = ("WT", "TC", "ET")
+"""Region channel order of every region array and of the model's output."""
+
+NCR, ED, ET = 1, 2, 3
+"""Internal label values."""
+
+INTERNAL_LABELS: tuple[int, ...] = (0, NCR, ED, ET)
+
+
+@dataclass(frozen=True)
+class LabelScheme:
+    """How a file convention maps to the internal labels.
+
+    Attributes:
+        name: scheme name (``brats2020``, ``brats2021``, ``brats2023``, ``msd``).
+        file_to_internal: file label value -> internal value, for every allowed file value.
+    """
+
+    name: str
+    file_to_internal: tuple[tuple[int, int], ...]
+
+    @property
+    def allowed(self) -> tuple[int, ...]:
+        """File label values this scheme allows."""
+        return tuple(v for v, _ in self.file_to_internal)
+
+    @property
+    def internal_to_file(self) -> dict[int, int]:
+        return {i: f for f, i in self.file_to_internal}
+
+
+SCHEMES: dict[str, LabelScheme] = {
+    "brats2020": LabelScheme("brats2020", ((0, 0), (1, NCR), (2, ED), (4, ET))),
+    "brats2021": LabelScheme("brats2021", ((0, 0), (1, NCR), (2, ED), (4, ET))),
+    "brats2023": LabelScheme("brats2023", ((0, 0), (1, NCR), (2, ED), (3, ET))),
+    "msd": LabelScheme("msd", ((0, 0), (1, ED), (2, NCR), (3, ET))),
+}
+
+
+class LabelError(ValueError):
+    """Label values that the scheme does not allow."""
+
+
+def get_scheme(name: str) -> LabelScheme:
+    try:
+        return SCHEMES[name]
+    except KeyError:
+        raise ValueError(f"unknown label scheme {name!r}; known: {', '.join(SCHEMES)}") from None
+
+
+def unexpected_values(labels: np.ndarray, scheme: str) -> list[int]:
+    """Label values present in ``labels`` that ``scheme`` does not allow (sorted)."""
+    allowed = set(get_scheme(scheme).allowed)
+    present = np.unique(labels)
+    return sorted(int(v) for v in present if int(v) not in allowed or v != int(v))
+
+
+def _lookup(mapping: dict[int, int], labels: np.ndarray, scheme: str, what: str) -> np.ndarray:
+    bad = sorted(int(v) for v in np.unique(labels) if int(v) not in mapping)
+    if bad:
+        raise LabelError(
+            f"{what} labels {bad} are not allowed in the {scheme} scheme "
+            f"(allowed: {sorted(mapping)})"
+        )
+    table = np.zeros(max(mapping) + 1, dtype=np.uint8)
+    for src, dst in mapping.items():
+        table[src] = dst
+    return table[labels.astype(np.int64, copy=False)]
+
+
+def to_internal(labels: np.ndarray, scheme: str) -> np.ndarray:
+    """File labels in ``scheme`` -> internal labels, uint8, same shape.
+
+    Raises LabelError naming the offending values if any value is outside the scheme.
+    """
+    return _lookup(dict(get_scheme(scheme).file_to_internal), labels, scheme, "file")
+
+
+def from_internal(labels: np.ndarray, scheme: str) -> np.ndarray:
+    """Internal labels -> file labels of ``scheme``, uint8, same shape."""
+    return _lookup(get_scheme(scheme).internal_to_file, labels, scheme, "internal")
+
+
+def regions_from_labels(labels: np.ndarray) -> np.ndarray:
+    """Internal labels ``(D, H, W)`` -> regions ``(3, D, H, W)`` bool in order WT, TC, ET."""
+    labels = np.asarray(labels)
+    wt = labels > 0
+    tc = (labels == NCR) | (labels == ET)
+    et = labels == ET
+    return np.stack([wt, tc, et])
+
+
+def labels_from_regions(regions: np.ndarray) -> np.ndarray:
+    """Regions ``(3, D, H, W)`` bool (WT, TC, ET) -> internal labels ``(D, H, W)`` uint8.
+
+    The nesting ET in TC in WT is imposed: ET wins, then the rest of TC is necrosis, then the
+    rest of WT is edema. This is the only conversion from region predictions back to labels.
+    """
+    regions = np.asarray(regions, dtype=bool)
+    if regions.shape[0] != 3:
+        raise ValueError(f"expected 3 region channels (WT, TC, ET), got shape {regions.shape}")
+    out = np.zeros(regions.shape[1:], dtype=np.uint8)
+    out[regions[0]] = ED
+    out[regions[1]] = NCR
+    out[regions[2]] = ET
+    return out
+
+
+def file_regions(labels: np.ndarray, scheme: str) -> np.ndarray:
+    """File labels in ``scheme`` -> regions ``(3, ...)`` bool; checks the values first."""
+    return regions_from_labels(to_internal(labels, scheme))
