@@ -92,9 +92,415 @@ def preprocess(
     from glioseg.preprocess.run import preprocess_dir
 
     try:
-        preprocess_dir(data_dir, output, spacing=spacing, workers=workers)
+        ids = preprocess_dir(data_dir, output, spacing=spacing, workers=workers)
     except ValueError as exc:
         _fail(str(exc))
+    typer.echo(f"{len(ids)} cases in {output}")
+
+
+bench_app = typer.Typer(help="Benchmarks: commands that print figures.", no_args_is_help=True)
+app.add_typer(bench_app, name="bench")
+
+
+@bench_app.command("cache")
+def bench_cache_cmd(
+    data_dir: Annotated[Path, typer.Argument(help="The data folder the cache was built from.")],
+    cache_dir: Annotated[Path, typer.Argument(help="The cache folder (glioseg preprocess).")],
+    repeats: Annotated[int, typer.Option(help="Passes per measurement (best kept).")] = 2,
+) -> None:
+    """Cases/s and MB/s reading the memory-mapped cache vs loading NIfTI; bytes per case."""
+    from glioseg.bench.cache import bench_cache
+
+    try:
+        bench_cache(data_dir, cache_dir, repeats=repeats)
+    except ValueError as exc:
+        _fail(str(exc))
+
+
+@bench_app.command("data")
+def bench_data_cmd(
+    cache_dir: Annotated[Path, typer.Argument(help="The cache folder (glioseg preprocess).")],
+    patch: Annotated[int, typer.Option(help="Cubic patch side in voxels.")] = 128,
+    batch_size: Annotated[int, typer.Option(help="Patches per batch.")] = 2,
+    batches: Annotated[int, typer.Option(help="Batches timed (after warm-up).")] = 20,
+    warmup: Annotated[int, typer.Option(help="Batches drawn before timing.")] = 3,
+    workers: Annotated[int, typer.Option(help="Loader worker processes (both pipelines).")] = 1,
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+) -> None:
+    """Patches/s of our patch pipeline vs a plain MONAI pipeline doing the same work."""
+    from glioseg.bench.data import bench_data
+
+    try:
+        bench_data(cache_dir, (patch,) * 3, batch_size=batch_size, batches=batches,
+                   warmup=warmup, num_workers=workers, seed=seed)
+    except ValueError as exc:
+        _fail(str(exc))
+
+
+@app.command()
+def shift(
+    source: Annotated[Path, typer.Option(help="Cohort the model learnt from (any layout).")],
+    target: Annotated[Path, typer.Option(help="Cohort of the new site.")],
+    output: Annotated[Path, typer.Option("-o", "--output", help="Folder for shift.json + PNGs.")],
+    model: Annotated[Path | None, typer.Option(help="Model folder or .safetensors: adds a "
+                                               "test on its encoder features.")] = None,
+    permutations: Annotated[int, typer.Option(help="Permutations per MMD test.")] = 1000,
+    seed: Annotated[int, typer.Option(help="Seed of voxel/patch sampling and permutations.")] = 0,
+    alpha: Annotated[float, typer.Option(help="Significance level.")] = 0.05,
+) -> None:
+    """How different is a new site from the source data? MMD tests, figures and advice."""
+    from glioseg.analysis.shift_run import run_shift
+
+    try:
+        net, spacing = None, None
+        if model is not None:
+            from glioseg.model.card import load_model
+
+            net, card = load_model(model)
+            spacing = (getattr(card, "preprocessing", None) or {}).get("spacing")
+        doc = run_shift(source, target, output, model=net, spacing=spacing,
+                        n_permutations=permutations, seed=seed, alpha=alpha,
+                        model_path=None if model is None else str(model))
+    except ValueError as exc:
+        _fail(str(exc))
+    typer.echo(doc["verdict"])
+    for line in doc["advice"]:
+        typer.echo(f"- {line}")
+    typer.echo(f"wrote {output / 'shift.json'} and {len(doc['figures'])} figures")
+
+
+@app.command()
+def report(
+    run_dir: Annotated[Path, typer.Argument(help="A run folder (training, evaluation, shift, "
+                                            "demo...).")],
+    title: Annotated[str | None, typer.Option(help="Report title (default: folder name).")] = None,
+) -> None:
+    """Render RUN_DIR/report.html (self-contained) and RUN_DIR/report.md from what it holds."""
+    from glioseg.report.html import write_report
+
+    try:
+        html_path, md_path = write_report(run_dir, title=title)
+    except ValueError as exc:
+        _fail(str(exc))
+    typer.echo(f"wrote {html_path} and {md_path}")
+
+
+def _parse_roi(roi: str | None) -> tuple[int, int, int] | None:
+    if roi is None:
+        return None
+    try:
+        values = [int(v) for v in roi.replace("x", ",").split(",")]
+    except ValueError:
+        values = []
+    if len(values) == 1:
+        values *= 3
+    if len(values) != 3 or min(values) < 1:
+        _fail(f"--roi must be one size or three (e.g. 128 or 128,128,96), got {roi!r}")
+    return (values[0], values[1], values[2])
+
+
+@app.command()
+def predict(
+    model: Annotated[list[Path], typer.Option("--model", "-m", help="Checkpoint (folder or "
+                                              ".safetensors); repeat to ensemble folds.")],
+    input: Annotated[Path, typer.Option("--input", "-i", help="Data folder or one case folder.")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Folder for <case_id>.nii.gz.")],
+    engine: Annotated[str, typer.Option(help="torch, onnxruntime or openvino.")] = "torch",
+    device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
+    dtype: Annotated[str, typer.Option(help="fp32, bf16 (CPU with AVX-512 BF16) or fp16 "
+                                       "(cuda).")] = "fp32",
+    tta: Annotated[bool, typer.Option(help="Mirror test-time augmentation (8x slower).")] = False,
+    overlap: Annotated[float, typer.Option(help="Window overlap fraction.")] = 0.5,
+    batch: Annotated[int, typer.Option(help="Windows per network call.")] = 1,
+    roi: Annotated[str | None, typer.Option(help="Window size, e.g. 128 or 160,192,160 "
+                                            "(default: the model's patch size).")] = None,
+    probabilities: Annotated[bool, typer.Option(help="Also write float16 probabilities.")] = False,
+    scheme: Annotated[str | None, typer.Option(help="Output labels: brats2020 (1/2/4) or "
+                                               "brats2023 (1/2/3); default: the input's.")] = None,
+    et_threshold: Annotated[int | None, typer.Option(help="ET rule: a predicted ET under this "
+                                                     "many voxels becomes necrosis (default: "
+                                                     "the card's, else off).")] = None,
+    min_component: Annotated[int, typer.Option(help="Remove tumour components smaller than "
+                                               "this (voxels).")] = 0,
+    threshold: Annotated[float, typer.Option(help="Region probability threshold.")] = 0.5,
+    threads: Annotated[int | None, typer.Option(help="CPU threads (default: all).")] = None,
+    overwrite: Annotated[bool, typer.Option(help="Predict cases already predicted.")] = False,
+) -> None:
+    """Segment every case under INPUT; a failing case is reported and the others go on."""
+    from glioseg.infer.predict import PredictOptions, predict_dir
+
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+    opts = PredictOptions(engine=engine, device=device, dtype=dtype, roi=_parse_roi(roi),
+                          overlap=overlap, batch=batch, tta=tta, threshold=threshold,
+                          et_min_voxels=et_threshold, min_component=min_component, scheme=scheme,
+                          probabilities=probabilities, overwrite=overwrite, threads=threads)
+    try:
+        summary = predict_dir(model, input, output, opts)
+    except ValueError as exc:
+        _fail(str(exc))
+    typer.echo(f"predicted {len(summary.predicted)}, skipped {len(summary.skipped)} (already "
+               f"done), failed {len(summary.failed)}; outputs in {output}")
+    for case_id, message in summary.failed.items():
+        typer.secho(f"FAILED {case_id}: {message}", fg=typer.colors.RED, err=True)
+    if summary.failed:
+        raise typer.Exit(1)
+
+
+@app.command()
+def export(
+    model: Annotated[Path, typer.Option("--model", "-m", help="Checkpoint folder or .safetensors.")],
+    format: Annotated[str, typer.Option("--format", help="onnx or openvino.")] = "onnx",
+    output: Annotated[Path, typer.Option("-o", "--output", help="File to write (.onnx, or .xml "
+                                         "with its .bin).")] = Path("model.onnx"),
+) -> None:
+    """Export the network (dynamic spatial size) and check its outputs match PyTorch's."""
+    from glioseg.infer.export import PARITY_ATOL, engine_for_file, export_model, parity
+    from glioseg.infer.predict import _in_channels, load_model, model_roi
+
+    try:
+        net, _ = load_model(model)
+        path = export_model(net, output, format, _in_channels(net), example_size=model_roi(net))
+        div = int(getattr(net, "divisor", 1))
+        size = tuple(max(div, 64 // div * div) for _ in range(3))
+        diff = parity(net, engine_for_file(path), _in_channels(net), size=size)
+    except ValueError as exc:
+        _fail(str(exc))
+    typer.echo(f"wrote {path}; max |logit difference| vs PyTorch on a random {size} patch: "
+               f"{diff:.2e} (tolerance {PARITY_ATOL:g})")
+    if diff > PARITY_ATOL:
+        _fail("exported outputs differ from PyTorch's beyond the tolerance")
+
+
+@bench_app.command("predict")
+def bench_predict_cmd(
+    model: Annotated[Path | None, typer.Option("--model", "-m", help="Checkpoint (default: an "
+                                               "untrained network of --preset).")] = None,
+    preset: Annotated[str, typer.Option(help="Network preset when no --model: small or "
+                                        "full.")] = "full",
+    engines: Annotated[str, typer.Option(help="Comma list of engine:dtype to time.")] =
+        "torch:fp32,torch:bf16,onnxruntime:fp32,openvino:fp32,openvino:bf16",
+    case: Annotated[Path | None, typer.Option(help="A case folder (default: a synthetic "
+                                              "240x240x155 case).")] = None,
+    overlap: Annotated[float, typer.Option(help="Window overlap (ours and MONAI's).")] = 0.5,
+    roi: Annotated[str | None, typer.Option(help="Window size (default: model's patch).")] = None,
+    batch: Annotated[int, typer.Option(help="Windows per network call (ours).")] = 1,
+    reference: Annotated[bool, typer.Option(help="Run the MONAI reference.")] = True,
+    output: Annotated[Path | None, typer.Option("-o", "--output", help="Write the figures as "
+                                                "JSON here.")] = None,
+) -> None:
+    """Seconds per full-size case per engine vs MONAI's sliding window; Dice agreement; floor."""
+    from glioseg.bench.predict import bench_predict
+
+    try:
+        bench_predict(model=model, preset_name=preset,
+                      engines=[e.strip() for e in engines.split(",") if e.strip()],
+                      case_dir=case, overlap=overlap, roi=_parse_roi(roi), batch=batch,
+                      reference=reference, output=output)
+    except ValueError as exc:
+        _fail(str(exc))
+
+
+@app.command()
+def evaluate(
+    pred: Annotated[Path, typer.Option("--pred", help="Folder of <case_id>.nii.gz predictions.")],
+    ref: Annotated[Path, typer.Option("--ref", help="BraTS/MSD data folder with references.")],
+    output: Annotated[Path, typer.Option("-o", "--output", help="Folder for the tables.")],
+    scheme: Annotated[str | None, typer.Option(help="brats2020 (legacy) or brats2023 "
+                                               "(lesion-wise); default from the layout.")] = None,
+    spacing_mm: Annotated[bool, typer.Option("--spacing-mm", help="Distances in mm from the "
+                                             "image spacing (default: voxels, as BraTS).")] = False,
+    pred_labels: Annotated[str | None, typer.Option(help="Label scheme of the predictions "
+                                                    "(default: the reference's).")] = None,
+    workers: Annotated[int, typer.Option(help="Parallel processes.")] = 1,
+    figures: Annotated[bool, typer.Option("--figures", help="Box plots and best/median/worst "
+                                          "slice overlays.")] = False,
+) -> None:
+    """Score predictions with the official BraTS metrics; write per_case.csv, summary.json/.md."""
+    from glioseg.evaluate.folder import evaluate_folder
+
+    try:
+        result = evaluate_folder(pred, ref, output, scheme=scheme, spacing_mm=spacing_mm,
+                                 workers=workers, pred_label_scheme=pred_labels, figures=figures)
+    except ValueError as exc:
+        _fail(str(exc))
+    missing = result.summary["missing_predictions"]
+    if missing:
+        typer.secho(f"{len(missing)} missing prediction(s) scored as empty: {', '.join(missing)}",
+                    fg=typer.colors.YELLOW, err=True)
+    if result.summary["unmatched_predictions"]:
+        typer.secho("predictions with no reference case (ignored): "
+                    + ", ".join(result.summary["unmatched_predictions"]),
+                    fg=typer.colors.YELLOW, err=True)
+    typer.echo(result.paths["markdown"].read_text())
+    typer.echo(f"wrote {', '.join(str(p) for p in result.paths.values())}")
+
+
+@bench_app.command("eval")
+def bench_eval_cmd(
+    repeats: Annotated[int, typer.Option(help="Timed repeats per scheme (median kept).")] = 5,
+    seed: Annotated[int, typer.Option(help="Seed of the synthetic case and prediction.")] = 0,
+) -> None:
+    """Seconds to score one 240x240x155 case (all metrics, each scheme) on one core."""
+    from glioseg.bench.evaluation import bench_eval
+
+    try:
+        bench_eval(repeats=repeats, seed=seed)
+    except ValueError as exc:
+        _fail(str(exc))
+
+
+@app.command()
+def train(
+    out: Annotated[Path, typer.Option("--out", help="Run folder: checkpoints, metrics, curves.")],
+    data: Annotated[Path | None, typer.Option("--data", help="A preprocessed cache, or a raw "
+                                              "BraTS folder (preprocessed into OUT/cache).")] = None,
+    config: Annotated[str | None, typer.Option("--config", help="YAML file or preset (small, "
+                                               "full); default small, or OUT/config.yaml with "
+                                               "--resume.")] = None,
+    set_: Annotated[list[str] | None, typer.Option("--set", help="Override, e.g. train.steps=200 "
+                                                   "(repeatable).")] = None,
+    resume: Annotated[bool, typer.Option(help="Continue the run in OUT (an error if it has no "
+                                         "checkpoint).")] = False,
+    nproc: Annotated[int, typer.Option(help="Processes per node (torchrun).")] = 1,
+    nnodes: Annotated[int, typer.Option(help="Nodes (torchrun, c10d rendezvous).")] = 1,
+    node_rank: Annotated[int, typer.Option(help="This node's rank.")] = 0,
+    rdzv_endpoint: Annotated[str | None, typer.Option(help="HOST:PORT every node reaches.")] = None,
+    max_restarts: Annotated[int, typer.Option(help="torchrun restarts of crashed workers (they "
+                                              "resume from the last checkpoint).")] = 0,
+    spacing: Annotated[float | None, typer.Option(help="Resample raw --data to this isotropic "
+                                                  "spacing (mm) when preprocessing.")] = None,
+    profile: Annotated[bool, typer.Option(help="Profile a few steps instead of training.")] = False,
+    profile_steps: Annotated[int, typer.Option(help="Steps to profile.")] = 4,
+) -> None:
+    """Train a segmentation model on one process, or many with --nproc / --nnodes (DDP)."""
+    import subprocess
+
+    from glioseg import config as C
+    from glioseg.train import fit as F
+
+    sets = list(set_ or [])
+    try:
+        base = config
+        if base is None:
+            saved = out / "config.yaml"
+            base = str(saved) if resume and saved.is_file() else "small"
+        if data is not None:
+            cache = F.prepare_data(data, out, spacing=spacing)
+            sets.append(f"data.cache_dir={cache.resolve()}")
+        cfg = C.load_config(base, sets)
+        if not cfg.data.cache_dir:
+            _fail("no data: pass --data CACHE_OR_DATA_DIR (or --resume a run that has one)")
+        if nproc > 1 or nnodes > 1:
+            out.mkdir(parents=True, exist_ok=True)
+            launch = out / "launch.yaml"
+            C.dump_config(cfg, launch)
+            args = ["--out", str(out), "--config", str(launch)]
+            args += ["--resume"] if resume else []
+            args += ["--profile", "--profile-steps", str(profile_steps)] if profile else []
+            cmd = F.torchrun_command(args, nproc=nproc, nnodes=nnodes, node_rank=node_rank,
+                                     rdzv_endpoint=rdzv_endpoint, max_restarts=max_restarts,
+                                     run_id=out.resolve().name)
+            raise typer.Exit(subprocess.run(cmd).returncode)
+        if profile:
+            from glioseg.train.profile import profile_training
+
+            profile_training(cfg, out, steps=profile_steps)
+            return
+        summary = F.fit(cfg, out, resume=resume)
+    except ValueError as exc:
+        _fail(str(exc))
+    if summary.get("rank", 0) != 0:
+        return
+    if summary.get("n_cases"):
+        typer.echo(f"step {summary['step']}: validation Dice WT {summary['dice_WT']:.3f} "
+                   f"TC {summary['dice_TC']:.3f} ET {summary['dice_ET']:.3f}; best mean "
+                   f"{summary['best_metric']:.3f} at step {summary['best_step']}; run in {out}")
+    else:
+        typer.echo(f"step {summary['step']}; run in {out}")
+
+
+@app.command()
+def plot(
+    run_dir: Annotated[Path, typer.Argument(help="A training run folder.")],
+    output: Annotated[Path | None, typer.Option("-o", "--output", help="PNG (default "
+                                                "RUN_DIR/curves.png).")] = None,
+) -> None:
+    """Draw the training loss and validation Dice curves of a run."""
+    from glioseg.report.curves import plot_run
+
+    try:
+        path = plot_run(run_dir, output)
+    except ValueError as exc:
+        _fail(str(exc))
+    typer.echo(f"wrote {path}")
+
+
+@bench_app.command("train")
+def bench_train_cmd(
+    config: Annotated[str, typer.Option("--config", help="Preset or YAML: model and patch.")] = "small",
+    set_: Annotated[list[str] | None, typer.Option("--set", help="Config override (repeatable).")] = None,
+    amp: Annotated[str, typer.Option(help="Comma list of precisions: bf16, fp16, none.")] = "bf16,none",
+    steps: Annotated[int, typer.Option(help="Timed steps.")] = 5,
+    warmup: Annotated[int, typer.Option(help="Untimed steps first.")] = 2,
+    cache: Annotated[Path | None, typer.Option(help="Also time the real loader on this cache.")] = None,
+    nproc: Annotated[int, typer.Option(help="Also run with N processes (torchrun); print the "
+                                       "scaling efficiency.")] = 1,
+) -> None:
+    """Training steps/s, patches/s, voxels/s, data-wait fraction and peak memory."""
+    from glioseg.bench.train import bench_train
+
+    try:
+        bench_train(config, list(set_ or []), [a.strip() for a in amp.split(",") if a.strip()],
+                    steps=steps, warmup=warmup, cache=str(cache) if cache else None, nproc=nproc)
+    except (ValueError, RuntimeError) as exc:
+        _fail(str(exc))
+
+
+@app.command()
+def card(
+    checkpoint: Annotated[Path, typer.Argument(help="Model folder, model.safetensors or card.json.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print the card's JSON as stored.")] = False,
+) -> None:
+    """Print a model's card: architecture, inputs, outputs, preprocessing, training, provenance."""
+    from glioseg.model.card import load_card
+
+    try:
+        model_card = load_card(checkpoint)
+    except ValueError as exc:
+        _fail(str(exc))
+    typer.echo(model_card.to_json() if as_json else model_card.summary(), nl=not as_json)
+
+
+@app.command("import-checkpoint")
+def import_checkpoint_cmd(
+    checkpoint: Annotated[Path, typer.Argument(help="The foreign checkpoint file.")],
+    kind: Annotated[str, typer.Option(help="monai-segresnet, swinunetr, swinvit-ssl or nnunet.")],
+    output: Annotated[Path, typer.Option("-o", "--output", help="Model folder to write.")],
+    modalities: Annotated[str | None, typer.Option(help="Comma list of input sequences in the "
+                                                   "checkpoint's order (when it does not say).")] = None,
+    array_axes: Annotated[str, typer.Option(help="nnunet: zyx (SimpleITK reader) or xyz "
+                                            "(NibabelIO).")] = "zyx",
+) -> None:
+    """Convert a MONAI / nnU-Net checkpoint into a model folder (safetensors + card), safely."""
+    from glioseg.transfer.foreign import import_checkpoint
+
+    kwargs: dict[str, object] = {}
+    if modalities:
+        kwargs["modalities"] = tuple(m.strip() for m in modalities.split(",") if m.strip())
+    if kind == "nnunet":
+        kwargs["array_axes"] = array_axes
+    try:
+        imported = import_checkpoint(checkpoint, kind, **kwargs)
+        out = imported.save(output)
+    except (ValueError, TypeError) as exc:
+        _fail(str(exc))
+    for note in imported.notes:
+        typer.echo(f"note: {note}")
+    typer.echo(imported.card.summary())
+    typer.echo(f"wrote {out}")
 
 
 def main() -> None:  # pragma: no cover - console entry point alias

@@ -9,7 +9,8 @@ Layouts (detected automatically, see ``LAYOUTS``):
 - ``brats2023``: ``BraTS-GLI-00000-000/BraTS-GLI-00000-000-{t1n,t1c,t2w,t2f,seg}.nii.gz`` (also
   SSA, MEN, MET, PED and other challenge tags). Labels 0/1/2/3.
 - ``msd``: Decathlon Task01_BrainTumour, ``imagesTr/BRATS_001.nii.gz`` 4D with channels
-  FLAIR, T1w, T1gd, T2w, and ``labelsTr/BRATS_001.nii.gz`` (1 edema, 2 non-enhancing, 3 ET).
+  FLAIR, T1w, T1gd, T2w, and ``labelsTr/BRATS_001.nii.gz`` (1 edema, 2 non-enhancing, 3 ET);
+  ``imagesTs/`` has no labels; macOS ``._*`` files shipped in the archive are ignored.
 
 In memory every case becomes one canonical form (``CaseData``): image channels in the order
 ``labels.MODALITIES`` = (t1, t1ce, t2, flair) and internal labels (see ``labels``).
@@ -70,6 +71,17 @@ MSD_CHANNELS: tuple[str, ...] = ("flair", "t1", "t1ce", "t2")
 
 NIFTI_EXTS = (".nii.gz", ".nii")
 SEG_SUFFIX = "seg"
+AFFINE_ATOL = 1e-3
+"""Largest difference (mm) between two affines of one case that still counts as the same grid."""
+
+# BraTS 2020 training case 355 ships its segmentation under a scanner file name
+# (W39_1998.09.19_Segm.nii); any *seg.nii / *segm.nii[.gz] is accepted, with a warning.
+_ODD_SEG = re.compile(r"segm?\.nii(\.gz)?$", re.IGNORECASE)
+
+
+def _is_junk(path: Path) -> bool:
+    """macOS resource forks (``._name``) and other hidden files shipped in archives."""
+    return path.name.startswith(".")
 
 
 @dataclass(frozen=True)
@@ -82,6 +94,7 @@ class Case:
         images: canonical modality -> file, for the modalities found (MSD: all one 4D file).
         seg: segmentation file, or None (validation/test cases).
         warnings: things a user should know that do not stop the case being used.
+        directory: the case folder (MSD: the task folder); None means the folder of its files.
     """
 
     case_id: str
@@ -89,6 +102,7 @@ class Case:
     images: dict[str, Path]
     seg: Path | None = None
     warnings: tuple[str, ...] = ()
+    directory: Path | None = None
 
     @property
     def label_scheme(self) -> str:
@@ -101,7 +115,18 @@ class Case:
 
     @property
     def folder(self) -> Path:
-        return next(iter(self.images.values())).parent if self.images else Path(".")
+        """Folder holding the case's files."""
+        if self.directory is not None:
+            return self.directory
+        if self.images:
+            return next(iter(self.images.values())).parent
+        return self.seg.parent if self.seg is not None else Path(".")
+
+    def expected_file(self, modality: str) -> str:
+        """Name the file of ``modality`` should have (``.nii[.gz]`` meaning either extension)."""
+        if self.layout == "msd":
+            return f"{self.case_id}.nii.gz"
+        return f"{case_file_name(self.layout, self.case_id, modality, ext='')}.nii[.gz]"
 
 
 @dataclass
@@ -122,48 +147,97 @@ class CaseData:
     modalities: tuple[str, ...] = field(default=L.MODALITIES)
 
 
+@dataclass
+class CaseSummary:
+    """What ``examine_case`` found out about one case.
+
+    Attributes:
+        case: the case examined.
+        shape: ``(X, Y, Z)`` grid of the first readable image (None if none could be read).
+        spacing: voxel size in mm of that grid.
+        orientation: its axis codes, e.g. ``('L', 'P', 'S')``.
+        label_counts: internal label -> voxel count (0..3), or None (no seg, or voxels not read).
+        problems: what makes the case unusable, each naming the case, the file and the problem.
+        warnings: what a user should know but does not stop the case being used.
+    """
+
+    case: Case
+    shape: tuple[int, int, int] | None = None
+    spacing: tuple[float, float, float] | None = None
+    orientation: tuple[str, str, str] | None = None
+    label_counts: dict[int, int] | None = None
+    problems: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
 class CaseError(ValueError):
     """A case that cannot be used; the message names the case, the file and the problem."""
 
 
-def _find_nifti(folder: Path, stem: str) -> Path | None:
-    for ext in NIFTI_EXTS:
-        p = folder / f"{stem}{ext}"
-        if p.is_file():
-            return p
-    return None
+def _find_nifti(folder: Path, stem: str, warnings: list[str] | None = None) -> Path | None:
+    """``stem.nii.gz`` or ``stem.nii`` in ``folder`` (``.nii.gz`` first; both: a warning)."""
+    found = [folder / f"{stem}{ext}" for ext in NIFTI_EXTS if (folder / f"{stem}{ext}").is_file()]
+    if len(found) > 1 and warnings is not None:
+        warnings.append(f"{folder.name}: both {found[0].name} and {found[1].name} exist; "
+                        f"used {found[0].name}")
+    return found[0] if found else None
 
 
 def _brats_case(folder: Path, layout: Layout) -> Case:
     cid = folder.name
+    warnings: list[str] = []
     images = {}
     for mod, suffix in layout.suffixes.items():
-        p = _find_nifti(folder, f"{cid}{layout.sep}{suffix}")
+        p = _find_nifti(folder, f"{cid}{layout.sep}{suffix}", warnings)
         if p is not None:
             images[mod] = p
-    seg = _find_nifti(folder, f"{cid}{layout.sep}{SEG_SUFFIX}")
-    warnings: list[str] = []
+    seg = _find_nifti(folder, f"{cid}{layout.sep}{SEG_SUFFIX}", warnings)
     if seg is None:
-        # BraTS 2020 training case 355 ships its segmentation under a scanner file name.
-        odd = sorted(p for p in folder.iterdir() if re.search(r"segm?\.nii(\.gz)?$", p.name, re.I))
+        odd = sorted(
+            p for p in folder.iterdir()
+            if p.is_file() and not _is_junk(p) and _ODD_SEG.search(p.name)
+        )
         if odd:
             seg = odd[0]
-            warnings.append(f"segmentation file has a non-standard name: {seg.name}")
-    return Case(cid, layout.name, images, seg, tuple(warnings))
+            warnings.append(
+                f"{cid}: {seg.name}: segmentation file has a non-standard name "
+                f"(expected {cid}{layout.sep}{SEG_SUFFIX}.nii[.gz]); used as the segmentation"
+            )
+            if len(odd) > 1:
+                warnings.append(f"{cid}: several candidate segmentation files "
+                                f"{[p.name for p in odd]}; used {seg.name}")
+    return Case(cid, layout.name, images, seg, tuple(warnings), folder)
 
 
-def _msd_cases(root: Path) -> list[Case]:
+MSD_SPLITS: dict[str, str | None] = {"imagesTr": "labelsTr", "imagesTs": None}
+"""MSD image folders and the folder of their labels."""
+
+
+def _msd_cases(root: Path, splits: tuple[str, ...] = tuple(MSD_SPLITS)) -> list[Case]:
     cases = []
-    for sub, lab in (("imagesTr", "labelsTr"), ("imagesTs", None)):
-        for img in sorted((root / sub).glob("*.nii*")) if (root / sub).is_dir() else []:
-            if img.name.startswith("._"):  # macOS resource forks shipped in the MSD archive
+    for sub in splits:
+        lab = MSD_SPLITS[sub]
+        folder = root / sub
+        if not folder.is_dir():
+            continue
+        for img in sorted(folder.glob("*.nii*")):
+            if _is_junk(img) or not img.is_file():
                 continue
             cid = img.name.split(".nii")[0]
             seg = root / lab / img.name if lab else None
             cases.append(
-                Case(cid, "msd", {m: img for m in MSD_CHANNELS}, seg if seg and seg.is_file() else None)
+                Case(cid, "msd", {m: img for m in MSD_CHANNELS},
+                     seg if seg is not None and seg.is_file() else None)
             )
     return cases
+
+
+def _is_msd_task(folder: Path) -> bool:
+    return (folder / "imagesTr").is_dir() or (folder / "imagesTs").is_dir()
 
 
 def detect_layout(folder: Path) -> str | None:
@@ -174,138 +248,275 @@ def detect_layout(folder: Path) -> str | None:
     return None
 
 
+def _find_cases(root: Path) -> list[Case]:
+    if _is_msd_task(root):
+        return _msd_cases(root)
+    if root.name in MSD_SPLITS and _is_msd_task(root.parent):  # e.g. Task01_BrainTumour/imagesTs
+        return _msd_cases(root.parent, (root.name,))
+    if (layout := detect_layout(root)) is not None:
+        return [_brats_case(root, LAYOUTS[layout])]
+    for depth_glob in ("*", "*/*"):
+        cases: list[Case] = []
+        for folder in sorted(p for p in root.glob(depth_glob) if p.is_dir()):
+            if any(part.startswith(".") for part in folder.relative_to(root).parts):
+                continue
+            if (layout := detect_layout(folder)) is not None:
+                cases.append(_brats_case(folder, LAYOUTS[layout]))
+            elif depth_glob == "*" and _is_msd_task(folder):
+                # An MSD archive unpacks into Task01_BrainTumour/.
+                cases.extend(_msd_cases(folder))
+        if cases:
+            return cases
+    return []
+
+
 def discover(data_dir: str | Path) -> list[Case]:
     """All cases under ``data_dir``, sorted by id; the layout is detected automatically.
 
     ``data_dir`` may be one case folder, a folder of case folders, a folder holding such a
-    folder (as the BraTS archives unpack), or an MSD task folder (``imagesTr``).
+    folder (as the BraTS archives unpack), or an MSD task folder (``imagesTr``), or a folder
+    holding one.
 
     Raises:
-        CaseError: if the folder does not exist or holds no case of a known layout.
+        CaseError: if the folder does not exist, holds no case of a known layout, or holds two
+            cases with the same id.
     """
     root = Path(data_dir)
     if not root.is_dir():
         raise CaseError(f"{root}: no such folder")
-    if (root / "imagesTr").is_dir() or (root / "imagesTs").is_dir():
-        cases = _msd_cases(root)
-    elif (layout := detect_layout(root)) is not None:
-        cases = [_brats_case(root, LAYOUTS[layout])]
-    else:
-        cases = []
-        for depth_glob in ("*", "*/*"):
-            for folder in sorted(p for p in root.glob(depth_glob) if p.is_dir()):
-                if (layout := detect_layout(folder)) is not None:
-                    cases.append(_brats_case(folder, LAYOUTS[layout]))
-            if cases:
-                break
+    cases = _find_cases(root)
     if not cases:
+        loose = [p for p in root.glob("*.nii*") if not _is_junk(p)]
+        hint = (f"; {len(loose)} NIfTI files lie directly in it, but each case must be in a "
+                "folder named after its case id" if loose else "")
         raise CaseError(
             f"{root}: no cases found; expected BraTS 2020/2021/2023 case folders "
             "(e.g. BraTS20_Training_001/, BraTS2021_00000/, BraTS-GLI-00000-000/) or an MSD "
-            "task folder with imagesTr/"
+            f"task folder with imagesTr/{hint}"
         )
+    seen: dict[str, Case] = {}
+    for c in cases:
+        if c.case_id in seen:
+            raise CaseError(f"{root}: case id {c.case_id} found twice: {seen[c.case_id].folder} "
+                            f"and {c.folder}; keep one copy")
+        seen[c.case_id] = c
     return sorted(cases, key=lambda c: c.case_id)
 
 
-def _read_image(case: Case, mod: str) -> tuple[np.ndarray, VolumeHeader]:
-    path = case.images[mod]
-    data, header = load_volume(path, dtype=np.float32)
+def _files_of(case: Case) -> list[tuple[str, Path]]:
+    """(role, file) of every file of ``case``: modality names (MSD: ``image``), then ``seg``."""
     if case.layout == "msd":
-        if data.ndim != 4 or data.shape[3] != len(MSD_CHANNELS):
-            raise CaseError(f"{case.case_id}: {path.name}: expected a 4D image with 4 channels "
-                            f"(FLAIR, T1w, T1gd, T2w), got shape {data.shape}")
-        data = data[..., MSD_CHANNELS.index(mod)]
-    elif data.ndim != 3:
-        raise CaseError(f"{case.case_id}: {path.name}: expected a 3D volume, got shape {data.shape}")
-    return data, header
+        files = [("image", next(iter(case.images.values())))] if case.images else []
+    else:
+        files = list(case.images.items())
+    if case.seg is not None:
+        files.append(("seg", case.seg))
+    return files
+
+
+def _check_dims(case: Case, role: str, path: Path, header: VolumeHeader) -> str | None:
+    """Problem with the dimensionality of one file, or None."""
+    shape = header.shape
+    if case.layout == "msd" and role == "image":
+        if len(shape) != 4 or shape[3] != len(MSD_CHANNELS):
+            return (f"{case.case_id}: {path.name}: expected a 4D image with 4 channels "
+                    f"(FLAIR, T1w, T1gd, T2w), got shape {shape}")
+    elif len(shape) != 3:
+        return f"{case.case_id}: {path.name}: expected a 3D volume, got {len(shape)}D shape {shape}"
+    return None
+
+
+def _check_grid(case: Case, path: Path, header: VolumeHeader,
+                ref: tuple[str, tuple[int, ...], np.ndarray]) -> str | None:
+    """Problem with the grid of one file against the first file ``ref``, or None."""
+    if header.shape[:3] != ref[1]:
+        return (f"{case.case_id}: {path.name}: shape {header.shape[:3]} differs from "
+                f"{ref[0]} {ref[1]}")
+    if not np.allclose(header.affine, ref[2], rtol=0, atol=AFFINE_ATOL):
+        diff = float(np.abs(header.affine - ref[2]).max())
+        return (f"{case.case_id}: {path.name}: affine differs from {ref[0]} "
+                f"(largest difference {diff:.4g})")
+    return None
+
+
+def _check_image_voxels(case: Case, role: str, path: Path, data: np.ndarray,
+                        summary: CaseSummary) -> None:
+    if np.issubdtype(data.dtype, np.floating):
+        n_bad = int(data.size - np.count_nonzero(np.isfinite(data)))
+        if n_bad:
+            summary.problems.append(f"{case.case_id}: {path.name}: {n_bad} NaN/inf voxels")
+            return
+    channels = ([(m, data[..., i]) for i, m in enumerate(MSD_CHANNELS)]
+                if case.layout == "msd" else [(role, data)])
+    for mod, vol in channels:
+        if vol.size and vol.min() == vol.max():
+            summary.warnings.append(f"{case.case_id}: {path.name}: {mod} is constant "
+                                    f"(every voxel = {vol.flat[0]:g})")
+
+
+def _check_seg_voxels(case: Case, path: Path, data: np.ndarray, summary: CaseSummary) -> None:
+    if np.issubdtype(data.dtype, np.floating):
+        if not np.isfinite(data).all():
+            summary.problems.append(f"{case.case_id}: {path.name}: NaN/inf in segmentation")
+            return
+        if not np.array_equal(data, np.rint(data)):
+            frac = sorted({float(v) for v in np.unique(data[data != np.rint(data)])[:5]})
+            summary.problems.append(f"{case.case_id}: {path.name}: non-integer label values "
+                                    f"{frac} in segmentation")
+            return
+    values, counts = np.unique(data, return_counts=True)
+    scheme = L.get_scheme(case.label_scheme)
+    mapping = dict(scheme.file_to_internal)
+    bad = [int(v) for v in values if int(v) not in mapping]
+    if bad:
+        summary.problems.append(f"{case.case_id}: {path.name}: unexpected label values {bad} "
+                                f"for the {case.label_scheme} scheme "
+                                f"(allowed {list(scheme.allowed)})")
+        return
+    counts_by_label = dict.fromkeys(L.INTERNAL_LABELS, 0)
+    for v, n in zip(values, counts, strict=True):
+        counts_by_label[mapping[int(v)]] += int(n)
+    summary.label_counts = counts_by_label
+    if counts_by_label[0] == data.size:
+        summary.warnings.append(f"{case.case_id}: {path.name}: segmentation is empty (no tumour)")
+
+
+def examine_case(case: Case, read_voxels: bool = True) -> CaseSummary:
+    """Geometry, label voxel counts, problems and warnings of one case.
+
+    Checks: missing modality, unreadable or truncated files, 4D where 3D is expected (MSD: 4D
+    with 4 channels), shapes or affines that disagree between modalities and segmentation,
+    NaN/inf voxels, label values outside the layout's scheme. Every check runs on every file,
+    so one problem never hides another. With ``read_voxels=False`` only headers are read
+    (fast, but truncated data, NaN and label values go unnoticed).
+    """
+    summary = CaseSummary(case, warnings=list(case.warnings))
+    summary.problems.extend(
+        f"{case.case_id}: missing modality {m} (no {case.expected_file(m)} in {case.folder})"
+        for m in case.missing
+    )
+    ref: tuple[str, tuple[int, ...], np.ndarray] | None = None
+    for role, path in _files_of(case):
+        try:
+            if read_voxels:
+                data, header = load_volume(path, dtype=None)
+            else:
+                data, header = None, read_header(path)
+        except NiftiError as exc:
+            summary.problems.append(f"{case.case_id}: {path.name}: {_strip_path(exc, path)}")
+            continue
+        problem = _check_dims(case, role, path, header)
+        if problem is not None:  # the wrong kind of volume: nothing more to compare
+            summary.problems.append(problem)
+            continue
+        if ref is None:
+            ref = (path.name, header.shape[:3], header.affine)
+            summary.shape = header.shape[:3]  # type: ignore[assignment]
+            summary.spacing = header.spacing
+            summary.orientation = header.orientation
+        elif (problem := _check_grid(case, path, header, ref)) is not None:
+            summary.problems.append(problem)  # the voxels are still checked below
+        if data is None:
+            continue
+        if role == "seg":
+            _check_seg_voxels(case, path, data, summary)
+        else:
+            _check_image_voxels(case, role, path, data, summary)
+    return summary
+
+
+def _strip_path(exc: NiftiError, path: Path) -> str:
+    """The message of a NiftiError without its leading ``<path>: `` (the caller names the file)."""
+    msg = str(exc)
+    prefix = f"{path}: "
+    return msg[len(prefix):] if msg.startswith(prefix) else msg
 
 
 def check_case(case: Case, read_voxels: bool = True) -> list[str]:
     """Problems that make ``case`` unusable, each naming the case and the file; [] if none.
 
-    Checks: missing modality, unreadable or truncated files, 4D where 3D is expected, shapes
-    or affines that disagree between modalities and segmentation, NaN/inf voxels, label values
-    outside the layout's scheme. Every check runs, so one problem never hides another.
+    See ``examine_case`` for the checks.
     """
-    problems = [f"{case.case_id}: missing modality {m}" for m in case.missing]
-    ref: tuple[str, tuple[int, ...], np.ndarray] | None = None
-    files = [(m, p) for m, p in case.images.items()]
-    if case.layout == "msd" and files:
-        files = [("image", files[0][1])]
-    if case.seg is not None:
-        files.append(("seg", case.seg))
-    for what, path in files:
-        try:
-            data, header = load_volume(path, dtype=None) if read_voxels else (None, read_header(path))
-        except NiftiError as exc:
-            problems.append(f"{case.case_id}: {exc}")
-            continue
-        shape = header.shape
-        expect_4d = case.layout == "msd" and what == "image"
-        if expect_4d and (len(shape) != 4 or shape[3] != 4):
-            problems.append(f"{case.case_id}: {path.name}: expected 4D with 4 channels, got {shape}")
-            continue
-        if not expect_4d and len(shape) != 3:
-            problems.append(f"{case.case_id}: {path.name}: expected a 3D volume, got shape {shape}")
-            continue
-        grid = shape[:3]
-        if ref is None:
-            ref = (path.name, grid, header.affine)
-        else:
-            if grid != ref[1]:
-                problems.append(f"{case.case_id}: {path.name}: shape {grid} differs from "
-                                f"{ref[0]} {ref[1]}")
-            elif not np.allclose(header.affine, ref[2], atol=1e-3):
-                problems.append(f"{case.case_id}: {path.name}: affine differs from {ref[0]}")
-        if data is None:
-            continue
-        if what != "seg" and np.issubdtype(data.dtype, np.floating) and not np.isfinite(data).all():
-            n = int((~np.isfinite(data)).sum())
-            problems.append(f"{case.case_id}: {path.name}: {n} NaN/inf voxels")
-        if what == "seg":
-            if np.issubdtype(data.dtype, np.floating) and not np.isfinite(data).all():
-                problems.append(f"{case.case_id}: {path.name}: NaN/inf in segmentation")
-                continue
-            bad = L.unexpected_values(data, case.label_scheme)
-            if bad:
-                problems.append(f"{case.case_id}: {path.name}: unexpected label values {bad} "
-                                f"for the {case.label_scheme} scheme "
-                                f"(allowed {list(L.get_scheme(case.label_scheme).allowed)})")
-    return problems
+    return examine_case(case, read_voxels).problems
+
+
+def _read_images(case: Case) -> list[tuple[str, Path, np.ndarray, VolumeHeader]]:
+    """(modality, file, (X, Y, Z) float32 volume, header) in ``MODALITIES`` order."""
+    if case.layout == "msd":
+        path = case.images[L.MODALITIES[0]]
+        data, header = load_volume(path, dtype=np.float32)
+        if data.ndim != 4 or data.shape[3] != len(MSD_CHANNELS):
+            raise CaseError(f"{case.case_id}: {path.name}: expected a 4D image with 4 channels "
+                            f"(FLAIR, T1w, T1gd, T2w), got shape {data.shape}")
+        header = VolumeHeader(header.shape[:3], header.affine, header.spacing,
+                              header.orientation, header.dtype)
+        return [(m, path, data[..., MSD_CHANNELS.index(m)], header) for m in L.MODALITIES]
+    out = []
+    for m in L.MODALITIES:
+        path = case.images[m]
+        data, header = load_volume(path, dtype=np.float32)
+        if data.ndim != 3:
+            raise CaseError(f"{case.case_id}: {path.name}: expected a 3D volume, "
+                            f"got shape {data.shape}")
+        out.append((m, path, data, header))
+    return out
+
+
+def _same_grid(case: Case, ref_name: str, ref: VolumeHeader, path: Path,
+               shape: tuple[int, ...], header: VolumeHeader) -> None:
+    if shape != ref.shape[:3]:
+        raise CaseError(f"{case.case_id}: {path.name}: shape {shape} differs from "
+                        f"{ref_name} {ref.shape[:3]}")
+    if not np.allclose(header.affine, ref.affine, rtol=0, atol=AFFINE_ATOL):
+        raise CaseError(f"{case.case_id}: {path.name}: affine differs from {ref_name}")
+
+
+def _read_labels(case: Case, seg_path: Path) -> tuple[np.ndarray, VolumeHeader]:
+    seg, header = load_volume(seg_path, dtype=None)
+    if np.issubdtype(seg.dtype, np.floating):
+        if not np.isfinite(seg).all():
+            raise CaseError(f"{case.case_id}: {seg_path.name}: NaN/inf in segmentation")
+        if not np.array_equal(seg, np.rint(seg)):
+            raise CaseError(f"{case.case_id}: {seg_path.name}: non-integer label values")
+    try:
+        labels = L.to_internal(seg.astype(np.int64), case.label_scheme)
+    except L.LabelError as exc:
+        raise CaseError(f"{case.case_id}: {seg_path.name}: {exc}") from None
+    return labels, header
 
 
 def load_case(case: Case, with_labels: bool = True) -> CaseData:
     """Read a case into the canonical form (channels t1, t1ce, t2, flair; internal labels).
 
+    Returns:
+        ``CaseData`` with ``image`` ``(4, X, Y, Z)`` float32 in ``MODALITIES`` order and
+        ``labels`` ``(X, Y, Z)`` uint8 internal (None without a seg or ``with_labels=False``).
+
     Raises:
-        CaseError: naming the case and file, for any problem ``check_case`` would report.
+        CaseError: naming the case and file, for a missing modality, an unreadable file, a
+            wrong dimensionality, shapes or affines that disagree, NaN/inf voxels, or label
+            values outside the layout's scheme.
     """
     if case.missing:
-        raise CaseError(f"{case.case_id}: missing modality {', '.join(case.missing)}")
+        raise CaseError(f"{case.case_id}: missing modality {', '.join(case.missing)} in "
+                        f"{case.folder}")
     try:
-        vols = [_read_image(case, m) for m in L.MODALITIES]
+        vols = _read_images(case)
+        _, ref_path, _, ref = vols[0]
+        for _, path, data, header in vols[1:]:
+            _same_grid(case, ref_path.name, ref, path, data.shape, header)
+        for _, path, data, _ in vols:
+            if not np.isfinite(data).all():
+                n = int(data.size - np.count_nonzero(np.isfinite(data)))
+                raise CaseError(f"{case.case_id}: {path.name}: {n} NaN/inf voxels")
         labels = None
         if with_labels and case.seg is not None:
-            seg, seg_header = load_volume(case.seg, dtype=None)
-            if seg.shape != vols[0][0].shape:
-                raise CaseError(f"{case.case_id}: {case.seg.name}: shape {seg.shape} differs "
-                                f"from the images {vols[0][0].shape}")
-            labels = L.to_internal(np.rint(seg).astype(np.int64), case.label_scheme)
+            labels, seg_header = _read_labels(case, case.seg)
+            _same_grid(case, ref_path.name, ref, case.seg, labels.shape, seg_header)
     except NiftiError as exc:
         raise CaseError(f"{case.case_id}: {exc}") from None
-    except L.LabelError as exc:
-        raise CaseError(f"{case.case_id}: {case.seg.name if case.seg else ''}: {exc}") from None
-    shapes = {v.shape for v, _ in vols}
-    if len(shapes) != 1:
-        raise CaseError(f"{case.case_id}: modalities have different shapes {sorted(shapes)}")
-    image = np.stack([v for v, _ in vols]).astype(np.float32, copy=False)
-    if not np.isfinite(image).all():
-        raise CaseError(f"{case.case_id}: NaN/inf voxels in the images")
-    header = vols[0][1]
-    if case.layout == "msd":
-        header = VolumeHeader(header.shape[:3], header.affine, header.spacing,
-                              header.orientation, header.dtype)
-    return CaseData(case.case_id, image, labels, header)
+    image = np.stack([v for _, _, v, _ in vols]).astype(np.float32, copy=False)
+    return CaseData(case.case_id, image, labels, ref)
 
 
 def case_file_name(layout: str, case_id: str, modality: str, ext: str = ".nii.gz") -> str:

@@ -1,0 +1,181 @@
+"""``glioseg shift``: compare a target cohort with the source cohort a model learnt from.
+
+Reads both cohorts (any layout), computes per-case features (``features``), runs the MMD
+permutation tests (``shift``), draws the figures (``report.shift_figures``) and writes
+``OUT/shift.json`` with every number plus the verdict and advice.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from glioseg.analysis import shift as S
+from glioseg.analysis.features import (
+    QUANTILES,
+    CaseFeatures,
+    cohort_features,
+    feature_names,
+    stack,
+)
+from glioseg.data.labels import MODALITIES
+from glioseg.report.shift_figures import file_mode
+
+FORMAT = "glioseg-shift/1"
+
+
+def write_json(path: str | Path, obj: Any) -> Path:
+    """Write ``obj`` as indented JSON atomically (temporary file, then rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as fh:
+            json.dump(obj, fh, indent=2)
+            fh.write("\n")
+        os.chmod(tmp, file_mode())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def _per_sequence(x: np.ndarray, y: np.ndarray, rng: np.random.Generator,
+                  n_permutations: int) -> dict[str, S.MMDResult]:
+    """One test per sequence on that sequence's ``Q`` columns of ``(n, 4 Q)`` features."""
+    q = len(QUANTILES)
+    return {m: S.mmd_test(x[:, i * q:(i + 1) * q], y[:, i * q:(i + 1) * q], rng, n_permutations)
+            for i, m in enumerate(MODALITIES)}
+
+
+def _case_table(feats: list[CaseFeatures]) -> list[dict[str, Any]]:
+    return [{"case_id": f.case_id, "brain_voxels": f.n_brain,
+             "mean": dict(zip(MODALITIES, map(float, f.mean), strict=True)),
+             "std": dict(zip(MODALITIES, map(float, f.std), strict=True))} for f in feats]
+
+
+def analyse_features(
+    src: list[CaseFeatures],
+    tgt: list[CaseFeatures],
+    rng: np.random.Generator,
+    n_permutations: int = 1000,
+    alpha: float = S.ALPHA,
+) -> dict[str, Any]:
+    """All tests, feature shifts, verdict and advice for two lists of case features.
+
+    Returns:
+        JSON-able dict: ``tests`` (``zscored``/``raw``: ``overall`` and per sequence;
+        ``encoder`` when present), ``feature_shifts`` (largest 12), ``verdict``, ``advice``.
+    """
+    if len(src) < 2 or len(tgt) < 2:
+        raise S.ShiftError(f"need at least 2 cases per cohort, got {len(src)} source and "
+                           f"{len(tgt)} target")
+    tests: dict[str, Any] = {}
+    results: dict[str, dict[str, S.MMDResult]] = {}
+    for view in ("zscored", "raw"):
+        x, y = stack(src, view), stack(tgt, view)
+        res = {"overall": S.mmd_test(x, y, rng, n_permutations)}
+        res.update(_per_sequence(x, y, rng, n_permutations))
+        results[view] = res
+        tests[view] = {k: r.to_dict() for k, r in res.items()}
+    encoder = None
+    if src[0].encoder is not None and tgt[0].encoder is not None:
+        encoder = S.mmd_test(stack(src, "encoder"), stack(tgt, "encoder"), rng, n_permutations)
+        tests["encoder"] = {"overall": encoder.to_dict()}
+    names = feature_names("zscored")
+    shifts = S.feature_shifts(stack(src, "zscored"), stack(tgt, "zscored"), names)
+    z = results["zscored"]
+    line, advice = S.verdict(z["overall"], {m: z[m] for m in MODALITIES}, shifts,
+                             raw_overall=results["raw"]["overall"], encoder=encoder, alpha=alpha)
+    return {"tests": tests, "feature_shifts": shifts[:12], "verdict": line, "advice": advice}
+
+
+def _figures(src: list[CaseFeatures], tgt: list[CaseFeatures], tests: dict[str, Any],
+             out_dir: Path, seed: int, alpha: float) -> list[str]:
+    from glioseg.report import shift_figures as F
+
+    views = {"z-scored intensity quantiles": (stack(src, "zscored"), stack(tgt, "zscored")),
+             "raw intensity quantiles": (stack(src, "raw"), stack(tgt, "raw"))}
+    if "encoder" in tests:
+        views["encoder features"] = (stack(src, "encoder"), stack(tgt, "encoder"))
+    F.plot_embeddings(views, out_dir / "shift_pca.png", "pca", seed)
+    F.plot_embeddings(views, out_dir / "shift_tsne.png", "tsne", seed)
+    F.plot_histograms([f.sample for f in src], [f.sample for f in tgt], MODALITIES,
+                      out_dir / "shift_histograms.png")
+    bars = {f"z {k}": v for k, v in tests["zscored"].items()}
+    bars["raw overall"] = tests["raw"]["overall"]
+    if "encoder" in tests:
+        bars["encoder"] = tests["encoder"]["overall"]
+    F.plot_mmd_bars(bars, out_dir / "shift_mmd.png", alpha)
+    return ["shift_pca.png", "shift_tsne.png", "shift_histograms.png", "shift_mmd.png"]
+
+
+def run_shift(
+    source_dir: str | Path,
+    target_dir: str | Path,
+    out_dir: str | Path,
+    model: Any | None = None,
+    spacing: float | list[float] | None = None,
+    n_permutations: int = 1000,
+    seed: int = 0,
+    alpha: float = S.ALPHA,
+    n_sample: int = 20_000,
+    patch_size: int = 64,
+    n_patches: int = 4,
+    model_path: str | None = None,
+) -> dict[str, Any]:
+    """Domain-shift analysis of ``target_dir`` against ``source_dir``; writes ``out_dir``.
+
+    Args:
+        source_dir: cohort the model learnt from. target_dir: the new site's cohort.
+        out_dir: folder for ``shift.json`` and the PNG figures.
+        model: optional module with ``forward_features`` (adds the encoder-feature test).
+        spacing: spacing (mm) the model expects; cases are resampled to it before the encoder.
+        n_permutations: permutations per test. seed: seed of every random choice.
+        alpha: significance level. n_sample: voxels kept per case for histograms.
+        patch_size, n_patches: brain patches fed to the encoder per case.
+        model_path: recorded in ``shift.json``.
+
+    Returns:
+        The ``shift.json`` content.
+    """
+    out = Path(out_dir)
+    rng_src, rng_tgt, rng_test = (np.random.default_rng(s)
+                                  for s in np.random.SeedSequence(seed).spawn(3))
+    kw = dict(model=model, spacing=spacing, n_sample=n_sample, patch_size=patch_size,
+              n_patches=n_patches)
+    src = cohort_features(source_dir, rng_src, desc="source", **kw)  # type: ignore[arg-type]
+    tgt = cohort_features(target_dir, rng_tgt, desc="target", **kw)  # type: ignore[arg-type]
+    result = analyse_features(src, tgt, rng_test, n_permutations, alpha)
+    figures = _figures(src, tgt, result["tests"], out, seed, alpha)
+    doc = {
+        "format": FORMAT,
+        "verdict": result["verdict"],
+        "advice": result["advice"],
+        "source": {"dir": str(source_dir), "n_cases": len(src),
+                   "cases": [f.case_id for f in src]},
+        "target": {"dir": str(target_dir), "n_cases": len(tgt),
+                   "cases": [f.case_id for f in tgt]},
+        "settings": {
+            "model": model_path, "spacing": spacing, "seed": seed, "alpha": alpha,
+            "per_sequence_alpha": alpha / len(MODALITIES),
+            "n_permutations": n_permutations, "quantiles": list(QUANTILES),
+            "kernel": "rbf exp(-d^2 / (2 h^2)), h = median pairwise distance (pooled)",
+            "estimator": "unbiased MMD^2_u, features standardised over the pooled sample",
+            "moderate_mmd2": S.MODERATE_MMD2, "large_mmd2": S.LARGE_MMD2,
+            "patch_size": patch_size if model is not None else None,
+            "n_patches": n_patches if model is not None else None,
+        },
+        "tests": result["tests"],
+        "feature_shifts": result["feature_shifts"],
+        "cases": {"source": _case_table(src), "target": _case_table(tgt)},
+        "figures": figures,
+    }
+    write_json(out / "shift.json", doc)
+    return doc

@@ -1,0 +1,1 @@
+"""Benchmarks behind ``glioseg bench``: commands that print figures, not timed tests."""

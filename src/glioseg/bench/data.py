@@ -1,0 +1,160 @@
+"""``glioseg bench data``: patches/s of our training pipeline vs a plain MONAI pipeline.
+
+Both pipelines do the same work on the same cached cases, patch size, batch size and number
+of loader workers, measured in the same run:
+
+- ours: ``glioseg.train.data.make_loader`` (memory-mapped cache, stored tumour locations,
+  batched torch augmentation);
+- MONAI: ``CacheDataset`` holding the cached arrays in memory, then
+  ``RandCropByPosNegLabeld`` (pos 1 : neg 2 = 1/3 foreground), three ``RandFlipd``,
+  ``RandAffined`` (rotation +-30 degrees and scale 0.7-1.3, probability 0.36 = the chance that
+  ours rotates or scales, one resampling, cached grid), Gaussian noise, Gaussian smoothing,
+  brightness (``RandScaleIntensityd``), contrast (``RandScaleIntensityFixedMeand``), gamma
+  (``RandAdjustContrastd``), labels -> WT/TC/ET regions; ``track_meta=False`` (MONAI's own
+  advice for speed).
+
+Each pipeline first yields ``warmup`` batches (worker start-up, caching), then ``batches``
+batches are timed.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from glioseg.augment import AugmentConfig
+from glioseg.preprocess.cache import CachedCase, open_cache
+from glioseg.train.data import make_loader
+
+
+def _time_batches(loader: Iterable, warmup: int, batches: int, desc: str
+                  ) -> tuple[float, tuple[int, ...]]:
+    """Seconds to draw ``batches`` batches after ``warmup`` ones; shape of an image batch."""
+    it = iter(loader)
+    shape: tuple[int, ...] = ()
+    for _ in range(warmup):
+        shape = tuple(_image_of(next(it)).shape)
+    t0 = time.perf_counter()
+    for i in range(batches):
+        shape = tuple(_image_of(next(it)).shape)
+        print(f"\r{desc}: batch {i + 1}/{batches}", end="", flush=True)
+    dt = time.perf_counter() - t0
+    print()
+    return dt, shape
+
+
+def _image_of(batch: Any) -> torch.Tensor:
+    return batch["image"] if isinstance(batch, dict) else batch[0]
+
+
+def monai_loader(
+    cases: Sequence[CachedCase], patch_size: Sequence[int], batch_size: int, num_workers: int,
+    seed: int = 0,
+):
+    """The plain MONAI pipeline described in the module docstring (endless)."""
+    from monai.data import CacheDataset, DataLoader
+    from monai.transforms import (
+        Compose,
+        EnsureTyped,
+        Lambdad,
+        RandAdjustContrastd,
+        RandAffined,
+        RandCropByPosNegLabeld,
+        RandFlipd,
+        RandGaussianNoised,
+        RandGaussianSmoothd,
+        RandScaleIntensityd,
+        RandScaleIntensityFixedMeand,
+    )
+
+    keys = ["image", "label"]
+    size = [int(s) for s in patch_size]
+    transforms = Compose([
+        EnsureTyped(keys=keys, track_meta=False),
+        RandCropByPosNegLabeld(keys=keys, label_key="label", spatial_size=size, pos=1, neg=2,
+                               num_samples=1),
+        RandFlipd(keys=keys, prob=0.5, spatial_axis=0),
+        RandFlipd(keys=keys, prob=0.5, spatial_axis=1),
+        RandFlipd(keys=keys, prob=0.5, spatial_axis=2),
+        RandAffined(keys=keys, prob=0.36, rotate_range=(math.pi / 6,) * 3,
+                    scale_range=(0.3,) * 3, mode=("bilinear", "nearest"),
+                    padding_mode="zeros", spatial_size=size, cache_grid=True),
+        RandGaussianNoised(keys="image", prob=0.1, std=0.316),
+        RandGaussianSmoothd(keys="image", prob=0.1, sigma_x=(0.5, 1.0), sigma_y=(0.5, 1.0),
+                            sigma_z=(0.5, 1.0)),
+        RandScaleIntensityd(keys="image", factors=0.25, prob=0.15),
+        RandScaleIntensityFixedMeand(keys="image", factors=0.25, prob=0.15,
+                                     preserve_range=True),
+        RandAdjustContrastd(keys="image", prob=0.3, gamma=(0.7, 1.5), retain_stats=True),
+        Lambdad(keys="label", func=_regions_1ch),
+    ])
+    transforms.set_random_state(seed=seed)
+    data = [{"image": np.array(c.image), "label": np.array(c.labels)[None]} for c in cases]
+    ds = CacheDataset(data, transform=transforms, num_workers=1, progress=False)
+
+    class Endless(torch.utils.data.IterableDataset):
+        def __iter__(self):
+            info = torch.utils.data.get_worker_info()
+            rng = np.random.default_rng([seed, 0 if info is None else info.id])
+            while True:
+                item = ds[int(rng.integers(len(ds)))]
+                yield item[0] if isinstance(item, list) else item
+
+    return DataLoader(Endless(), batch_size=batch_size, num_workers=num_workers)
+
+
+def _regions_1ch(label: torch.Tensor) -> torch.Tensor:
+    """MONAI label ``(1, X, Y, Z)`` -> regions ``(3, X, Y, Z)`` float32 (WT, TC, ET)."""
+    lab = torch.as_tensor(label)[0].long()
+    return torch.stack([lab > 0, (lab == 1) | (lab == 3), lab == 3]).float()
+
+
+def bench_data(
+    cache_dir: str | Path,
+    patch_size: Sequence[int] = (128, 128, 128),
+    batch_size: int = 2,
+    batches: int = 20,
+    warmup: int = 3,
+    num_workers: int = 1,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Measure and print patches/s of ours and of MONAI (see the module docstring).
+
+    Returns:
+        ``{"ours_patches_per_s", "monai_patches_per_s", "ratio", "patch_size", "batch_size",
+        "num_workers", "cases"}``.
+    """
+    cases = [c for c in open_cache(cache_dir) if c.meta.get("has_labels")]
+    if not cases:
+        raise ValueError(f"{cache_dir}: no case with labels")
+    torch.set_num_threads(1)  # the pipelines run in the loader workers, not here
+    ours = make_loader(cases, patch_size, batch_size, seed=seed, num_workers=num_workers,
+                       augment_cfg=AugmentConfig(), pin_memory=False)
+    t_ours, shape_ours = _time_batches(ours, warmup, batches, "ours")
+    monai = monai_loader(cases, patch_size, batch_size, num_workers, seed)
+    t_monai, shape_monai = _time_batches(monai, warmup, batches, "MONAI")
+    if shape_ours != shape_monai:
+        raise RuntimeError(f"pipelines disagree on the batch shape: {shape_ours} vs "
+                           f"{shape_monai}")
+    n = batches * batch_size
+    out = {
+        "cases": len(cases),
+        "patch_size": list(map(int, patch_size)),
+        "batch_size": batch_size,
+        "num_workers": num_workers,
+        "ours_patches_per_s": n / t_ours,
+        "monai_patches_per_s": n / t_monai,
+    }
+    out["ratio"] = out["ours_patches_per_s"] / out["monai_patches_per_s"]
+    print(f"cases {len(cases)}, patch {tuple(out['patch_size'])}, batch {batch_size}, "
+          f"workers {num_workers}, {batches} batches after {warmup} warm-up")
+    print(f"{'ours':<8}{out['ours_patches_per_s']:8.2f} patches/s")
+    print(f"{'MONAI':<8}{out['monai_patches_per_s']:8.2f} patches/s")
+    print(f"ratio   {out['ratio']:8.2f}x")
+    return out

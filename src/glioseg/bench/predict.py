@@ -1,0 +1,275 @@
+"""``glioseg bench predict``: seconds per full-size BraTS case per engine, vs MONAI's reference.
+
+For one four-sequence case (a synthetic 240x240x155 1 mm case unless one is given):
+
+- each ``engine:dtype`` runs ``CasePredictor`` (crop to brain, sliding window, restore) in a
+  fresh process, so its peak memory (``ru_maxrss``) is its own; the time excludes loading
+  the model, exporting it and one warm-up window (compilation), which a run over many cases
+  pays once;
+- the reference is MONAI's ``sliding_window_inference`` with the same weights, ROI, overlap
+  and Gaussian mode on the uncropped z-scored volume (PyTorch fp32, batch 1), also alone in
+  its process;
+- agreement: WT/TC/ET Dice between each engine's regions (probability > 0.5) and the
+  reference's;
+- the floor: network FLOPs per case (``torch.utils.flop_counter``, times the windows run)
+  over this CPU's measured dense GFLOP/s (a large matmul, same threads and dtype).
+
+Figures measured on a shared machine are contended; run it alone for clean numbers.
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import tempfile
+import time
+from concurrent.futures import ProcessPoolExecutor
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from glioseg.data.labels import REGIONS
+
+
+def _rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def _crop_windows(image_shape: tuple[int, ...], roi: tuple[int, ...], overlap: float,
+                  divisor: int) -> int:
+    from glioseg.infer.sliding_window import fit_roi, window_slices
+
+    r = fit_roi(image_shape, roi, divisor)
+    padded = tuple(max(s, q) for s, q in zip(image_shape, r, strict=True))
+    return len(window_slices(padded, r, overlap))
+
+
+def _monai_windows(image_shape: tuple[int, ...], roi: tuple[int, ...], overlap: float) -> int:
+    import math
+
+    n = 1
+    for s, r in zip(image_shape, roi, strict=True):
+        s = max(s, r)
+        interval = int(r * (1 - overlap)) or 1
+        n *= math.ceil((s - r) / interval) + 1 if s > r else 1
+    return n
+
+
+def _engine_run(spec: str, ckpt: str, image_path: str, spacing: list[float],
+                roi: tuple[int, int, int], overlap: float, batch: int, out_path: str) -> dict:
+    """Child process: time one ``engine:dtype`` on the case; save its regions to ``out_path``."""
+    import torch
+
+    from glioseg.infer.predict import CasePredictor, PredictOptions, load_model
+
+    engine, _, dtype = spec.partition(":")
+    base = _rss_mb()
+    model, card = load_model(ckpt)
+    image = np.load(image_path)
+    t0 = time.perf_counter()
+    opts = PredictOptions(engine=engine, dtype=dtype or "fp32", roi=roi, overlap=overlap,
+                          batch=batch)
+    predictor = CasePredictor([(model, card)], opts)
+    div = predictor.divisor
+    for e in predictor.engines:  # warm-up: primitive creation / compilation
+        e(torch.zeros((min(batch, 1), image.shape[0], *roi)))
+    setup = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    probs = predictor.probabilities(image, spacing)
+    labels = predictor.labels(probs, None)
+    seconds = time.perf_counter() - t0
+    np.save(out_path, np.packbits(probs > opts.threshold))
+    predictor.close()
+    del labels
+    return {"spec": spec, "seconds": seconds, "setup_s": setup, "peak_rss_mb": _rss_mb(),
+            "base_rss_mb": base, "divisor": div}
+
+
+def _reference_run(ckpt: str, image_path: str, spacing: list[float], roi: tuple[int, int, int],
+                   overlap: float, out_path: str) -> dict:
+    """Child process: MONAI sliding window on the uncropped volume (PyTorch fp32, batch 1)."""
+    import torch
+    from monai.inferers import sliding_window_inference
+
+    from glioseg.infer.predict import card_spacing, load_model
+    from glioseg.preprocess.pure import preprocess_arrays, restore_to_original, target_shape
+
+    base = _rss_mb()
+    model, card = load_model(ckpt)
+    image = np.load(image_path)
+    t0 = time.perf_counter()
+    pre, _, geo = preprocess_arrays(image, None, spacing, card_spacing(card))
+    # the uncropped volume on the model's grid, zeros outside the brain's box
+    full_shape = target_shape(geo["original_shape"], geo["original_spacing"], geo["spacing"])
+    lo = [min(int(round(b[0] * si / so)), f - s) for b, si, so, f, s in
+          zip(geo["bbox"], geo["original_spacing"], geo["spacing"], full_shape, pre.shape[1:],
+              strict=True)]
+    full = np.zeros((pre.shape[0], *full_shape), np.float32)
+    sl = tuple(slice(a, a + s) for a, s in zip(lo, pre.shape[1:], strict=True))
+    full[(slice(None), *sl)] = pre
+    with torch.inference_mode():
+        logits = sliding_window_inference(torch.from_numpy(full)[None], roi, 1, model,
+                                          overlap=overlap, mode="gaussian")[0]
+    probs = torch.sigmoid(logits[(slice(None), *sl)]).numpy()
+    probs = restore_to_original(probs, geo, order=1)
+    seconds = time.perf_counter() - t0
+    np.save(out_path, np.packbits(probs > 0.5))
+    return {"spec": "monai-reference:fp32", "seconds": seconds, "setup_s": 0.0,
+            "peak_rss_mb": _rss_mb(), "base_rss_mb": base,
+            "windows": _monai_windows(tuple(full_shape), roi, overlap)}
+
+
+def _in_child(fn, *args) -> dict:
+    with ProcessPoolExecutor(max_workers=1, mp_context=get_context("spawn")) as pool:
+        return pool.submit(fn, *args).result()
+
+
+def dice(a: np.ndarray, b: np.ndarray) -> float:
+    """Dice of two boolean masks; 1.0 when both are empty."""
+    s = int(a.sum()) + int(b.sum())
+    return 1.0 if s == 0 else 2.0 * int(np.logical_and(a, b).sum()) / s
+
+
+def measured_gflops(dtype: str = "fp32", n: int = 2048, repeats: int = 5) -> float:
+    """Best dense matmul GFLOP/s of this CPU with torch's threads (``fp32`` or ``bf16``)."""
+    import torch
+
+    dt = torch.bfloat16 if dtype == "bf16" else torch.float32
+    a = torch.randn(n, n).to(dt)
+    b = torch.randn(n, n).to(dt)
+    torch.mm(a, b)
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        torch.mm(a, b)
+        best = min(best, time.perf_counter() - t0)
+    return 2.0 * n**3 / best / 1e9
+
+
+def window_flops(model, in_channels: int, roi: tuple[int, ...]) -> float:
+    """FLOPs (2 x multiply-adds) of one forward pass of ``model`` on a ``roi`` window."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with torch.inference_mode(), FlopCounterMode(display=False) as counter:
+        model.eval()(torch.zeros((1, in_channels, *roi)))
+    return float(counter.get_total_flops())
+
+
+def _prepare(model: Path | None, preset_name: str, case_dir: Path | None, tmp: Path):
+    """(checkpoint folder, image (4, X, Y, Z) file, spacing, case id, trained?)."""
+    import torch
+
+    from glioseg.data.cases import discover
+    from glioseg.infer.predict import _in_channels, card_modalities, load_for_model, load_model
+
+    if model is None:
+        from glioseg.model.card import ModelCard, save_model
+        from glioseg.model.registry import build_model, preset
+
+        torch.manual_seed(0)
+        net = build_model(preset(preset_name))
+        ckpt = save_model(tmp / "model", net, ModelCard.for_model(net))
+    else:
+        ckpt = Path(model)
+    net, card = load_model(ckpt)
+    if case_dir is None:
+        from glioseg.data.synthetic import write_cohort
+
+        case_dir = write_cohort(tmp / "data", n_cases=1, layout="brats2021", seed=0,
+                                spacing=1.0)[0]
+    case = discover(case_dir)[0]
+    image, header = load_for_model(case, card_modalities(card, _in_channels(net)), False)
+    np.save(tmp / "image.npy", image)
+    return ckpt, tmp / "image.npy", list(header.spacing), case.case_id, model is not None
+
+
+def bench_predict(
+    model: Path | None = None,
+    preset_name: str = "full",
+    engines: list[str] | None = None,
+    case_dir: Path | None = None,
+    overlap: float = 0.5,
+    roi: tuple[int, int, int] | None = None,
+    batch: int = 1,
+    reference: bool = True,
+    output: Path | None = None,
+) -> dict[str, Any]:
+    """Run the benchmark, print a table, optionally write JSON; returns the figures."""
+    import torch
+
+    from glioseg.infer.predict import _in_channels, load_model, model_divisor, model_roi
+    from glioseg.preprocess.pure import bounding_box, brain_mask
+
+    engines = engines or ["torch:fp32"]
+    with tempfile.TemporaryDirectory(prefix="glioseg-bench-") as tmp_name:
+        tmp = Path(tmp_name)
+        ckpt, image_path, spacing, case_id, trained = _prepare(model, preset_name, case_dir, tmp)
+        net, _ = load_model(ckpt)
+        roi = roi or model_roi(net)
+        image = np.load(image_path)
+        box = bounding_box(brain_mask(image))
+        crop_shape = tuple(b[1] - b[0] for b in box)
+        cin, div = _in_channels(net), model_divisor(net)
+        flops_window = window_flops(net, cin, roi)
+        n_ours = _crop_windows(crop_shape, roi, overlap, div)
+        voxels_box = float(np.prod(crop_shape))
+        flops_per_voxel = flops_window / float(np.prod(roi))
+        gflops = {d: measured_gflops(d) for d in ("fp32", "bf16")}
+        print(f"case {case_id} {tuple(image.shape[1:])}, brain box {crop_shape}; ROI {roi}, "
+              f"overlap {overlap}, {torch.get_num_threads()} threads; "
+              f"{'trained' if trained else 'UNTRAINED (random weights)'} network "
+              f"{sum(p.numel() for p in net.parameters()) / 1e6:.1f} M parameters")
+        print(f"FLOPs per window {flops_window / 1e9:.1f} G; ours {n_ours} windows = "
+              f"{n_ours * flops_window / 1e12:.2f} TFLOP; one pass over the brain box "
+              f"{flops_per_voxel * voxels_box / 1e12:.2f} TFLOP; matmul peak "
+              f"{gflops['fp32']:.0f} GFLOP/s fp32, {gflops['bf16']:.0f} GFLOP/s bf16")
+        rows: list[dict[str, Any]] = []
+        ref_regions = None
+        if reference:
+            r = _in_child(_reference_run, str(ckpt), str(image_path), spacing, roi, overlap,
+                          str(tmp / "ref.npy"))
+            r["flops"] = r["windows"] * flops_window
+            ref_regions = np.unpackbits(np.load(tmp / "ref.npy"))
+            rows.append(r)
+        for spec in engines:
+            try:
+                r = _in_child(_engine_run, spec, str(ckpt), str(image_path), spacing, roi,
+                              overlap, batch, str(tmp / "ours.npy"))
+            except Exception as exc:  # one engine missing must not stop the others
+                print(f"{spec}: failed: {exc}")
+                continue
+            r["windows"] = n_ours
+            r["flops"] = n_ours * flops_window
+            if ref_regions is not None:
+                ours = np.unpackbits(np.load(tmp / "ours.npy"))
+                n = ours.size // 3
+                r["dice"] = {reg: round(dice(ours[i * n:(i + 1) * n].astype(bool),
+                                             ref_regions[i * n:(i + 1) * n].astype(bool)), 5)
+                             for i, reg in enumerate(REGIONS)}
+            rows.append(r)
+    ref_s = rows[0]["seconds"] if reference and rows else None
+    print(f"{'engine:dtype':<22}{'windows':>8}{'s/case':>9}{'x MONAI':>9}{'floor s':>9}"
+          f"{'peak MB':>9}{'setup s':>9}  Dice WT/TC/ET vs reference")
+    for r in rows:
+        dt = "bf16" if r["spec"].endswith("bf16") else "fp32"
+        r["floor_s"] = r["flops"] / (gflops[dt] * 1e9)
+        r["speedup"] = (ref_s / r["seconds"]) if ref_s else None
+        d = r.get("dice")
+        dtxt = "/".join(f"{d[k]:.4f}" for k in REGIONS) if d else "-"
+        sp = f"{r['speedup']:.2f}" if r["speedup"] else "-"
+        print(f"{r['spec']:<22}{r['windows']:>8}{r['seconds']:>9.1f}{sp:>9}"
+              f"{r['floor_s']:>9.1f}{r['peak_rss_mb']:>9.0f}{r['setup_s']:>9.1f}  {dtxt}")
+    result = {
+        "case": case_id, "shape": list(image.shape[1:]), "brain_box": list(crop_shape),
+        "roi": list(roi), "overlap": overlap, "batch": batch, "trained": trained,
+        "threads": torch.get_num_threads(), "flops_per_window": flops_window,
+        "flops_one_pass_box": flops_per_voxel * voxels_box, "gflops": gflops, "rows": rows,
+    }
+    if output is not None:
+        from glioseg.infer.export import _atomic_write_bytes
+
+        _atomic_write_bytes(Path(output), (json.dumps(result, indent=2) + "\n").encode())
+    return result

@@ -1,0 +1,240 @@
+"""``glioseg bench train``: training throughput of a fixed model and patch size.
+
+Measures the training step of ``glioseg.train.loop`` (the one training runs) on
+
+- synthetic in-memory batches (random images and region targets made once): the compute alone;
+- the real patch loader (``glioseg.train.data.make_loader``) when a cache is given: compute plus
+  whatever time the step waits for data (the data-wait fraction);
+
+and prints steps/s, patches/s, voxels/s, the data-wait fraction and the peak memory (RSS of
+the process; CUDA max allocated on GPU). ``--amp`` compares precisions (``bf16,none``).
+
+``--nproc N`` runs the same measurement under torchrun with N processes (gloo on CPU, NCCL on
+GPU) after the one-process run and prints the scaling efficiency
+``throughput(N) / (N x throughput(1))`` (global patches/s).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+
+def _peak_rss_mb() -> float:
+    # ru_maxrss is in kilobytes on Linux
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _synthetic_batches(n: int, batch: int, patch: Sequence[int], seed: int) -> list[Any]:
+    """``n`` batches ``(image (B, 4, *patch), regions (B, 3, *patch))`` made once, in memory;
+    the regions are nested boxes (WT contains TC contains ET) so the loss is realistic."""
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for _ in range(n):
+        image = torch.randn(batch, 4, *patch, generator=g)
+        target = torch.zeros(batch, 3, *patch)
+        for r, frac in enumerate((0.5, 0.3, 0.15)):
+            lo = [int(s * (0.5 - frac / 2)) for s in patch]
+            hi = [int(s * (0.5 + frac / 2)) for s in patch]
+            target[:, r, lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]] = 1
+        out.append((image, target))
+    return out
+
+
+def measure(
+    cfg: Any, *, steps: int, warmup: int, amp: str, cache: str | None, info: Any,
+) -> dict[str, Any]:
+    """Time ``steps`` training steps (after ``warmup``) on this rank; returns per-rank figures
+    reduced over ranks (throughput summed, fractions and times averaged, memory max)."""
+    from glioseg import config as C
+    from glioseg.train import distributed as D
+    from glioseg.train import fit as F
+    from glioseg.train import loop as L
+
+    cfg = C.replace(cfg, train=dataclasses.replace(cfg.train, amp=amp))
+    comp = F.build_components(cfg, info)
+    F.wrap(comp, cfg, info)
+    patch, b = cfg.patch_size, cfg.data.batch_size
+    if cache:
+        from glioseg.preprocess.cache import open_cache
+
+        cases = [c for c in open_cache(cache) if c.meta.get("has_labels")]
+        source = F.forever(F.make_train_loader(cfg, cases, info, 0))
+    else:
+        pool = _synthetic_batches(4, b, patch, cfg.train.seed + info.rank)
+        source = (pool[i % len(pool)] for i in range(10**9))
+    if info.device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(info.device)
+    wait = 0.0
+    t_start = cpu0 = 0.0
+    for i in range(warmup + steps):
+        if i == warmup:
+            if info.device.type == "cuda":
+                torch.cuda.synchronize(info.device)
+            D.barrier()
+            t_start, wait, cpu0 = time.perf_counter(), 0.0, time.process_time()
+        t0 = time.perf_counter()
+        micro = [L.to_batch(next(source), info.device, cfg.train.channels_last)
+                 for _ in range(cfg.train.grad_accum)]
+        wait += time.perf_counter() - t0
+        L.train_step(comp.net, micro, comp.loss_fn, comp.optimizer, comp.scaler, amp,
+                     cfg.optim.grad_clip)
+    if info.device.type == "cuda":
+        torch.cuda.synchronize(info.device)
+    elapsed = time.perf_counter() - t_start
+    cpu = time.process_time() - cpu0
+    patches = steps * b * cfg.train.grad_accum
+    voxels = patches * patch[0] * patch[1] * patch[2]
+    stats = torch.tensor([patches / elapsed, voxels / elapsed, wait / elapsed, elapsed,
+                          cpu / steps], dtype=torch.float64)
+    mem = torch.tensor([_peak_rss_mb(), torch.cuda.max_memory_allocated(info.device) / 2**20
+                        if info.device.type == "cuda" else 0.0], dtype=torch.float64)
+    if D.is_initialized():
+        dev = D._collective_device()
+        stats, mem = stats.to(dev), mem.to(dev)
+        D.all_reduce_sum(stats)
+        torch.distributed.all_reduce(mem, op=torch.distributed.ReduceOp.MAX)
+        stats, mem = stats.cpu(), mem.cpu()
+        stats[2:] /= info.world_size  # wait fraction, time and CPU s per step: rank means
+    params = sum(p.numel() for p in comp.model.parameters())
+    return {
+        "world_size": info.world_size, "device": str(info.device), "amp": amp,
+        "source": "loader" if cache else "synthetic", "patch": list(patch), "batch": b,
+        "params": params, "threads": torch.get_num_threads(),
+        "steps_per_s": steps / float(stats[3]),
+        "patches_per_s": float(stats[0]), "voxels_per_s": float(stats[1]),
+        "data_wait": float(stats[2]), "cpu_s_per_step": float(stats[4]),
+        "peak_rss_mb": float(mem[0]),
+        "cuda_max_allocated_mb": float(mem[1]),
+    }
+
+
+def _config(preset: str, overrides: Sequence[str]) -> Any:
+    from glioseg import config as C
+
+    return C.load_config(preset, list(overrides))
+
+
+def run_local(preset: str, overrides: Sequence[str], amps: Sequence[str], steps: int,
+              warmup: int, cache: str | None) -> list[dict[str, Any]]:
+    """This process (or this torchrun rank): one measurement per precision and data source."""
+    from glioseg.train import distributed as D
+
+    cfg = _config(preset, overrides)
+    info = D.init(cfg.train.device, cfg.train.threads)
+    results = []
+    try:
+        for amp in amps:
+            for src in ([None, cache] if cache else [None]):
+                results.append(measure(cfg, steps=steps, warmup=warmup, amp=amp, cache=src,
+                                       info=info))
+    finally:
+        D.shutdown({}, clean=True)
+    return results if info.is_main else []
+
+
+def _launch(nproc: int, args: list[str]) -> list[dict[str, Any]]:
+    """Re-run this benchmark under torchrun with ``nproc`` processes; read rank 0's JSON."""
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "result.json"
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+               f"--nproc-per-node={nproc}", "-m", "glioseg.bench.train", *args,
+               "--json", str(out)]
+        proc = subprocess.run(cmd, env={**os.environ, "OMP_NUM_THREADS": os.environ.get(
+            "OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))})
+        if proc.returncode != 0 or not out.is_file():
+            raise RuntimeError(f"torchrun with {nproc} processes failed (exit {proc.returncode})")
+        return json.loads(out.read_text())
+
+
+def _print(rows: list[dict[str, Any]]) -> None:
+    head = (f"{'procs':>5} {'device':>7} {'amp':>5} {'data':>9} {'steps/s':>8} {'patches/s':>9} "
+            f"{'Mvox/s':>8} {'wait':>6} {'CPU s/step':>10} {'RSS MB':>8} {'CUDA MB':>8}")
+    print(head)
+    for r in rows:
+        print(f"{r['world_size']:>5} {r['device'][:7]:>7} {r['amp']:>5} {r['source']:>9} "
+              f"{r['steps_per_s']:8.3f} {r['patches_per_s']:9.2f} {r['voxels_per_s'] / 1e6:8.2f} "
+              f"{r['data_wait']:6.1%} {r['cpu_s_per_step']:10.2f} {r['peak_rss_mb']:8.0f} {r['cuda_max_allocated_mb']:8.0f}")
+
+
+def bench_train(
+    preset: str = "small",
+    overrides: Sequence[str] = (),
+    amps: Sequence[str] = ("bf16", "none"),
+    steps: int = 5,
+    warmup: int = 2,
+    cache: str | None = None,
+    nproc: int = 1,
+) -> list[dict[str, Any]]:
+    """Run and print the benchmark (see the module docstring); returns the rows.
+
+    Args:
+        preset: config preset or YAML giving the model and patch size.
+        overrides: ``key=value`` config overrides (e.g. ``data.batch_size=4``).
+        amps: precisions to compare (``bf16``, ``fp16``, ``none``).
+        steps, warmup: timed steps and untimed steps before them.
+        cache: a preprocessed cache: also measure with the real loader.
+        nproc: also run under torchrun with this many processes (> 1) and print the scaling.
+    """
+    if steps < 1 or warmup < 0:
+        raise ValueError(f"steps ({steps}) must be >= 1 and warmup ({warmup}) >= 0")
+    for amp in amps:
+        if amp not in ("bf16", "fp16", "none"):
+            raise ValueError(f"--amp {amp!r}: expected bf16, fp16 or none")
+    args = [preset, "--steps", str(steps), "--warmup", str(warmup), "--amp", ",".join(amps)]
+    for o in overrides:
+        args += ["--set", o]
+    if cache:
+        args += ["--cache", str(cache)]
+    if nproc > 1:
+        # the one-process baseline runs as a subprocess too, so both see the same environment
+        rows = _launch(1, args) + _launch(nproc, args)
+    else:
+        rows = run_local(preset, overrides, amps, steps, warmup, cache)
+    _print(rows)
+    if nproc > 1:
+        for r in rows:
+            if r["world_size"] == nproc:
+                base = [q for q in rows if q["world_size"] == 1 and q["amp"] == r["amp"]
+                        and q["source"] == r["source"]][0]
+                eff = r["patches_per_s"] / (nproc * base["patches_per_s"])
+                r["scaling_efficiency"] = eff
+                print(f"scaling efficiency {r['amp']} {r['source']}: {eff:.2f} "
+                      f"({r['patches_per_s']:.2f} / ({nproc} x {base['patches_per_s']:.2f}) "
+                      "patches/s)")
+    return rows
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Worker entry under torchrun: ``python -m glioseg.bench.train PRESET ... --json OUT``."""
+    import argparse
+
+    p = argparse.ArgumentParser(prog="glioseg.bench.train")
+    p.add_argument("preset")
+    p.add_argument("--steps", type=int, default=5)
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--amp", default="bf16,none")
+    p.add_argument("--set", action="append", default=[])
+    p.add_argument("--cache", default=None)
+    p.add_argument("--json", required=True)
+    a = p.parse_args(argv)
+    rows = run_local(a.preset, a.set, a.amp.split(","), a.steps, a.warmup, a.cache)
+    if rows:
+        tmp = Path(a.json).with_suffix(".tmp")
+        tmp.write_text(json.dumps(rows))
+        tmp.replace(a.json)
+
+
+if __name__ == "__main__":
+    main()

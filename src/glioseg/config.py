@@ -1,0 +1,410 @@
+"""Typed, frozen configuration of the training stage; load, override and dump.
+
+One place for defaults: the dataclasses below (a comment on each default says why). YAML files
+hold values only, nested as the dataclasses are::
+
+    data:  {cache_dir: ..., patch_size: [64, 64, 64], batch_size: 2, ...}
+    optim: {name: adamw, lr: 0.001, ...}
+    train: {steps: 1000, amp: bf16, ...}
+    model: {arch: unet3d, base_width: 16, ...}      # glioseg.model.registry.ModelConfig
+
+``load_config(path_or_preset, ["train.steps=200", "data.patch_size=[48,48,48]"])`` starts from
+the defaults, applies the YAML, then each ``a.b=v`` override; values are converted to the
+declared type of their field, and an unknown key or a value of the wrong type raises
+``ConfigError`` naming the key. ``dump_config`` writes the resolved config back to YAML, and the
+dict form (``config_to_dict``) is what checkpoints store.
+
+Presets ship with the package under ``glioseg/configs/``: ``small`` (2-core CPU, 2 mm
+synthetic) and ``full`` (BraTS at 1 mm on a GPU).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from glioseg.model.registry import ModelConfig
+
+PRESETS_DIR = Path(__file__).parent / "configs"
+"""Folder of the YAML presets shipped with the package (``small.yaml``, ``full.yaml``)."""
+
+
+class ConfigError(ValueError):
+    """A configuration file or override that cannot be used; the message names the key."""
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where the training patches come from and how they are drawn."""
+
+    cache_dir: str = ""
+    """Preprocessed cache (``glioseg preprocess``); set by ``glioseg train --data``."""
+    patch_size: tuple[int, int, int] | None = None
+    """Patch ``(X, Y, Z)`` in voxels, each divisible by the model's divisor; None takes
+    ``model.patch_size``. When set it also becomes ``model.patch_size`` (the card's default
+    sliding-window ROI), so the two never disagree in a resolved config."""
+    batch_size: int = 2
+    """Patches per step per process (the global batch is ``batch_size x world x grad_accum``)."""
+    workers: int = 1
+    """Loader worker processes per training process (0: load in the training process)."""
+    foreground_fraction: float = 0.33
+    """Share of patches centred on a tumour voxel (nnU-Net's 1/3 oversampling)."""
+    augment: bool = True
+    """Master switch for augmentation; the switches below apply only when it is on."""
+    aug_flip: bool = True
+    """Random mirroring along each axis (BraTS brains are nearly symmetric)."""
+    aug_rotate_scale: bool = True
+    """Random small rotation and isotropic scaling (one resampling of the patch)."""
+    aug_intensity: bool = True
+    """Per-modality random brightness, contrast and gamma (scanner variation)."""
+    aug_noise: bool = True
+    """Gaussian noise and blur (acquisition quality)."""
+    n_val: int = 2
+    """Cases held out for validation: the last ``n_val`` of the cache's sorted case ids."""
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    """Optimiser and learning-rate schedule."""
+
+    name: Literal["adamw", "sgd"] = "adamw"
+    """AdamW converges fast on few steps; SGD with Nesterov momentum 0.99 is nnU-Net's choice
+    for long runs."""
+    lr: float = 1e-3
+    """Peak learning rate (after warmup); 1e-3 suits AdamW, 1e-2 suits SGD."""
+    weight_decay: float = 1e-5
+    """Decoupled weight decay (AdamW) or L2 (SGD); small, as in nnU-Net (3e-5)."""
+    momentum: float = 0.99
+    """SGD momentum (Nesterov); ignored by AdamW."""
+    schedule: Literal["poly", "cosine", "constant"] = "poly"
+    """Decay after warmup: nnU-Net's poly (exponent 0.9), cosine, or constant."""
+    warmup_steps: int = 50
+    """Linear warmup from 0 to ``lr`` over these steps (stabilises the first AdamW steps)."""
+    grad_clip: float = 12.0
+    """Gradient norm clip (nnU-Net's 12); 0 disables."""
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """The training loop."""
+
+    steps: int = 1000
+    """Optimiser steps in total (a step sees ``batch_size x grad_accum`` patches per process)."""
+    val_every: int = 100
+    """Validate on the held-out cases every this many steps (and at the last step)."""
+    ckpt_every: int = 100
+    """Write ``last.pt`` every this many steps (and at the last step)."""
+    log_every: int = 10
+    """Append the mean training loss to ``metrics.jsonl`` every this many steps."""
+    amp: Literal["bf16", "fp16", "none"] = "bf16"
+    """Autocast dtype: bf16 needs no loss scaling and runs on CPUs with AVX-512 BF16 and on
+    Ampere+ GPUs; fp16 (with a GradScaler) for older GPUs; none for float32."""
+    compile: bool = False
+    """``torch.compile`` the model (GPU runs; on CPU it needs a C++ compiler and minutes)."""
+    channels_last: bool = True
+    """``channels_last_3d`` memory format: faster convolutions with oneDNN and cuDNN."""
+    grad_accum: int = 1
+    """Micro-batches accumulated per optimiser step (a larger batch without more memory)."""
+    seed: int = 0
+    """Seed of every generator (model init, sampling, augmentation); rank r adds r."""
+    val_mode: Literal["whole", "sliding"] = "whole"
+    """Validation forward: the whole cropped volume at once (padded to the model's divisor;
+    fast for 2 mm volumes) or a sliding window of ``patch_size`` (1 mm volumes)."""
+    val_overlap: float = 0.25
+    """Sliding-window overlap for ``val_mode: sliding``."""
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    """``auto``: CUDA when available, else CPU."""
+    threads: int = 0
+    """CPU threads per process (0: torch's default, divided among the processes of a node)."""
+
+
+def _default_model() -> ModelConfig:
+    return ModelConfig()
+
+
+@dataclass(frozen=True)
+class Config:
+    """The whole training configuration; ``model`` is the model engineer's ``ModelConfig``
+    (its ``deep_supervision`` switch is the training stage's deep supervision)."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    model: ModelConfig = field(default_factory=_default_model)
+
+    def __post_init__(self) -> None:
+        # One patch size: data.patch_size wins when given, else the model's.
+        if self.data.patch_size is None:
+            object.__setattr__(self, "data",
+                               dataclasses.replace(self.data, patch_size=self.model.patch_size))
+        elif tuple(self.data.patch_size) != tuple(self.model.patch_size):
+            object.__setattr__(self, "model",
+                               dataclasses.replace(self.model, patch_size=self.data.patch_size))
+        _validate(self)
+
+    @property
+    def patch_size(self) -> tuple[int, int, int]:
+        """The training patch ``(X, Y, Z)``."""
+        assert self.data.patch_size is not None
+        return tuple(self.data.patch_size)  # type: ignore[return-value]
+
+
+def _validate(cfg: Config) -> None:
+    d, o, t = cfg.data, cfg.optim, cfg.train
+    checks = [
+        (all(p > 0 for p in cfg.patch_size), "data.patch_size", "must be positive"),
+        (d.batch_size >= 1, "data.batch_size", "must be >= 1"),
+        (d.workers >= 0, "data.workers", "must be >= 0"),
+        (0.0 <= d.foreground_fraction <= 1.0, "data.foreground_fraction", "must be in [0, 1]"),
+        (d.n_val >= 0, "data.n_val", "must be >= 0"),
+        (o.lr > 0, "optim.lr", "must be > 0"),
+        (o.weight_decay >= 0, "optim.weight_decay", "must be >= 0"),
+        (o.warmup_steps >= 0, "optim.warmup_steps", "must be >= 0"),
+        (o.grad_clip >= 0, "optim.grad_clip", "must be >= 0"),
+        (t.steps >= 1, "train.steps", "must be >= 1"),
+        (t.val_every >= 1, "train.val_every", "must be >= 1"),
+        (t.ckpt_every >= 1, "train.ckpt_every", "must be >= 1"),
+        (t.log_every >= 1, "train.log_every", "must be >= 1"),
+        (t.grad_accum >= 1, "train.grad_accum", "must be >= 1"),
+        (0.0 <= t.val_overlap < 1.0, "train.val_overlap", "must be in [0, 1)"),
+        (t.threads >= 0, "train.threads", "must be >= 0"),
+    ]
+    for ok, key, what in checks:
+        if not ok:
+            raise ConfigError(f"{key}: {what} (got {_get(cfg, key)!r})")
+
+
+def _get(cfg: Any, dotted: str) -> Any:
+    for part in dotted.split("."):
+        cfg = getattr(cfg, part)
+    return cfg
+
+
+# --------------------------------------------------------------------------- conversion
+
+def _convert(value: Any, tp: Any, key: str) -> Any:
+    """``value`` (from YAML or an override) converted to the declared type ``tp``."""
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{key}: expected a mapping of {tp.__name__} fields, got {value!r}")
+        return _build(tp, value, key)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for a in args:
+            if a is type(None):
+                continue
+            try:
+                return _convert(value, a, key)
+            except ConfigError as exc:
+                errors.append(str(exc))
+        raise ConfigError(f"{key}: {value!r} matches none of {tp} ({'; '.join(errors)})")
+    if origin is Literal:
+        for a in args:
+            if value == a or (isinstance(value, str) and str(a) == value):
+                return a
+        raise ConfigError(f"{key}: {value!r} is not one of {list(args)}")
+    if origin is tuple:
+        if isinstance(value, str) or not isinstance(value, Sequence):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_convert(v, args[0], f"{key}[{i}]") for i, v in enumerate(value))
+        if len(value) != len(args):
+            raise ConfigError(f"{key}: expected {len(args)} values, got {len(value)} ({value!r})")
+        return tuple(_convert(v, a, f"{key}[{i}]") for i, (v, a) in enumerate(zip(value, args, strict=True)))
+    if origin is list:
+        if isinstance(value, str) or not isinstance(value, Sequence):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        return [_convert(v, args[0], f"{key}[{i}]") for i, v in enumerate(value)] if args else list(value)
+    if tp is Any:
+        return value
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "yes", "on", "1", "false", "no", "off", "0"):
+            return value.lower() in ("true", "yes", "on", "1")
+        raise ConfigError(f"{key}: expected true or false, got {value!r}")
+    if tp is int:
+        if isinstance(value, bool):
+            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+        if isinstance(value, int):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        if isinstance(value, str):
+            try:
+                return int(value)
+            except ValueError:
+                pass
+        raise ConfigError(f"{key}: expected an integer, got {value!r}")
+    if tp is float:
+        if isinstance(value, bool):
+            raise ConfigError(f"{key}: expected a number, got {value!r}")
+        if isinstance(value, int | float):
+            return float(value)
+        if isinstance(value, str):
+            try:  # YAML 1.1 reads "1e-3" as a string
+                return float(value)
+            except ValueError:
+                pass
+        raise ConfigError(f"{key}: expected a number, got {value!r}")
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return str(value)
+        raise ConfigError(f"{key}: expected a string, got {value!r}")
+    if isinstance(tp, type) and isinstance(value, tp):
+        return value
+    raise ConfigError(f"{key}: cannot convert {value!r} to {tp}")
+
+
+def _build(cls: type, values: Mapping[str, Any], prefix: str) -> Any:
+    """An instance of dataclass ``cls`` from its defaults updated with ``values``."""
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls) if f.init]
+    unknown = sorted(set(values) - set(names))
+    if unknown:
+        where = f"{prefix}." if prefix else ""
+        raise ConfigError(f"unknown key {where}{unknown[0]}; valid keys of "
+                          f"{prefix or 'the config'}: {', '.join(names)}")
+    kwargs = {}
+    for name in names:
+        if name in values:
+            key = f"{prefix}.{name}" if prefix else name
+            kwargs[name] = _convert(values[name], hints[name], key)
+    try:
+        return cls(**kwargs)
+    except ConfigError:
+        raise
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{prefix or 'config'}: {exc}") from None
+
+
+def _plain(obj: Any) -> Any:
+    """Dataclasses, tuples and lists as plain dicts and lists (YAML- and torch-safe)."""
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return {f.name: _plain(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, tuple | list):
+        return [_plain(v) for v in obj]
+    if isinstance(obj, Mapping):
+        return {str(k): _plain(v) for k, v in obj.items()}
+    return obj
+
+
+# --------------------------------------------------------------------------- public API
+
+def config_to_dict(cfg: Config) -> dict[str, Any]:
+    """The resolved config as nested dicts of primitives (lists for tuples)."""
+    return _plain(cfg)
+
+
+def config_from_dict(values: Mapping[str, Any]) -> Config:
+    """A ``Config`` from nested dicts (defaults for what is missing); ``ConfigError`` on bad keys."""
+    return _build(Config, values, "")
+
+
+def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
+    parts = dotted.split(".")
+    node = tree
+    for p in parts[:-1]:
+        child = node.setdefault(p, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"override {dotted}: {p} is a value, not a section")
+        node = child
+    node[parts[-1]] = value
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """``"a.b=v"`` -> ``("a.b", v)`` with ``v`` read as YAML (``[64,64,64]``, ``true``, ``3``)."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r}: expected key=value, e.g. train.steps=200")
+    key, raw = text.split("=", 1)
+    key = key.strip()
+    if not key or any(not p for p in key.split(".")):
+        raise ConfigError(f"override {text!r}: bad key {key!r}")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    return key, value
+
+
+def resolve_config_path(path_or_preset: str | Path) -> Path:
+    """A YAML path, or the packaged preset of that name (``small``, ``full``)."""
+    p = Path(path_or_preset)
+    if p.is_file():
+        return p
+    preset = PRESETS_DIR / f"{path_or_preset}.yaml"
+    if preset.is_file():
+        return preset
+    names = sorted(q.stem for q in PRESETS_DIR.glob("*.yaml"))
+    raise ConfigError(f"{path_or_preset}: no such config file, and not a preset ({', '.join(names)})")
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    """The mapping of a YAML config file; ``ConfigError`` naming the file when it is not one."""
+    path = Path(path)
+    try:
+        values = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        raise ConfigError(f"{path}: cannot read config ({exc})") from None
+    if values is None:
+        return {}
+    if not isinstance(values, dict):
+        raise ConfigError(f"{path}: a config file must be a mapping of sections, got "
+                          f"{type(values).__name__}")
+    return values
+
+
+def load_config(
+    path_or_preset: str | Path | None = None, overrides: Sequence[str] = ()
+) -> Config:
+    """Defaults, updated by a YAML file (or preset name), then by ``key=value`` overrides.
+
+    Args:
+        path_or_preset: a YAML file, a preset name (``small``, ``full``) or None (defaults).
+        overrides: ``"section.key=value"`` strings, applied in order; values are YAML.
+
+    Raises:
+        ConfigError: naming the file or key for unknown keys and unconvertible values.
+    """
+    values: dict[str, Any] = {}
+    source = "config"
+    if path_or_preset is not None:
+        path = resolve_config_path(path_or_preset)
+        values = read_yaml(path)
+        source = str(path)
+    for text in overrides:
+        key, value = parse_override(text)
+        _set_dotted(values, key, value)
+    try:
+        return config_from_dict(values)
+    except ConfigError as exc:
+        raise ConfigError(f"{source}: {exc}") from None
+
+
+def dump_config(cfg: Config, path: str | Path | None = None) -> str:
+    """The resolved config as YAML text; also written atomically to ``path`` when given."""
+    text = yaml.safe_dump(config_to_dict(cfg), sort_keys=False, default_flow_style=False)
+    if path is not None:
+        path = Path(path)
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_text(text)
+        tmp.replace(path)
+    return text
+
+
+def replace(cfg: Config, **sections: Any) -> Config:
+    """``cfg`` with whole sections swapped, e.g. ``replace(cfg, train=new_train)``."""
+    return dataclasses.replace(cfg, **sections)

@@ -1,0 +1,408 @@
+"""Scoring a folder of predictions against a BraTS data folder.
+
+``score_labels`` is the pure per-case function (file-label arrays in, flat dict of scores out);
+``evaluate_folder`` is the thin loop around it: match predictions (``<case_id>.nii.gz``) to
+reference cases by case id, check the grids, score in parallel, write ``per_case.csv``,
+``summary.json`` and ``summary.md`` (each written to a temporary name, then renamed).
+
+Schemes (``scheme``):
+
+- ``brats2020`` (legacy; BraTS 2017-2021 and the 2020 leaderboard): per region Dice, HD95
+  (pooled, CBICA/CaPTk rule), sensitivity, specificity.
+- ``brats2023`` (lesion-wise; BraTS 2023 onwards): the same legacy scores plus lesion-wise
+  Dice and HD95 and the lesion counts (true positive, false negative, false positive).
+
+The scoring scheme is independent of the label convention: labels are read in the reference
+layout's file convention (2020/2021: ET = 4; 2023: ET = 3; MSD), and predictions in the same
+convention unless ``pred_label_scheme`` says otherwise. The default scheme follows the layout:
+brats2023 layouts are scored lesion-wise, all others with the legacy scheme.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from glioseg.evaluate.lesionwise import DILATION, lesion_parameters, lesion_wise
+from glioseg.evaluate.metrics import (
+    REGION_NAMES,
+    EvaluationError,
+    Spacing,
+    legacy_scores,
+    regions_from_labels,
+    union_bbox,
+)
+
+SCORING_SCHEMES: tuple[str, ...] = ("brats2020", "brats2023")
+LEGACY_METRICS: tuple[str, ...] = ("dice", "hd95", "sensitivity", "specificity")
+LESION_METRICS: tuple[str, ...] = ("lesion_dice", "lesion_hd95")
+LESION_COUNTS: tuple[str, ...] = ("lesion_tp", "lesion_fn", "lesion_fp")
+PRED_EXTS: tuple[str, ...] = (".nii.gz", ".nii")
+
+
+def scoring_scheme_for(layout: str) -> str:
+    """Default scoring scheme of a reference layout: lesion-wise for brats2023, else legacy."""
+    return "brats2023" if layout == "brats2023" else "brats2020"
+
+
+def check_scheme(scheme: str) -> str:
+    if scheme not in SCORING_SCHEMES:
+        raise EvaluationError(
+            f"unknown scoring scheme {scheme!r}; known: {', '.join(SCORING_SCHEMES)}"
+        )
+    return scheme
+
+
+def metric_names(scheme: str) -> tuple[str, ...]:
+    """Summarised metrics of a scheme, in column order."""
+    return LEGACY_METRICS + (LESION_METRICS if check_scheme(scheme) == "brats2023" else ())
+
+
+def score_columns(scheme: str) -> list[str]:
+    """Score columns of ``per_case.csv``: ``<region>_<metric>`` for every region and metric."""
+    names = metric_names(scheme) + (LESION_COUNTS if scheme == "brats2023" else ())
+    return [f"{r}_{m}" for r in REGION_NAMES for m in names]
+
+
+def score_labels(
+    pred: np.ndarray | None,
+    ref: np.ndarray,
+    label_scheme: str,
+    scheme: str = "brats2020",
+    spacing: Spacing = None,
+    case_id: str = "",
+    pred_label_scheme: str | None = None,
+) -> dict[str, float]:
+    """All scores of one case from its label arrays.
+
+    Args:
+        pred: ``(X, Y, Z)`` predicted file labels, or None for a missing (empty) prediction.
+        ref: ``(X, Y, Z)`` reference file labels, same grid.
+        label_scheme: file label convention of ``ref`` (and of ``pred`` by default).
+        scheme: ``brats2020`` (legacy) or ``brats2023`` (legacy + lesion-wise).
+        spacing: voxel size in mm for distances; None = voxel units (the challenge default).
+        case_id: named in error messages; its challenge tag (``BraTS-MEN-...``, ``-MET-``)
+            picks the lesion-wise dilation and volume threshold (``lesion_parameters``).
+        pred_label_scheme: label convention of ``pred`` if it differs from ``label_scheme``.
+
+    Returns:
+        ``{"<region>_<metric>": value}`` for the columns ``score_columns(scheme)``.
+
+    Raises:
+        EvaluationError: a label outside the scheme or a grid mismatch, naming the case.
+    """
+    check_scheme(scheme)
+    ref = np.asarray(ref)
+    pred = np.zeros(ref.shape, np.uint8) if pred is None else np.asarray(pred)
+    if pred.shape != ref.shape:
+        raise EvaluationError(f"{case_id}: prediction shape {pred.shape} differs from the "
+                              f"reference {ref.shape}")
+    # Every metric is computed on the box holding all foreground of both, with room for the
+    # lesion-wise dilation; the voxels outside count as true negatives.
+    dilation, min_volume = lesion_parameters(case_id)
+    box = union_bbox([pred != 0, ref != 0], margin=max(dilation, DILATION) + 1)
+    if box is None:
+        box = tuple(slice(0, 1) for _ in ref.shape)
+    pred_regions = regions_from_labels(pred[box], pred_label_scheme or label_scheme,
+                                       case_id, "prediction")
+    ref_regions = regions_from_labels(ref[box], label_scheme, case_id, "reference")
+    outside = int(ref.size - pred_regions[0].size)
+    scores: dict[str, float] = {}
+    for i, region in enumerate(REGION_NAMES):
+        p, r = pred_regions[i], ref_regions[i]
+        for name, value in legacy_scores(p, r, spacing, ref.shape, outside).items():
+            scores[f"{region}_{name}"] = value
+        if scheme == "brats2023":
+            lw = lesion_wise(p, r, spacing, dilation=dilation, min_volume=min_volume)
+            scores[f"{region}_lesion_dice"] = lw.dice
+            scores[f"{region}_lesion_hd95"] = lw.hd95
+            scores[f"{region}_lesion_tp"] = lw.n_tp
+            scores[f"{region}_lesion_fn"] = lw.n_fn
+            scores[f"{region}_lesion_fp"] = lw.n_fp
+    return scores
+
+
+@dataclass(frozen=True)
+class _Task:
+    case_id: str
+    seg: Path
+    pred: Path | None
+    label_scheme: str
+    pred_label_scheme: str | None
+    scheme: str
+    spacing_mm: bool
+
+
+def find_prediction(pred_dir: Path, case_id: str) -> Path | None:
+    """``pred_dir/<case_id>.nii.gz`` (or ``.nii``), or None."""
+    for ext in PRED_EXTS:
+        p = pred_dir / f"{case_id}{ext}"
+        if p.is_file():
+            return p
+    return None
+
+
+def evaluate_case_files(task: _Task) -> dict[str, float]:
+    """Read one case's reference and prediction, check the grids, and score it.
+
+    Raises:
+        EvaluationError: naming the case and the file, for an unreadable file, a grid
+            (shape or affine) mismatch or a label outside the scheme.
+    """
+    from glioseg.data.nifti import load_volume
+
+    try:
+        ref, ref_header = load_volume(task.seg, dtype=None)
+        pred = None
+        if task.pred is not None:
+            pred, pred_header = load_volume(task.pred, dtype=None)
+    except ValueError as exc:
+        raise EvaluationError(f"{task.case_id}: {exc}") from None
+    if ref.ndim != 3:
+        raise EvaluationError(f"{task.case_id}: {task.seg.name}: expected a 3D segmentation, "
+                              f"got shape {ref.shape}")
+    if pred is not None:
+        name = task.pred.name if task.pred else ""
+        if pred.shape != ref.shape:
+            raise EvaluationError(f"{task.case_id}: {name}: prediction shape {pred.shape} "
+                                  f"differs from the reference {task.seg.name} {ref.shape}")
+        if not np.allclose(pred_header.affine, ref_header.affine, atol=1e-3):
+            raise EvaluationError(
+                f"{task.case_id}: {name}: prediction affine differs from the reference "
+                f"{task.seg.name} (not on the same grid):\n{np.round(pred_header.affine, 3)}\n"
+                f"vs\n{np.round(ref_header.affine, 3)}"
+            )
+    spacing = ref_header.spacing if task.spacing_mm else None
+    return score_labels(pred, ref, task.label_scheme, task.scheme, spacing, task.case_id,
+                        task.pred_label_scheme)
+
+
+def _run_task(task: _Task) -> tuple[str, dict[str, float] | None, str | None]:
+    try:
+        return task.case_id, evaluate_case_files(task), None
+    except ValueError as exc:
+        return task.case_id, None, str(exc)
+
+
+@dataclass
+class EvaluationResult:
+    """What ``evaluate_folder`` computed and wrote.
+
+    Attributes:
+        rows: one dict per scored case (``case_id``, ``missing_prediction``, score columns).
+        summary: the content of ``summary.json``.
+        paths: files written, by name (``per_case``, ``summary``, ``markdown``, figures...).
+    """
+
+    rows: list[dict]
+    summary: dict
+    paths: dict[str, Path] = field(default_factory=dict)
+
+
+def summarise(rows: Sequence[dict], scheme: str) -> dict[str, dict[str, dict[str, float | None]]]:
+    """mean, std (sample, ddof=1; None for one case), median, p25, p75 per metric and region."""
+    out: dict[str, dict[str, dict[str, float | None]]] = {}
+    for metric in metric_names(scheme):
+        out[metric] = {}
+        for region in REGION_NAMES:
+            v = np.array([row[f"{region}_{metric}"] for row in rows], dtype=float)
+            if v.size == 0:
+                continue
+            out[metric][region] = {
+                "mean": float(v.mean()),
+                "std": float(v.std(ddof=1)) if v.size > 1 else None,
+                "median": float(np.median(v)),
+                "p25": float(np.percentile(v, 25)),
+                "p75": float(np.percentile(v, 75)),
+            }
+    return out
+
+
+_METRIC_TITLES = {
+    "dice": "Dice",
+    "hd95": "HD95",
+    "sensitivity": "Sensitivity",
+    "specificity": "Specificity",
+    "lesion_dice": "Lesion-wise Dice",
+    "lesion_hd95": "Lesion-wise HD95",
+}
+
+
+def markdown_table(summary: dict) -> str:
+    """A short Markdown table: mean ± std (median) per metric and region."""
+    unit = summary["distance_unit"]
+    lines = [
+        f"Scheme {summary['scheme']}, {summary['n_cases']} cases, distances in {unit}"
+        + (f", {len(summary['missing_predictions'])} missing prediction(s) scored as empty"
+           if summary["missing_predictions"] else "") + ".",
+        "",
+        "| metric | " + " | ".join(REGION_NAMES) + " |",
+        "|---|" + "---|" * len(REGION_NAMES),
+    ]
+    for metric, per_region in summary["metrics"].items():
+        digits = 2 if "hd95" in metric else 3
+        cells = []
+        for region in REGION_NAMES:
+            s = per_region.get(region)
+            if s is None:
+                cells.append("")
+                continue
+            std = "" if s["std"] is None else f" ± {s['std']:.{digits}f}"
+            cells.append(f"{s['mean']:.{digits}f}{std} ({s['median']:.{digits}f})")
+        lines.append(f"| {_METRIC_TITLES.get(metric, metric)} | " + " | ".join(cells) + " |")
+    lines += ["", "Cells: mean ± sample std (median) over cases."]
+    return "\n".join(lines) + "\n"
+
+
+def write_text_atomic(path: Path, text: str) -> Path:
+    """Write ``text`` to ``path`` through a temporary file in the same folder, then rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "w", newline="") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
+
+
+def _csv_text(rows: Sequence[dict], columns: list[str]) -> str:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
+    return buf.getvalue()
+
+
+def _plan(
+    pred_dir: Path, ref_dir: Path, scheme: str | None, spacing_mm: bool,
+    pred_label_scheme: str | None,
+) -> tuple[list[_Task], str, list, dict[str, list[str]]]:
+    from glioseg.data.cases import discover
+
+    if not pred_dir.is_dir():
+        raise EvaluationError(f"{pred_dir}: no such prediction folder")
+    cases = discover(ref_dir)
+    layouts = sorted({c.layout for c in cases})
+    if scheme is None:
+        schemes = {scoring_scheme_for(lay) for lay in layouts}
+        if len(schemes) > 1:
+            raise EvaluationError(f"{ref_dir}: cases of layouts {layouts} call for different "
+                                  "scoring schemes; choose one with --scheme")
+        scheme = schemes.pop()
+    check_scheme(scheme)
+    scored = [c for c in cases if c.seg is not None]
+    lists: dict[str, list[str]] = {
+        "unscored_cases": [c.case_id for c in cases if c.seg is None],
+        "missing_predictions": [],
+    }
+    if not scored:
+        raise EvaluationError(f"{ref_dir}: no case has a reference segmentation to score against")
+    tasks = []
+    for case in scored:
+        pred = find_prediction(pred_dir, case.case_id)
+        if pred is None:
+            lists["missing_predictions"].append(case.case_id)
+        tasks.append(_Task(case.case_id, case.seg, pred, case.label_scheme, pred_label_scheme,
+                           scheme, spacing_mm))
+    ids = {c.case_id for c in cases}
+    lists["unmatched_predictions"] = sorted(
+        p.name for p in pred_dir.iterdir()
+        if p.name.endswith(PRED_EXTS) and p.name.split(".nii")[0] not in ids
+    )
+    return tasks, scheme, scored, lists
+
+
+def evaluate_folder(
+    pred_dir: str | Path,
+    ref_dir: str | Path,
+    out_dir: str | Path,
+    scheme: str | None = None,
+    spacing_mm: bool = False,
+    workers: int = 1,
+    pred_label_scheme: str | None = None,
+    figures: bool = False,
+    progress: bool = True,
+) -> EvaluationResult:
+    """Score every reference case that has a segmentation; write the tables.
+
+    Args:
+        pred_dir: folder of ``<case_id>.nii.gz`` predictions (file labels).
+        ref_dir: a BraTS/MSD data folder (``glioseg.data.cases.discover``).
+        out_dir: where ``per_case.csv``, ``summary.json`` and ``summary.md`` go.
+        scheme: ``brats2020`` or ``brats2023``; default from the reference layout.
+        spacing_mm: distances in mm using the reference's spacing (default: voxel units).
+        workers: parallel processes.
+        pred_label_scheme: label convention of the predictions (default: the reference's).
+        figures: also draw the box plot and best/median/worst slice overlays.
+        progress: show a progress bar.
+
+    Raises:
+        EvaluationError: if any case cannot be scored (all problems listed, each naming the
+            case and file); nothing is written then.
+    """
+    from tqdm import tqdm
+
+    pred_dir, ref_dir, out_dir = Path(pred_dir), Path(ref_dir), Path(out_dir)
+    tasks, scheme, cases, lists = _plan(pred_dir, ref_dir, scheme, spacing_mm, pred_label_scheme)
+    results: dict[str, dict[str, float]] = {}
+    problems: list[str] = []
+    bar = tqdm(total=len(tasks), desc="evaluate", unit="case", disable=not progress)
+    with ExitStack() as stack:
+        if workers <= 1 or len(tasks) == 1:
+            outcomes = map(_run_task, tasks)
+        else:
+            pool = stack.enter_context(ProcessPoolExecutor(max_workers=workers))
+            futures = [pool.submit(_run_task, t) for t in tasks]
+            outcomes = (f.result() for f in as_completed(futures))
+        for case_id, scores, error in outcomes:
+            results[case_id] = scores or {}
+            if error:
+                problems.append(error)
+            bar.update()
+    bar.close()
+    if problems:
+        raise EvaluationError(f"{len(problems)} case(s) could not be scored:\n"
+                              + "\n".join(sorted(problems)))
+    missing = set(lists["missing_predictions"])
+    rows = [
+        {"case_id": t.case_id, "missing_prediction": int(t.case_id in missing),
+         **results[t.case_id]}
+        for t in tasks
+    ]
+    summary = {
+        "format": "glioseg-eval/1",
+        "scheme": scheme,
+        "label_schemes": sorted({t.label_scheme for t in tasks}),
+        "distance_unit": "mm" if spacing_mm else "voxel",
+        "n_cases": len(rows),
+        **lists,
+        "metrics": summarise(rows, scheme),
+    }
+    columns = ["case_id", "missing_prediction"] + score_columns(scheme)
+    paths = {
+        "per_case": write_text_atomic(out_dir / "per_case.csv", _csv_text(rows, columns)),
+        "summary": write_text_atomic(out_dir / "summary.json",
+                                     json.dumps(summary, indent=2) + "\n"),
+        "markdown": write_text_atomic(out_dir / "summary.md", markdown_table(summary)),
+    }
+    result = EvaluationResult(rows, summary, paths)
+    if figures:
+        from glioseg.report.eval_figures import write_eval_figures
+
+        case_folders = {c.case_id: c.folder for c in cases}
+        preds = {t.case_id: t.pred for t in tasks}
+        paths.update(write_eval_figures(rows, out_dir, case_folders, preds))
+    return result

@@ -1,0 +1,350 @@
+"""Legacy BraTS metrics (2017-2021 challenges, the 2020 leaderboard), as pure numpy functions.
+
+Every function takes boolean masks of one region on one grid, ``(X, Y, Z)`` bool, and
+optionally the voxel ``spacing`` (mm per axis); ``spacing=None`` measures distances in voxel
+units, as the challenge's CBICA portal (CaPTk) did.
+
+Conventions, those of the challenge's scoring (see ``docs`` and the module functions):
+
+- Dice: both masks empty -> 1; exactly one empty -> 0.
+- HD95: surface voxels = mask minus its erosion by the 6-connected structuring element;
+  distances from each surface to the other, exact Euclidean (the values of the Euclidean
+  distance transform of the other surface, found by a k-d tree for speed); the 95th
+  percentile of the two directed distance sets POOLED into one set (this is medpy's ``hd95``;
+  MONAI instead takes the larger of the two directed percentiles). Both masks empty -> 0;
+  exactly one empty -> the diagonal of the grid (373.13 for 240x240x155).
+- Sensitivity and specificity over the whole volume; 1 when the quantity is 0/0 (e.g. an empty
+  reference and an empty prediction give sensitivity 1).
+
+Speed: work is done on the bounding box of the union of both masks plus a margin, which gives
+exactly the values of the full grid (see ``union_bbox``), and surface distances cost in
+proportion to the surfaces (k-d tree), not to the box.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import NamedTuple
+
+import numpy as np
+
+from glioseg.data import labels as L
+
+REGION_NAMES: tuple[str, ...] = L.REGIONS
+"""Region order of every region array: WT, TC, ET."""
+
+BRATS_GRID: tuple[int, int, int] = (240, 240, 155)
+"""The BraTS grid; its diagonal, 373.1287 voxels, is the HD95 of a one-sided empty case."""
+
+
+class EvaluationError(ValueError):
+    """A prediction or reference that cannot be scored; the message names the case and file."""
+
+
+class ConfusionCounts(NamedTuple):
+    """Voxel counts of one region: true/false positives/negatives over the whole volume."""
+
+    tp: int
+    fp: int
+    fn: int
+    tn: int
+
+
+Spacing = Sequence[float] | None
+
+
+def _spacing3(spacing: Spacing) -> tuple[float, float, float]:
+    if spacing is None:
+        return (1.0, 1.0, 1.0)
+    sp = tuple(float(s) for s in spacing)
+    if len(sp) != 3 or not all(s > 0 for s in sp):
+        raise ValueError(f"spacing must be three positive numbers, got {spacing!r}")
+    return sp  # type: ignore[return-value]
+
+
+def _check_pair(pred: np.ndarray, ref: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    pred = np.asarray(pred, dtype=bool)
+    ref = np.asarray(ref, dtype=bool)
+    if pred.shape != ref.shape:
+        raise ValueError(f"prediction shape {pred.shape} differs from reference {ref.shape}")
+    return pred, ref
+
+
+def _present_outside(labels: np.ndarray, allowed: set[int]) -> list[int]:
+    """Values of integer ``labels`` not in ``allowed`` (sorted); cheap for the usual few labels."""
+    if labels.size == 0:
+        return []
+    lo, hi = int(labels.min()), int(labels.max())
+    if hi - lo > 64:  # unusual data: fall back to a full unique
+        return sorted(int(v) for v in np.unique(labels) if int(v) not in allowed)
+    return [v for v in range(lo, hi + 1) if v not in allowed and bool((labels == v).any())]
+
+
+def regions_from_labels(
+    labels: np.ndarray, label_scheme: str, case_id: str = "", source: str = ""
+) -> np.ndarray:
+    """File labels -> regions ``(3, X, Y, Z)`` bool in order WT, TC, ET.
+
+    Wraps ``glioseg.data.labels`` (its scheme tables and ``regions_from_labels``):
+    brats2020/2021 files ET = 4, TC = 1 + 4, WT = 1 + 2 + 4; brats2023 files ET = 3,
+    TC = 1 + 3, WT = 1 + 2 + 3 (a 4 there is an error, never ET); msd 1 edema, 2 core, 3 ET.
+
+    Args:
+        labels: ``(X, Y, Z)`` label values as stored in the file (any integer or float dtype).
+        label_scheme: the file's label scheme (``brats2020``, ``brats2021``, ``brats2023``,
+            ``msd``).
+        case_id: named in the error message.
+        source: the file (or "prediction"/"reference"), named in the error message.
+
+    Raises:
+        EvaluationError: a value outside the scheme, a non-integer value or NaN, naming the case.
+    """
+    labels = np.asarray(labels)
+    where = ": ".join(p for p in (case_id, source) if p)
+    where = f"{where}: " if where else ""
+    scheme = L.get_scheme(label_scheme)
+    if np.issubdtype(labels.dtype, np.floating):
+        if not np.isfinite(labels).all():
+            raise EvaluationError(f"{where}NaN or inf label values")
+        if (labels != np.rint(labels)).any():
+            raise EvaluationError(f"{where}non-integer label values")
+        labels = labels.astype(np.int64)
+    elif labels.dtype == bool:
+        labels = labels.view(np.uint8)
+    elif not np.issubdtype(labels.dtype, np.integer):
+        raise EvaluationError(f"{where}label array of unsupported type {labels.dtype}")
+    bad = _present_outside(labels, set(scheme.allowed))
+    if bad:
+        raise EvaluationError(
+            f"{where}labels {bad} are not allowed in the {label_scheme} scheme "
+            f"(allowed: {sorted(scheme.allowed)})"
+        )
+    table = np.zeros(max(scheme.allowed) + 1, dtype=np.uint8)
+    for file_value, internal in scheme.file_to_internal:
+        table[file_value] = internal
+    return L.regions_from_labels(table[labels])
+
+
+def confusion_counts(pred: np.ndarray, ref: np.ndarray) -> ConfusionCounts:
+    """True/false positive/negative voxel counts of ``pred`` vs ``ref``, ``(X, Y, Z)`` bool."""
+    pred, ref = _check_pair(pred, ref)
+    n_pred = int(np.count_nonzero(pred))
+    n_ref = int(np.count_nonzero(ref))
+    tp = int(np.count_nonzero(pred & ref))
+    fp, fn = n_pred - tp, n_ref - tp
+    return ConfusionCounts(tp, fp, fn, int(pred.size) - tp - fp - fn)
+
+
+def dice_from_counts(c: ConfusionCounts) -> float:
+    """Dice = 2 TP / (2 TP + FP + FN); 1 when both masks are empty."""
+    denom = 2 * c.tp + c.fp + c.fn
+    return 1.0 if denom == 0 else 2.0 * c.tp / denom
+
+
+def sensitivity_from_counts(c: ConfusionCounts) -> float:
+    """TP / (TP + FN). Empty reference: 1 if the prediction is empty too, else 0."""
+    if c.tp + c.fn == 0:
+        return 1.0 if c.fp == 0 else 0.0
+    return c.tp / (c.tp + c.fn)
+
+
+def specificity_from_counts(c: ConfusionCounts) -> float:
+    """TN / (TN + FP) over the whole volume; 1 when there is no reference-negative voxel."""
+    return 1.0 if c.tn + c.fp == 0 else c.tn / (c.tn + c.fp)
+
+
+def dice(pred: np.ndarray, ref: np.ndarray) -> float:
+    """Dice of two ``(X, Y, Z)`` bool masks; both empty -> 1, exactly one empty -> 0."""
+    return dice_from_counts(confusion_counts(pred, ref))
+
+
+def grid_diagonal(shape: Sequence[int], spacing: Spacing = None) -> float:
+    """Length of the grid's diagonal, in voxels (``spacing=None``) or mm: the HD95 penalty."""
+    return float(np.linalg.norm(np.asarray(shape, float) * np.asarray(_spacing3(spacing))))
+
+
+def union_bbox(masks: Sequence[np.ndarray], margin: int) -> tuple[slice, ...] | None:
+    """Slices of the bounding box of the union of ``masks`` grown by ``margin``, clipped to the
+    grid; None if every mask is empty.
+
+    A margin of 1 keeps erosion and distance transforms exact: all surface voxels of both masks
+    lie inside, and at the grid's edge the crop edge is the grid's edge, as before.
+    """
+    union = np.logical_or.reduce([np.asarray(m, bool) for m in masks])
+    slices = []
+    for axis in range(union.ndim):
+        other = tuple(a for a in range(union.ndim) if a != axis)
+        idx = np.flatnonzero(union.any(axis=other))
+        if idx.size == 0:
+            return None
+        lo = max(int(idx[0]) - margin, 0)
+        hi = min(int(idx[-1]) + 1 + margin, union.shape[axis])
+        slices.append(slice(lo, hi))
+    return tuple(slices)
+
+
+def foreground_boxes(mask: np.ndarray, gap: int) -> list[tuple[slice, ...]]:
+    """Tight boxes holding every foreground voxel of ``mask``, found by recursive cuts along
+    empty slabs (an XY-cut): any two voxels in different boxes are at least ``gap + 2`` apart
+    along some axis, so operations reaching no further than ``gap + 1`` voxels (erosion,
+    dilation, connectivity) can run box by box, each box grown by up to ``gap + 1``.
+
+    The work then follows the foreground, not its bounding box: a prediction with a few
+    distant false positives costs little more than one without.
+
+    Args:
+        mask: ``(X, Y, Z)`` bool.
+        gap: the largest run of empty slabs not to cut along.
+    """
+    mask = np.asarray(mask, bool)
+    boxes: list[tuple[slice, ...]] = []
+    todo = [tuple(slice(0, n) for n in mask.shape)]
+    while todo:
+        box = todo.pop()
+        sub = mask[box]
+        tight = []
+        for axis in range(sub.ndim):
+            other = tuple(a for a in range(sub.ndim) if a != axis)
+            occupied = np.flatnonzero(sub.any(axis=other))
+            if occupied.size == 0:
+                break
+            cuts = np.flatnonzero(np.diff(occupied) > gap + 1)
+            start = box[axis].start
+            if cuts.size:
+                for group in np.split(occupied, cuts + 1):
+                    child = list(box)
+                    child[axis] = slice(start + int(group[0]), start + int(group[-1]) + 1)
+                    todo.append(tuple(child))
+                break
+            tight.append(slice(start + int(occupied[0]), start + int(occupied[-1]) + 1))
+        else:
+            boxes.append(tuple(tight))
+    return sorted(boxes, key=lambda b: tuple(s.start for s in b))
+
+
+def grow_box(box: tuple[slice, ...], margin: int, shape: Sequence[int]) -> tuple[slice, ...]:
+    """``box`` grown by ``margin`` voxels on every side, clipped to ``shape``."""
+    return tuple(
+        slice(max(s.start - margin, 0), min(s.stop + margin, int(n)))
+        for s, n in zip(box, shape, strict=True)
+    )
+
+
+def surface_voxels(mask: np.ndarray) -> np.ndarray:
+    """Surface of a ``(X, Y, Z)`` bool mask: the mask minus its erosion by the 6-connected
+    structuring element, voxels outside the grid counting as background.
+
+    Equal to ``mask & ~scipy.ndimage.binary_erosion(mask, generate_binary_structure(3, 1))``
+    (checked in the tests); written as six shifted ANDs because that is ~10x faster.
+    """
+    mask = np.asarray(mask, bool)
+    inner = mask.copy()
+    for axis in range(mask.ndim):
+        lo = [slice(None)] * mask.ndim
+        hi = [slice(None)] * mask.ndim
+        lo[axis], hi[axis] = slice(None, -1), slice(1, None)
+        inner[tuple(hi)] &= mask[tuple(lo)]  # neighbour below is inside
+        inner[tuple(lo)] &= mask[tuple(hi)]  # neighbour above is inside
+        edge = [slice(None)] * mask.ndim
+        for end in (0, -1):  # the grid's faces: a neighbour is outside
+            edge[axis] = end
+            inner[tuple(edge)] = False
+    return mask & ~inner
+
+
+def directed_surface_distances(
+    pred: np.ndarray, ref: np.ndarray, spacing: Spacing = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Distances from every surface voxel of each mask to the other mask's surface.
+
+    Each distance is the exact Euclidean distance (in ``spacing`` units) to the nearest surface
+    voxel of the other mask: the value the Euclidean distance transform of the other surface
+    takes there. It is found with a k-d tree over the surface voxels (``scipy.spatial``), whose
+    cost follows the size of the surfaces rather than of their bounding box, which a distant
+    false positive can make the whole volume.
+
+    Args:
+        pred, ref: ``(X, Y, Z)`` bool, both non-empty.
+        spacing: voxel size (mm); None = voxel units.
+
+    Returns:
+        ``(pred_to_ref, ref_to_pred)``: 1D float64 arrays, one distance per surface voxel of
+        ``pred`` (resp. ``ref``), box by box (``foreground_boxes``).
+    """
+    from scipy.spatial import cKDTree
+
+    pred, ref = _check_pair(pred, ref)
+    if not pred.any() or not ref.any():
+        raise ValueError("surface distances need two non-empty masks")
+    scale = np.asarray(_spacing3(spacing))
+    points: list[list[np.ndarray]] = [[], []]
+    for box in foreground_boxes(pred | ref, gap=0):
+        # Each box grown by 1 holds its voxels' 6-neighbours and no other box's voxels.
+        near = grow_box(box, 1, pred.shape)
+        offset = np.array([s.start for s in near])
+        for i, m in enumerate((pred, ref)):
+            points[i].append(np.argwhere(surface_voxels(m[near])) + offset)
+    pred_pts, ref_pts = (np.concatenate(p) * scale for p in points)
+    pred_to_ref = cKDTree(ref_pts, balanced_tree=False).query(pred_pts)[0]
+    ref_to_pred = cKDTree(pred_pts, balanced_tree=False).query(ref_pts)[0]
+    return pred_to_ref, ref_to_pred
+
+
+def hd95(
+    pred: np.ndarray,
+    ref: np.ndarray,
+    spacing: Spacing = None,
+    grid_shape: Sequence[int] | None = None,
+) -> float:
+    """95th percentile Hausdorff distance as the BraTS 2017-2021 scoring computed it.
+
+    The two directed distance sets (pred surface -> ref surface, ref surface -> pred surface)
+    are pooled and their 95th percentile taken (``numpy.percentile``, linear interpolation):
+    medpy's ``hd95``, not the max of two directed percentiles.
+
+    Args:
+        pred, ref: ``(X, Y, Z)`` bool masks.
+        spacing: voxel size in mm; None (default) = voxel units, as the challenge.
+        grid_shape: the full grid when ``pred``/``ref`` are crops of it; sets the penalty for a
+            one-sided empty case (default: ``pred.shape``).
+
+    Returns:
+        0 if both are empty; the grid diagonal (``grid_diagonal``) if exactly one is empty.
+    """
+    pred, ref = _check_pair(pred, ref)
+    has_pred, has_ref = bool(pred.any()), bool(ref.any())
+    if not has_pred and not has_ref:
+        return 0.0
+    if has_pred != has_ref:
+        return grid_diagonal(grid_shape if grid_shape is not None else pred.shape, spacing)
+    pred_to_ref, ref_to_pred = directed_surface_distances(pred, ref, spacing)
+    return float(np.percentile(np.concatenate([pred_to_ref, ref_to_pred]), 95))
+
+
+def legacy_scores(
+    pred: np.ndarray,
+    ref: np.ndarray,
+    spacing: Spacing = None,
+    grid_shape: Sequence[int] | None = None,
+    outside_voxels: int = 0,
+) -> dict[str, float]:
+    """Dice, HD95, sensitivity and specificity of one region.
+
+    Args:
+        pred, ref: ``(X, Y, Z)`` bool masks (may be a crop of the grid holding every foreground
+            voxel of both).
+        spacing: voxel size in mm, or None for voxel units.
+        grid_shape: the full grid (default ``pred.shape``), for the HD95 penalty.
+        outside_voxels: voxels of the full grid outside the crop (true negatives).
+
+    Returns:
+        ``{"dice", "hd95", "sensitivity", "specificity"}``.
+    """
+    c = confusion_counts(pred, ref)
+    c = c._replace(tn=c.tn + int(outside_voxels))
+    return {
+        "dice": dice_from_counts(c),
+        "hd95": hd95(pred, ref, spacing, grid_shape),
+        "sensitivity": sensitivity_from_counts(c),
+        "specificity": specificity_from_counts(c),
+    }

@@ -1,0 +1,157 @@
+"""Inference engines: one network, three runtimes, one calling convention.
+
+Every engine is a callable ``(B, C, x, y, z)`` float32 tensor -> ``(B, K, x, y, z)`` logits
+tensor, which is what ``sliding_window_inference`` takes:
+
+- ``TorchEngine``: the ``nn.Module`` itself, in ``inference_mode``, optionally channels-last
+  and under bf16 (CPU) / fp16 (CUDA) autocast.
+- ``OnnxRuntimeEngine``: an exported ONNX graph (all graph optimisations on).
+- ``OpenVinoEngine``: an ONNX or OpenVINO IR file compiled by OpenVINO for the CPU, in f32 or
+  bf16 (OpenVINO's default on CPUs with AVX-512 BF16; check accuracy), one compiled model per
+  input shape (sliding windows all share one shape, so usually one or two compilations).
+"""
+
+from __future__ import annotations
+
+from contextlib import nullcontext
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ENGINES: tuple[str, ...] = ("torch", "onnxruntime", "openvino")
+DTYPES: tuple[str, ...] = ("fp32", "bf16", "fp16")
+
+
+class EngineError(ValueError):
+    """An engine that cannot run as asked (unknown name, dtype, device or missing file)."""
+
+
+def _threads(threads: int | None) -> int:
+    return int(threads) if threads else max(1, torch.get_num_threads())
+
+
+class TorchEngine:
+    """PyTorch engine.
+
+    Args:
+        model: network ``(B, C, x, y, z)`` -> logits; put in eval mode here.
+        device: ``cpu`` or ``cuda``.
+        dtype: ``fp32``; ``bf16`` (autocast, CPU or CUDA); ``fp16`` (autocast, CUDA only).
+        channels_last: use ``torch.channels_last_3d`` memory format (faster conv on CPU).
+    """
+
+    name = "torch"
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        device: str = "cpu",
+        dtype: str = "fp32",
+        channels_last: bool = True,
+    ) -> None:
+        if dtype not in DTYPES:
+            raise EngineError(f"unknown dtype {dtype!r}; known: {', '.join(DTYPES)}")
+        if device.startswith("cuda") and not torch.cuda.is_available():
+            raise EngineError("device cuda asked for but torch sees no CUDA GPU")
+        if dtype == "fp16" and not device.startswith("cuda"):
+            raise EngineError("fp16 runs on CUDA only; use bf16 on a CPU")
+        self.device = torch.device(device)
+        self.dtype = dtype
+        self.channels_last = channels_last
+        self.model = model.eval().to(self.device)
+        if channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last_3d)
+
+    def _autocast(self):
+        if self.dtype == "fp32":
+            return nullcontext()
+        dt = torch.bfloat16 if self.dtype == "bf16" else torch.float16
+        return torch.autocast(device_type=self.device.type, dtype=dt)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.to(self.device, non_blocking=True)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last_3d)
+        with torch.inference_mode(), self._autocast():
+            y = self.model(x)
+        if isinstance(y, list | tuple):  # deep supervision left on: full resolution first
+            y = y[0]
+        return y
+
+
+class OnnxRuntimeEngine:
+    """ONNX Runtime engine on the CPU (or CUDA if onnxruntime-gpu is installed).
+
+    Args:
+        path: ``.onnx`` file (from ``glioseg export --format onnx``), or its bytes.
+        threads: intra-op threads (default: torch's thread count).
+        device: ``cpu`` or ``cuda``.
+    """
+
+    name = "onnxruntime"
+
+    def __init__(self, path: str | Path | bytes, threads: int | None = None,
+                 device: str = "cpu") -> None:
+        import onnxruntime as ort
+
+        opts = ort.SessionOptions()
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        opts.intra_op_num_threads = _threads(threads)
+        opts.inter_op_num_threads = 1
+        providers = ["CPUExecutionProvider"]
+        if device.startswith("cuda"):
+            if "CUDAExecutionProvider" not in ort.get_available_providers():
+                raise EngineError("onnxruntime has no CUDA provider here (install onnxruntime-gpu)")
+            providers.insert(0, "CUDAExecutionProvider")
+        src = path if isinstance(path, bytes) else str(path)
+        if not isinstance(path, bytes) and not Path(path).is_file():
+            raise EngineError(f"{path}: ONNX file not found")
+        self.session = ort.InferenceSession(src, sess_options=opts, providers=providers)
+        self.input_name = self.session.get_inputs()[0].name
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        arr = np.ascontiguousarray(x.detach().cpu().numpy(), dtype=np.float32)
+        (y,) = self.session.run(None, {self.input_name: arr})[:1]
+        return torch.from_numpy(y)
+
+
+class OpenVinoEngine:
+    """OpenVINO engine on the CPU.
+
+    Args:
+        path: ``.onnx`` or OpenVINO IR ``.xml`` file.
+        precision: ``fp32`` (``INFERENCE_PRECISION_HINT=f32``) or ``bf16``.
+        threads: inference threads (default: torch's thread count).
+    """
+
+    name = "openvino"
+
+    def __init__(self, path: str | Path, precision: str = "fp32", threads: int | None = None) -> None:
+        import openvino as ov
+
+        if precision not in ("fp32", "bf16"):
+            raise EngineError(f"OpenVINO precision must be fp32 or bf16, got {precision!r}")
+        if not Path(path).is_file():
+            raise EngineError(f"{path}: model file not found")
+        self.core = ov.Core()
+        self.model = self.core.read_model(str(path))
+        self.config = {
+            "INFERENCE_PRECISION_HINT": "f32" if precision == "fp32" else "bf16",
+            "INFERENCE_NUM_THREADS": _threads(threads),
+            "PERFORMANCE_HINT": "LATENCY",
+        }
+        self._compiled: dict[tuple[int, ...], object] = {}
+
+    def _compiled_for(self, shape: tuple[int, ...]):
+        if shape not in self._compiled:
+            model = self.model.clone()
+            model.reshape({model.inputs[0].any_name: list(shape)})
+            self._compiled[shape] = self.core.compile_model(model, "CPU", self.config)
+        return self._compiled[shape]
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        arr = np.ascontiguousarray(x.detach().cpu().numpy(), dtype=np.float32)
+        compiled = self._compiled_for(tuple(arr.shape))
+        y = compiled(arr)[0]  # type: ignore[operator]
+        return torch.from_numpy(np.asarray(y))

@@ -1,0 +1,415 @@
+"""Predict BraTS segmentations: cases on disk -> labels on the input's exact grid.
+
+Per case (``CasePredictor``)::
+
+    image (4, X, Y, Z) in MODALITIES order, original grid
+      --preprocess_arrays (the checkpoint's own: crop to brain bbox, z-score, resample)-->
+      (C, x, y, z) channels of the card's modalities
+      --sliding window (Gaussian, batched; mirror TTA optional) per checkpoint, sigmoid-->
+      --average probabilities over checkpoints (folds)-->  (3, x, y, z)
+      --restore_to_original (order 1)-->  (3, X, Y, Z) WT, TC, ET probabilities
+      --postprocess (threshold, small components, ET rule, label scheme)-->  (X, Y, Z) uint8
+
+Only the brain's bounding box ever reaches the network (BraTS: ~140x170x140 of 240x240x155).
+
+``predict_dir`` runs this over a folder: a progress bar over cases, cases already predicted
+skipped, each file written atomically, a failing case reported and skipped while the others go
+on; the returned ``PredictSummary`` says which failed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from glioseg.data.labels import MODALITIES
+
+ET_MIN_VOXELS_DEFAULT = 0
+"""ET rule threshold used when neither the card nor the command line gives one (rule off)."""
+
+
+class PredictError(ValueError):
+    """Input or options the predictor cannot use; the message names the case or the option."""
+
+
+@dataclass(frozen=True)
+class PredictOptions:
+    """How to predict; saved as ``predict.json`` beside the predictions."""
+
+    engine: str = "torch"  # torch | onnxruntime | openvino
+    device: str = "cpu"  # cpu | cuda (torch and onnxruntime engines)
+    dtype: str = "fp32"  # fp32 | bf16 (torch autocast or OpenVINO hint) | fp16 (torch, cuda)
+    roi: tuple[int, int, int] | None = None  # sliding-window ROI; None = the model's patch size
+    overlap: float = 0.5  # fraction of a window shared with its neighbour
+    batch: int = 1  # windows per network call
+    tta: bool = False  # mirror test-time augmentation (8 flips per window)
+    threshold: float = 0.5  # region probability threshold
+    et_min_voxels: int | None = None  # ET rule; None = the card's value (else 0 = off)
+    min_component: int = 0  # smallest whole-tumour component kept (voxels); 0 = keep all
+    scheme: str | None = None  # output label scheme; None = the card's (else the input's)
+    probabilities: bool = False  # also write <case>_probabilities.nii.gz (float16, X,Y,Z,3)
+    overwrite: bool = False  # predict cases whose output already exists
+    threads: int | None = None  # CPU threads of the engine; None = torch's setting
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _card_section(card: Any, name: str) -> dict[str, Any]:
+    value = getattr(card, name, None) if card is not None else None
+    return dict(value) if isinstance(value, dict) else {}
+
+
+def card_modalities(card: Any, in_channels: int) -> tuple[str, ...]:
+    """Modalities the network takes, in input order (the card's, else the canonical four)."""
+    mods = tuple(getattr(card, "modalities", None) or MODALITIES[:in_channels])
+    unknown = [m for m in mods if m not in MODALITIES]
+    if unknown:
+        raise PredictError(f"model card names unknown modalities {unknown}; known: {MODALITIES}")
+    return mods
+
+
+def card_spacing(card: Any) -> list[float] | None:
+    """Voxel size the model was trained at (None: the original grid)."""
+    sp = _card_section(card, "preprocessing").get("spacing")
+    if sp is None:
+        return None
+    return [float(sp)] * 3 if np.isscalar(sp) else [float(s) for s in sp]
+
+
+def card_allows_missing(card: Any) -> bool:
+    """Whether the card lets a missing sequence be replaced by zeros (modality dropout).
+
+    Set by ``preprocessing["missing_modality"] = "zeros"`` in the card (a model trained with
+    sequence dropout); otherwise a missing sequence is an error.
+    """
+    pre = _card_section(card, "preprocessing")
+    return pre.get("missing_modality") in ("zeros", "zero") or bool(pre.get("allow_missing"))
+
+
+def card_et_min_voxels(card: Any) -> int | None:
+    """The card's ET rule threshold (``et_threshold``, voxels), or None."""
+    value = getattr(card, "et_threshold", None)
+    if value is not None:
+        return int(value)
+    for section in ("postprocessing", "preprocessing", "training", "metrics"):
+        value = _card_section(card, section).get("et_min_voxels")
+        if value is not None:
+            return int(value)
+    return None
+
+
+def model_divisor(model: torch.nn.Module) -> int:
+    div = getattr(model, "divisor", 1)
+    return int(max(div) if isinstance(div, list | tuple) else div)
+
+
+def model_roi(model: torch.nn.Module) -> tuple[int, int, int]:
+    cfg = getattr(model, "config", None)
+    roi = getattr(cfg, "patch_size", None)
+    return tuple(int(r) for r in roi) if roi else (128, 128, 128)  # type: ignore[return-value]
+
+
+def _in_channels(model: torch.nn.Module) -> int:
+    cfg = getattr(model, "config", None)
+    if cfg is not None and hasattr(cfg, "in_channels"):
+        return int(cfg.in_channels)
+    for p in model.parameters():
+        if p.ndim == 5:
+            return int(p.shape[1])
+    return len(MODALITIES)
+
+
+def build_engine(model: torch.nn.Module, options: PredictOptions, workdir: Path,
+                 tag: str = "model"):
+    """The engine of ``options.engine`` running ``model`` (exporting it into ``workdir``)."""
+    from glioseg.infer.engines import EngineError, OnnxRuntimeEngine, OpenVinoEngine, TorchEngine
+
+    if options.engine == "torch":
+        return TorchEngine(model, device=options.device, dtype=options.dtype)
+    if options.engine not in ("onnxruntime", "openvino"):
+        raise EngineError(f"unknown engine {options.engine!r}; known: torch, onnxruntime, openvino")
+    if options.device != "cpu" and options.engine == "openvino":
+        raise EngineError("the openvino engine runs on the CPU only")
+    from glioseg.infer.export import export_model
+
+    roi = options.roi or model_roi(model)
+    path = export_model(model, workdir / f"{tag}.onnx", "onnx", _in_channels(model),
+                        example_size=roi)
+    if options.engine == "onnxruntime":
+        if options.dtype != "fp32":
+            raise EngineError("the onnxruntime engine runs fp32 only")
+        return OnnxRuntimeEngine(path, threads=options.threads, device=options.device)
+    return OpenVinoEngine(path, precision=options.dtype, threads=options.threads)
+
+
+class CasePredictor:
+    """One or several checkpoints (folds) ready to predict cases.
+
+    Args:
+        models: ``(nn.Module, card)`` pairs; the cards must agree on modalities and spacing.
+        options: how to predict.
+    """
+
+    def __init__(self, models: Sequence[tuple[torch.nn.Module, Any]], options: PredictOptions):
+        if not models:
+            raise PredictError("no model given")
+        if not 0 <= options.overlap < 1:
+            raise PredictError(f"--overlap must be in [0, 1), got {options.overlap}")
+        if options.batch < 1:
+            raise PredictError(f"--batch must be >= 1, got {options.batch}")
+        self.options = options
+        first_model, self.card = models[0]
+        self.modalities = card_modalities(self.card, _in_channels(first_model))
+        self.spacing = card_spacing(self.card)
+        for i, (m, c) in enumerate(models[1:], start=2):
+            if card_modalities(c, _in_channels(m)) != self.modalities or card_spacing(c) != self.spacing:
+                raise PredictError(f"checkpoint {i} was trained on other modalities or spacing "
+                                   f"than checkpoint 1; an ensemble needs the same inputs")
+        self.divisor = max(model_divisor(m) for m, _ in models)
+        self.roi = tuple(options.roi) if options.roi else model_roi(first_model)
+        et = options.et_min_voxels
+        self.et_min_voxels = et if et is not None else (
+            card_et_min_voxels(self.card) or ET_MIN_VOXELS_DEFAULT)
+        self._tmp = tempfile.TemporaryDirectory(prefix="glioseg-engines-")
+        self.engines = [build_engine(m, options, Path(self._tmp.name), f"model{i}")
+                        for i, (m, _) in enumerate(models)]
+
+    def probabilities(self, image: np.ndarray, spacing: Sequence[float]) -> np.ndarray:
+        """Region probabilities on the original grid.
+
+        Args:
+            image: ``(4, X, Y, Z)`` float32, channels in ``MODALITIES`` order (a missing
+                sequence all zeros).
+            spacing: voxel size (mm) of the grid.
+
+        Returns:
+            ``(3, X, Y, Z)`` float32 WT, TC, ET probabilities (0 outside the brain's box).
+        """
+        from glioseg.infer.sliding_window import sliding_window_inference
+        from glioseg.infer.tta import mirrored
+        from glioseg.preprocess.pure import preprocess_arrays, restore_to_original
+
+        pre, _, geometry = preprocess_arrays(image, None, spacing, self.spacing)
+        channels = [MODALITIES.index(m) for m in self.modalities]
+        x = torch.from_numpy(np.ascontiguousarray(pre[channels]))
+        acc = torch.float16 if (self.options.dtype == "fp16"
+                                and self.options.device.startswith("cuda")) else torch.float32
+        total: torch.Tensor | None = None
+        for engine in self.engines:
+            predictor = mirrored(engine) if self.options.tta else engine
+            logits = sliding_window_inference(
+                x, predictor, self.roi, overlap=self.options.overlap,
+                batch_size=self.options.batch, divisor=self.divisor, accumulate_dtype=acc,
+            )
+            p = torch.sigmoid(logits.float())
+            total = p if total is None else total + p
+        assert total is not None
+        probs = (total / len(self.engines)).numpy()
+        return restore_to_original(probs, geometry, order=1)
+
+    def labels(self, probabilities: np.ndarray, scheme: str | None) -> np.ndarray:
+        """Post-processed labels ``(X, Y, Z)`` uint8 in ``scheme`` (None: internal)."""
+        from glioseg.infer.postprocess import postprocess
+
+        return postprocess(probabilities, scheme, threshold=self.options.threshold,
+                           et_min_voxels=self.et_min_voxels,
+                           min_component=self.options.min_component)
+
+    def close(self) -> None:
+        self._tmp.cleanup()
+
+
+def load_model(path: str | Path) -> tuple[torch.nn.Module, Any]:
+    """``(nn.Module in eval mode, model card)`` of a checkpoint (folder or .safetensors)."""
+    from glioseg.model.card import load_model as _load
+
+    model, card = _load(path)
+    return model.eval(), card
+
+
+def predict_case(
+    model: torch.nn.Module | Sequence[tuple[torch.nn.Module, Any]],
+    image: np.ndarray,
+    spacing: Sequence[float] = (1.0, 1.0, 1.0),
+    card: Any = None,
+    scheme: str | None = None,
+    options: PredictOptions | None = None,
+    **overrides: Any,
+) -> np.ndarray:
+    """Labels of one case held in memory.
+
+    Args:
+        model: a network (with ``card``), or ``(network, card)`` pairs to ensemble.
+        image: ``(4, X, Y, Z)`` float32 in ``MODALITIES`` order (t1, t1ce, t2, flair).
+        spacing: voxel size (mm) of the grid.
+        card: the model card (modalities, preprocessing, ET rule threshold).
+        scheme: output label scheme (``brats2020``: 1/2/4, ``brats2023``: 1/2/3); None:
+            internal labels (0 bg, 1 necrosis, 2 edema, 3 ET).
+        options: ``PredictOptions``; keyword ``overrides`` replace its fields.
+
+    Returns:
+        ``(X, Y, Z)`` uint8 labels on the input grid.
+    """
+    opts = dataclasses.replace(options or PredictOptions(), **overrides)
+    pairs = [(model, card)] if isinstance(model, torch.nn.Module) else list(model)
+    predictor = CasePredictor(pairs, opts)
+    try:
+        return predictor.labels(predictor.probabilities(image, spacing), scheme)
+    finally:
+        predictor.close()
+
+
+def load_for_model(case, modalities: Sequence[str], allow_missing: bool):
+    """Image ``(4, X, Y, Z)`` float32 (MODALITIES order) and header of a case on disk.
+
+    A sequence the model needs but the case lacks is an error naming the case and the file,
+    unless ``allow_missing`` (the card allows it): then it is zeros, as in modality dropout.
+    """
+    from glioseg.data.cases import CaseError, load_case
+    from glioseg.data.nifti import NiftiError, load_volume
+
+    if not case.missing:
+        data = load_case(case, with_labels=False)
+        return data.image, data.header
+    needed = [m for m in case.missing if m in modalities]
+    if needed and not allow_missing:
+        files = ", ".join(case.expected_file(m) for m in needed)
+        raise CaseError(f"{case.case_id}: missing sequence {', '.join(needed)} (no {files} in "
+                        f"{case.folder}); the model needs {', '.join(modalities)} and its card "
+                        "does not allow a missing sequence")
+    vols: dict[str, np.ndarray] = {}
+    header = None
+    for m in MODALITIES:
+        if m not in case.images:
+            continue
+        try:
+            vol, h = load_volume(case.images[m], dtype=np.float32)
+        except NiftiError as exc:
+            raise CaseError(f"{case.case_id}: {exc}") from None
+        if vol.ndim != 3 or (header is not None and vol.shape != header.shape[:3]):
+            raise CaseError(f"{case.case_id}: {case.images[m].name}: shape {vol.shape} differs "
+                            "from the other sequences")
+        if not np.isfinite(vol).all():
+            raise CaseError(f"{case.case_id}: {case.images[m].name}: NaN/inf voxels")
+        vols[m] = vol
+        header = header or h
+    if header is None:
+        raise CaseError(f"{case.case_id}: no sequence found in {case.folder}")
+    shape = header.shape[:3]
+    image = np.stack([vols.get(m, np.zeros(shape, np.float32)) for m in MODALITIES])
+    return image, header
+
+
+@dataclass
+class PredictSummary:
+    """What ``predict_dir`` did: case ids predicted, skipped (already done) and failed."""
+
+    predicted: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return not self.failed
+
+
+def output_paths(out_dir: Path, case_id: str) -> tuple[Path, Path]:
+    """``(<case_id>.nii.gz, <case_id>_probabilities.nii.gz)`` in ``out_dir``."""
+    return out_dir / f"{case_id}.nii.gz", out_dir / f"{case_id}_probabilities.nii.gz"
+
+
+def _write_json(path: Path, data: dict[str, Any]) -> None:
+    from glioseg.infer.export import _atomic_write_bytes
+
+    _atomic_write_bytes(path, (json.dumps(data, indent=2) + "\n").encode())
+
+
+def predict_dir(
+    model_paths: Sequence[str | Path],
+    input_path: str | Path,
+    output_dir: str | Path,
+    options: PredictOptions | None = None,
+    progress: bool = True,
+) -> PredictSummary:
+    """Predict every case found under ``input_path`` into ``output_dir``.
+
+    Args:
+        model_paths: checkpoints (folders or ``.safetensors``); several are ensembled.
+        input_path: a data folder or one case folder, any layout ``discover`` knows.
+        output_dir: gets ``<case_id>.nii.gz`` (labels in ``options.scheme``, else the card's
+            ``label_scheme``, else the case's own scheme; uint8, the input's grid and affine), optionally
+            ``<case_id>_probabilities.nii.gz`` (float16 ``(X, Y, Z, 3)`` WT, TC, ET), and
+            ``predict.json`` (options, checkpoints, per-case status).
+
+    Returns:
+        ``PredictSummary``; a case that fails is recorded with its message, the others go on.
+    """
+    import time
+
+    from tqdm import tqdm
+
+    from glioseg.data.cases import discover
+    from glioseg.data.nifti import save_volume
+
+    opts = options or PredictOptions()
+    out_dir = Path(output_dir)
+    cases = discover(input_path)
+    models = [load_model(p) for p in model_paths]
+    summary = PredictSummary()
+    todo = []
+    for case in cases:
+        labels_path, prob_path = output_paths(out_dir, case.case_id)
+        done = labels_path.is_file() and (not opts.probabilities or prob_path.is_file())
+        if done and not opts.overwrite:
+            summary.skipped.append(case.case_id)
+        else:
+            todo.append(case)
+    predictor = CasePredictor(models, opts) if todo else None
+    allow = card_allows_missing(predictor.card) if predictor else False
+    bar = tqdm(todo, desc="cases", unit="case", disable=not progress)
+    try:
+        for case in bar:
+            bar.set_postfix_str(case.case_id)
+            t0 = time.perf_counter()
+            try:
+                assert predictor is not None
+                image, header = load_for_model(case, predictor.modalities, allow)
+                probs = predictor.probabilities(image, header.spacing)
+                scheme = opts.scheme or getattr(predictor.card, "label_scheme", None)
+                labels = predictor.labels(probs, scheme or case.label_scheme)
+                labels_path, prob_path = output_paths(out_dir, case.case_id)
+                if opts.probabilities:
+                    save_volume(prob_path, np.moveaxis(probs, 0, -1), header.affine, np.float16)
+                save_volume(labels_path, labels, header.affine, np.uint8)
+            except KeyboardInterrupt:
+                raise
+            except Exception as exc:  # one bad case must not stop the others
+                msg = str(exc) if isinstance(exc, ValueError) else f"{type(exc).__name__}: {exc}"
+                summary.failed[case.case_id] = msg if case.case_id in msg else f"{case.case_id}: {msg}"
+                continue
+            summary.predicted.append(case.case_id)
+            summary.seconds[case.case_id] = round(time.perf_counter() - t0, 3)
+    finally:
+        if predictor is not None:
+            predictor.close()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    _write_json(out_dir / "predict.json", {
+        "models": [str(p) for p in model_paths],
+        "input": str(input_path),
+        "options": opts.to_dict(),
+        "predicted": summary.predicted,
+        "skipped": summary.skipped,
+        "failed": summary.failed,
+        "seconds": summary.seconds,
+    })
+    return summary

@@ -1,0 +1,356 @@
+"""Model cards: what a set of weights is, what it expects, how it was made; save and load.
+
+A saved model is a folder with two files, each written to a temporary name then renamed:
+
+    model.safetensors   the state dict (no pickle: safe to load from anyone)
+    card.json           the :class:`ModelCard` (architecture and config, modalities in input
+                        order, label scheme, output regions, preprocessing, training, metrics,
+                        provenance)
+
+``load_model`` rebuilds the network from the card through the registry and loads the
+weights strictly: a mismatch is an error that lists the missing, unexpected and reshaped
+tensors, never a silent partial load. Partial weights (e.g. an imported encoder) carry
+``provenance["partial"] = true`` and load only through :func:`glioseg.model.weights.load_adapted`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import json
+import os
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from glioseg import __version__
+from glioseg.data.labels import MODALITIES, REGIONS
+from glioseg.model.registry import ModelConfig, build_model
+
+CARD_FORMAT = "glioseg-card/1"
+WEIGHTS_NAME = "model.safetensors"
+CARD_NAME = "card.json"
+_WRAPPER_PREFIXES = ("module.", "_orig_mod.")
+
+
+class CardError(ValueError):
+    """A model card that is missing, unreadable or inconsistent."""
+
+
+class WeightsMismatchError(ValueError):
+    """Weights that do not fit the network the card describes."""
+
+
+@dataclass(frozen=True)
+class ModelCard:
+    """Description of a set of weights (JSON in ``card.json``).
+
+    Attributes:
+        arch: registry name of the network (``model["arch"]`` repeats it).
+        model: the :class:`ModelConfig` as a dict.
+        modalities: sequence names in input-channel order, e.g. ``("t1", "t1ce", "t2", "flair")``.
+        label_scheme: label file convention of the training data; predictions are written in it
+            by default (see :mod:`glioseg.data.labels`).
+        regions: names of the output channels, in order (``("WT", "TC", "ET")``, sigmoid).
+        preprocessing: ``{"spacing": [sx, sy, sz] | None, "normalisation": "zscore-brain", ...}``.
+        training: ``{"steps", "data", "seed", "code_version", ...}``.
+        metrics: validation figures, e.g. ``{"dice": {"WT": 0.9, ...}}``.
+        et_threshold: post-processing: predicted ET with fewer voxels than this becomes
+            necrosis (``None``: no such step).
+        provenance: where the weights come from (``{"source": "trained" | "imported", ...}``).
+        created: UTC time stamp (ISO 8601).
+        format: card format version.
+        extra: keys of a newer card format this version does not know (kept, written back).
+    """
+
+    arch: str
+    model: dict[str, Any]
+    modalities: tuple[str, ...] = MODALITIES
+    label_scheme: str = "brats2023"
+    regions: tuple[str, ...] = REGIONS
+    preprocessing: dict[str, Any] = field(
+        default_factory=lambda: {"spacing": None, "normalisation": "zscore-brain"}
+    )
+    training: dict[str, Any] = field(default_factory=dict)
+    metrics: dict[str, Any] = field(default_factory=dict)
+    et_threshold: int | None = None
+    provenance: dict[str, Any] = field(default_factory=dict)
+    created: str = field(
+        default_factory=lambda: dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+    )
+    format: str = CARD_FORMAT
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def for_model(cls, model: torch.nn.Module | ModelConfig, **fields: Any) -> ModelCard:
+        """A card for ``model`` (or its config), with ``training.code_version`` filled in."""
+        cfg = model if isinstance(model, ModelConfig) else _config_of(model)
+        training = {"code_version": __version__, **fields.pop("training", {})}
+        return cls(arch=cfg.arch, model=cfg.to_dict(), training=training, **fields)
+
+    @property
+    def config(self) -> ModelConfig:
+        try:
+            return ModelConfig.from_dict(self.model)
+        except (TypeError, ValueError) as exc:
+            raise CardError(f"model card: bad model config: {exc}") from None
+
+    @property
+    def partial(self) -> bool:
+        return bool(self.provenance.get("partial", False))
+
+    def replace(self, **changes: Any) -> ModelCard:
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        data = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "extra"}
+        data["modalities"] = list(self.modalities)
+        data["regions"] = list(self.regions)
+        return {**self.extra, **data}
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=False) + "\n"
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ModelCard:
+        names = {f.name for f in dataclasses.fields(cls)} - {"extra"}
+        missing = [k for k in ("arch", "model") if k not in data]
+        if missing:
+            raise CardError(f"model card lacks {missing}")
+        known = {k: v for k, v in data.items() if k in names}
+        extra = {k: v for k, v in data.items() if k not in names}
+        for key in ("modalities", "regions"):
+            if key in known:
+                known[key] = tuple(known[key])
+        card = cls(**known, extra=extra)
+        if card.model.get("arch", card.arch) != card.arch:
+            raise CardError(f"model card: arch {card.arch!r} but model config arch "
+                            f"{card.model.get('arch')!r}")
+        if len(card.modalities) != card.config.in_channels:
+            raise CardError(f"model card: {len(card.modalities)} modalities {card.modalities} "
+                            f"but the model takes {card.config.in_channels} input channels")
+        return card
+
+    @classmethod
+    def from_json(cls, text: str) -> ModelCard:
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise CardError(f"model card is not valid JSON: {exc}") from None
+        if not isinstance(data, dict):
+            raise CardError("model card must be a JSON object")
+        return cls.from_dict(data)
+
+    def summary(self) -> str:
+        """A few readable lines (what ``glioseg card`` prints)."""
+        cfg = self.model
+        if self.arch == "segresnet":
+            shape = f"init filters {cfg.get('base_width')}, blocks {cfg.get('blocks_down')}"
+        elif self.arch == "swinunetr":
+            shape = f"feature size {cfg.get('base_width')}, depths {cfg.get('swin_depths')}"
+        else:
+            shape = (f"base width {cfg.get('base_width')}, stages {cfg.get('n_stages')}, "
+                     f"max width {cfg.get('max_width')}")
+        lines = [
+            f"architecture   {self.arch}  (in {cfg.get('in_channels')}, out "
+            f"{cfg.get('out_channels')}, {shape}, patch {cfg.get('patch_size')})",
+            f"modalities     {', '.join(self.modalities)}  (input channel order)",
+            f"outputs        {', '.join(self.regions)}  (label scheme {self.label_scheme})",
+            f"preprocessing  {_inline(self.preprocessing)}",
+            f"training       {_inline(self.training) or '-'}",
+            f"metrics        {_inline(self.metrics) or '-'}",
+            f"et_threshold   {self.et_threshold if self.et_threshold is not None else '-'}",
+            f"provenance     {_inline(self.provenance) or '-'}",
+            f"created        {self.created}  ({self.format})",
+        ]
+        return "\n".join(lines)
+
+
+def card_for_training(
+    config: ModelConfig,
+    *,
+    training: Mapping[str, Any] | None = None,
+    metrics: Mapping[str, Any] | None = None,
+    spacing: Any = None,
+    modalities: tuple[str, ...] = MODALITIES,
+    label_scheme: str = "brats2023",
+    et_threshold: int | None = None,
+    provenance: Mapping[str, Any] | None = None,
+) -> ModelCard:
+    """The card of a model trained on the preprocessing cache (z-scored over the brain,
+    cropped to the brain box, resampled to ``spacing`` mm or not at all when None)."""
+    return ModelCard.for_model(
+        config,
+        modalities=tuple(modalities),
+        label_scheme=label_scheme,
+        preprocessing={"spacing": list(spacing) if spacing is not None else None,
+                       "normalisation": "zscore-brain", "crop": "brain-bbox"},
+        training=dict(training or {}),
+        metrics=dict(metrics or {}),
+        et_threshold=et_threshold,
+        provenance=dict(provenance or {"source": "trained"}),
+    )
+
+
+def _inline(d: Mapping[str, Any]) -> str:
+    return ", ".join(f"{k}={json.dumps(v) if not isinstance(v, str) else v}" for k, v in d.items())
+
+
+def unwrap_model(model: torch.nn.Module) -> torch.nn.Module:
+    """The network inside DDP (``.module``) and ``torch.compile`` (``._orig_mod``) wrappers."""
+    while True:
+        if isinstance(model, torch.nn.parallel.DistributedDataParallel):
+            model = model.module
+        elif hasattr(model, "_orig_mod") and isinstance(model._orig_mod, torch.nn.Module):
+            model = model._orig_mod
+        else:
+            return model
+
+
+def strip_wrapper_prefixes(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Remove leading ``module.`` (DDP) and ``_orig_mod.`` (torch.compile) from every key."""
+    out = {}
+    for key, value in state_dict.items():
+        k = key
+        while k.startswith(_WRAPPER_PREFIXES):
+            k = k.split(".", 1)[1]
+        if k in out:
+            raise WeightsMismatchError(f"state dict has {k!r} twice once wrapper prefixes are removed")
+        out[k] = value
+    return out
+
+
+def _config_of(model: torch.nn.Module) -> ModelConfig:
+    cfg = getattr(unwrap_model(model), "config", None)
+    if not isinstance(cfg, ModelConfig):
+        raise CardError(f"{type(model).__name__} has no ModelConfig in .config; build it with "
+                        "glioseg.model.registry.build_model")
+    return cfg
+
+
+def _atomic_write(path: Path, write: Any) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save_state_dict(path: Path, state_dict: Mapping[str, torch.Tensor],
+                    metadata: dict[str, str] | None = None) -> None:
+    """Write ``state_dict`` as safetensors to ``path`` atomically (tensors copied contiguous)."""
+    from safetensors.torch import save_file
+
+    tensors = {k: v.detach().cpu().contiguous().clone() for k, v in state_dict.items()}
+    _atomic_write(Path(path), lambda tmp: save_file(tensors, tmp, metadata=metadata or {}))
+
+
+def save_card(path: Path, card: ModelCard) -> None:
+    text = card.to_json()
+    _atomic_write(Path(path), lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+
+
+def save_model(directory: str | os.PathLike[str], model: torch.nn.Module, card: ModelCard) -> Path:
+    """Write ``model.safetensors`` and ``card.json`` into ``directory`` (created if needed).
+
+    ``model`` may be wrapped in DDP or ``torch.compile``; the card's ``arch``/``model`` are set
+    from the model's own config (the truth, e.g. after ``reset_head``). Returns the folder.
+    """
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    net = unwrap_model(model)
+    cfg = _config_of(net)
+    card = card.replace(arch=cfg.arch, model=cfg.to_dict())
+    if len(card.modalities) != cfg.in_channels:
+        raise CardError(f"card lists {len(card.modalities)} modalities {card.modalities} but the "
+                        f"model takes {cfg.in_channels} input channels")
+    save_state_dict(directory / WEIGHTS_NAME, strip_wrapper_prefixes(net.state_dict()),
+                    {"format": "pt", "card_format": CARD_FORMAT})
+    save_card(directory / CARD_NAME, card)
+    return directory
+
+
+def resolve_paths(path: str | os.PathLike[str]) -> tuple[Path, Path]:
+    """``(weights, card)`` paths for a model folder or a ``.safetensors`` file."""
+    path = Path(path)
+    if not path.exists():
+        raise CardError(f"{path}: no such model folder or file")
+    if path.is_dir():
+        weights, card = path / WEIGHTS_NAME, path / CARD_NAME
+    elif path.suffix == ".safetensors":
+        weights, card = path, path.with_name(CARD_NAME)
+    elif path.name == CARD_NAME:
+        weights, card = path.with_name(WEIGHTS_NAME), path
+    else:
+        raise CardError(f"{path}: expected a model folder, its model.safetensors or its "
+                        "card.json")
+    if not card.is_file():
+        raise CardError(f"{weights}: no model card {card.name} beside the weights; a model "
+                        "needs its card (write both with glioseg.model.card.save_model)")
+    if not weights.is_file():
+        raise CardError(f"{card}: no weights file {weights.name} beside the card")
+    return weights, card
+
+
+def load_card(path: str | os.PathLike[str]) -> ModelCard:
+    """The card of a model folder, ``.safetensors`` file or ``card.json``."""
+    path = Path(path)
+    card_path = path if path.suffix == ".json" else resolve_paths(path)[1]
+    try:
+        return ModelCard.from_json(card_path.read_text(encoding="utf-8"))
+    except CardError as exc:
+        raise CardError(f"{card_path}: {exc}") from None
+
+
+def load_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
+    """The tensors of a safetensors file (on the CPU)."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(path), device="cpu")
+    except (SafetensorError, OSError) as exc:
+        raise WeightsMismatchError(f"{path}: cannot read the weights: {exc}") from None
+
+
+def check_state_dict(model: torch.nn.Module, state_dict: Mapping[str, torch.Tensor],
+                     where: str = "weights") -> None:
+    """Raise :class:`WeightsMismatchError` listing every missing, unexpected or reshaped tensor."""
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state_dict]
+    unexpected = [k for k in state_dict if k not in expected]
+    reshaped = [f"{k} {tuple(state_dict[k].shape)} vs model {tuple(v.shape)}"
+                for k, v in expected.items() if k in state_dict and state_dict[k].shape != v.shape]
+    if missing or unexpected or reshaped:
+        parts = [f"{where} do not match the network of the card:"]
+        for name, items in (("missing", missing), ("unexpected", unexpected),
+                            ("reshaped", reshaped)):
+            if items:
+                shown = ", ".join(items[:8]) + (f", ... ({len(items)} in all)" if len(items) > 8 else "")
+                parts.append(f"{len(items)} {name}: {shown}")
+        raise WeightsMismatchError("\n  ".join(parts))
+
+
+def load_model(path: str | os.PathLike[str], device: str | torch.device = "cpu"
+               ) -> tuple[torch.nn.Module, ModelCard]:
+    """Rebuild the network from the card and load the weights strictly; returns it in eval mode.
+
+    ``path`` is a model folder, its ``model.safetensors`` or its ``card.json``.
+    """
+    weights_path, _ = resolve_paths(path)
+    card = load_card(path)
+    if card.partial:
+        raise CardError(f"{weights_path}: partial weights ({card.provenance.get('note', 'not a whole model')}); "
+                        "load them into a model with glioseg.model.weights.load_adapted, e.g. to fine-tune")
+    model = build_model(card.config)
+    state = strip_wrapper_prefixes(load_state_dict(weights_path))
+    check_state_dict(model, state, where=str(weights_path))
+    model.load_state_dict(state, strict=True)
+    return model.to(device).eval(), card

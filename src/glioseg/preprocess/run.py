@@ -1,0 +1,130 @@
+"""``glioseg preprocess``: build the cache of a data folder, in parallel, resumable.
+
+Each case is loaded (``glioseg.data.cases.load_case``), preprocessed by the pure
+``preprocess_arrays`` and written atomically by ``cache.write_case``. Re-running skips the cases
+already written; temporary folders left by an interrupted run are removed; a bad case is
+reported and the others go on; ``dataset.json`` is written last.
+"""
+
+from __future__ import annotations
+
+import sys
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from pathlib import Path
+
+from tqdm import tqdm
+
+from glioseg.data.cases import Case, discover, load_case
+from glioseg.data.labels import MODALITIES
+from glioseg.preprocess import cache as C
+from glioseg.preprocess.pure import preprocess_arrays
+
+
+class PreprocessFailed(ValueError):
+    """Some cases could not be preprocessed; the message lists each case and its problem."""
+
+
+def preprocess_case(case: Case, cache_dir: Path, spacing: float | None) -> Path:
+    """Load, preprocess and write one case into ``cache_dir/<case_id>``.
+
+    Raises:
+        ValueError: (``CaseError``, ``PreprocessError``) naming the case and the problem.
+    """
+    data = load_case(case)
+    try:
+        image, labels, geometry = preprocess_arrays(data.image, data.labels,
+                                                    data.header.spacing, spacing)
+    except ValueError as exc:
+        raise ValueError(f"{case.case_id}: {exc}") from None
+    meta = {
+        "case_id": case.case_id,
+        "layout": case.layout,
+        "original_affine": data.header.affine.tolist(),
+        **geometry,
+    }
+    return C.write_case(cache_dir, case.case_id, image, labels, meta)
+
+
+def _worker(case: Case, cache_dir: Path, spacing: float | None) -> tuple[str, str | None]:
+    """Run ``preprocess_case``; return (case id, None) or (case id, error message)."""
+    try:
+        preprocess_case(case, cache_dir, spacing)
+    except Exception as exc:  # one bad case must not stop the others
+        msg = str(exc) if isinstance(exc, ValueError) else f"{type(exc).__name__}: {exc}"
+        if case.case_id not in msg:
+            msg = f"{case.case_id}: {msg}"
+        return case.case_id, msg
+    return case.case_id, None
+
+
+def _check_spacing(cache_dir: Path, spacing: float | None) -> None:
+    """Refuse to add cases at another spacing to an existing cache."""
+    want = None if spacing is None else [float(spacing)] * 3
+    if (cache_dir / "dataset.json").is_file():
+        info = C.read_dataset_json(cache_dir)
+        if info.get("spacing") != want:
+            raise C.CacheError(f"{cache_dir}: cache was built with spacing {info.get('spacing')}, "
+                               f"not {want}; use another output folder")
+
+
+def preprocess_dir(
+    data_dir: str | Path, output: str | Path, spacing: float | None = None, workers: int = 1
+) -> list[str]:
+    """Preprocess every case of ``data_dir`` into the cache folder ``output``.
+
+    Args:
+        data_dir: a BraTS / MSD data folder (see ``glioseg.data.cases.discover``).
+        output: cache folder (created).
+        spacing: isotropic voxel size (mm) to resample to; None keeps each case's grid.
+        workers: parallel processes (1: in this process).
+
+    Returns:
+        The case ids in the cache.
+
+    Raises:
+        CaseError: no cases found. PreprocessFailed: after writing the others and
+        ``dataset.json`` (which lists only the good cases), if any case failed.
+    """
+    data_dir, output = Path(data_dir), Path(output)
+    cases = discover(data_dir)
+    output.mkdir(parents=True, exist_ok=True)
+    _check_spacing(output, spacing)
+    C.remove_stale_temporaries(output)
+    todo = [c for c in cases if not C.case_is_complete(output / c.case_id)]
+    done = {c.case_id for c in cases} - {c.case_id for c in todo}
+    if done:
+        print(f"{len(done)} of {len(cases)} cases already in {output}; skipping them",
+              file=sys.stderr)
+    failures: dict[str, str] = {}
+    bar = tqdm(total=len(todo), desc="preprocess", unit="case", disable=not todo)
+    if workers <= 1 or len(todo) <= 1:
+        results = (_worker(c, output, spacing) for c in todo)
+        _collect(results, done, failures, bar)
+    else:
+        with ProcessPoolExecutor(max_workers=workers) as pool:
+            futures = [pool.submit(_worker, c, output, spacing) for c in todo]
+            _collect((f.result() for f in as_completed(futures)), done, failures, bar)
+    bar.close()
+    ids = [c.case_id for c in cases if c.case_id in done]
+    C.atomic_write_json(output / "dataset.json", {
+        "format": C.CACHE_FORMAT,
+        "modalities": list(MODALITIES),
+        "spacing": None if spacing is None else [float(spacing)] * 3,
+        "cases": ids,
+        "source": str(data_dir.resolve()),
+    })
+    if failures:
+        lines = "\n".join(f"  {msg}" for _, msg in sorted(failures.items()))
+        raise PreprocessFailed(f"{len(failures)} of {len(cases)} cases failed (the other "
+                               f"{len(ids)} are in {output}):\n{lines}")
+    return ids
+
+
+def _collect(results, done: set[str], failures: dict[str, str], bar: tqdm) -> None:
+    for cid, err in results:
+        if err is None:
+            done.add(cid)
+        else:
+            failures[cid] = err
+            tqdm.write(f"failed: {err}", file=sys.stderr)
+        bar.update(1)

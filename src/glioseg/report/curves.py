@@ -1,0 +1,71 @@
+"""``glioseg plot RUN_DIR``: training loss and validation Dice curves of a run (PNG)."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+REGION_COLOURS = {"WT": "tab:green", "TC": "tab:orange", "ET": "tab:red"}
+
+
+def _series(records: list[dict[str, Any]], split: str, key: str) -> tuple[list[int], list[float]]:
+    rows = [(r["step"], r[key]) for r in records if r.get("split") == split and key in r]
+    return [s for s, _ in rows], [float(v) for _, v in rows]
+
+
+def plot_run(run_dir: str | Path, output: str | Path | None = None) -> Path:
+    """Draw the training loss (left) and the validation Dice per region (right) of a run.
+
+    Args:
+        run_dir: a training run folder (with ``metrics.jsonl``).
+        output: PNG path; default ``RUN_DIR/curves.png``. Written atomically.
+
+    Raises:
+        ValueError: when the folder has no metrics or no training record.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from glioseg.train.fit import read_metrics
+
+    run_dir = Path(run_dir)
+    records = read_metrics(run_dir)
+    steps, loss = _series(records, "train", "loss")
+    if not steps:
+        raise ValueError(f"{run_dir / 'metrics.jsonl'}: no training record to plot")
+    output = Path(output) if output is not None else run_dir / "curves.png"
+    fig, (ax_loss, ax_dice) = plt.subplots(1, 2, figsize=(11, 4), constrained_layout=True)
+    ax_loss.plot(steps, loss, color="tab:blue", lw=1.2)
+    ax_loss.set_xlabel("step")
+    ax_loss.set_ylabel("training loss (Dice + BCE)")
+    ax_loss.set_title("training loss")
+    ax_loss.grid(alpha=0.3)
+    for region, colour in REGION_COLOURS.items():
+        vs, vd = _series(records, "val", f"dice_{region}")
+        if vs:
+            ax_dice.plot(vs, vd, marker="o", ms=3, color=colour, label=region)
+    ax_dice.set_ylim(0, 1)
+    ax_dice.set_xlim(0, max(steps) * 1.02)
+    ax_dice.set_xlabel("step")
+    ax_dice.set_ylabel("validation Dice")
+    ax_dice.set_title("validation Dice per region")
+    ax_dice.grid(alpha=0.3)
+    if ax_dice.lines:
+        ax_dice.legend(loc="lower right")
+    fig.suptitle(run_dir.name)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{output.stem}.", suffix=".png", dir=output.parent)
+    os.close(fd)
+    try:
+        fig.savefig(tmp, dpi=110)
+        os.replace(tmp, output)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    finally:
+        plt.close(fig)
+    return output

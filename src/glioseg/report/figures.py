@@ -1,0 +1,253 @@
+"""Figures: the four contrasts of a case with its segmentation overlay (``glioseg show``).
+
+Slices are shown in radiological convention (patient's right on the viewer's left), upright
+(anterior up on axial slices, superior up on coronal and sagittal slices, anterior to the left
+on sagittal slices), whatever the voxel order on disk: the array is first brought to RAS axis
+order using the affine's axis codes.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from glioseg.data import labels as L
+
+VIEWS: tuple[str, ...] = ("axial", "coronal", "sagittal")
+LABEL_COLOURS: dict[int, tuple[str, str]] = {
+    L.NCR: ("NCR / necrotic core", "#ff3030"),
+    L.ED: ("ED / edema", "#2ee62e"),
+    L.ET: ("ET / enhancing tumour", "#ffd400"),
+}
+MODALITY_TITLES = {"t1": "T1", "t1ce": "T1ce", "t2": "T2", "flair": "FLAIR"}
+_AXIS_OF = {"L": (0, -1), "R": (0, 1), "P": (1, -1), "A": (1, 1), "I": (2, -1), "S": (2, 1)}
+
+
+class FigureError(ValueError):
+    """A figure that cannot be drawn (bad view name, prediction of another shape, ...)."""
+
+
+def to_ras(volume: np.ndarray, orientation: tuple[str, ...]) -> np.ndarray:
+    """Reorder and flip the last three axes of ``volume`` (``(..., X, Y, Z)``) to RAS.
+
+    ``orientation``: axis codes of the stored array, e.g. ``('L', 'P', 'S')`` for BraTS.
+    """
+    lead = volume.ndim - 3
+    axes = [_AXIS_OF[c][0] for c in orientation]
+    if sorted(axes) != [0, 1, 2]:
+        raise FigureError(f"cannot interpret axis codes {orientation}")
+    perm = [axes.index(k) for k in range(3)]
+    out = np.transpose(volume, list(range(lead)) + [lead + p for p in perm])
+    for k in range(3):
+        if _AXIS_OF[orientation[perm[k]]][1] < 0:
+            out = np.flip(out, axis=lead + k)
+    return out
+
+
+def view_slice(volume: np.ndarray, view: str, index: int) -> np.ndarray:
+    """A 2D slice of a RAS volume ``(X, Y, Z)`` oriented for ``imshow(origin='upper')``.
+
+    Rows run top to bottom, columns left to right on screen: axial = anterior up, patient
+    right on the left; coronal = superior up, right on the left; sagittal = superior up,
+    anterior on the left.
+    """
+    if view == "axial":
+        sl = volume[:, :, index]  # (x, y)
+        return sl.T[::-1, ::-1]  # rows: y descending (A up); cols: x descending (R left)
+    if view == "coronal":
+        sl = volume[:, index, :]  # (x, z)
+        return sl.T[::-1, ::-1]
+    if view == "sagittal":
+        sl = volume[index, :, :]  # (y, z)
+        return sl.T[::-1, ::-1]  # cols: y descending (A left)
+    raise FigureError(f"unknown view {view!r}; known: {', '.join(VIEWS)}")
+
+
+def _aspect(spacing: tuple[float, float, float], view: str) -> float:
+    """Pixel aspect (height / width) of ``view`` for RAS spacing."""
+    sx, sy, sz = spacing
+    return {"axial": sy / sx, "coronal": sz / sx, "sagittal": sz / sy}[view]
+
+
+_VIEW_AXIS = {"axial": 2, "coronal": 1, "sagittal": 0}
+
+
+def best_slice(mask: np.ndarray | None, brain: np.ndarray, view: str) -> int:
+    """Slice index (RAS) along ``view``'s axis with the largest ``mask`` area; the middle of
+    the brain when the mask is empty or absent."""
+    axis = _VIEW_AXIS[view]
+    other = tuple(a for a in range(3) if a != axis)
+    if mask is not None and mask.any():
+        return int(np.argmax(mask.sum(axis=other)))
+    prof = brain.sum(axis=other)
+    nz = np.flatnonzero(prof)
+    return int((nz[0] + nz[-1]) // 2) if nz.size else volume_middle(brain, axis)
+
+
+def volume_middle(volume: np.ndarray, axis: int) -> int:
+    return volume.shape[axis] // 2
+
+
+def _brain_crop(brain: np.ndarray, margin: int) -> tuple[tuple[slice, ...], tuple[int, ...]]:
+    """Slices of the brain's bounding box grown by ``margin``, and their start offsets."""
+    idx = np.argwhere(brain)
+    if idx.size == 0:
+        return tuple(slice(0, n) for n in brain.shape), (0, 0, 0)
+    lo = np.maximum(idx.min(0) - margin, 0)
+    hi = np.minimum(idx.max(0) + margin + 1, brain.shape)
+    return (tuple(slice(int(a), int(b)) for a, b in zip(lo, hi, strict=True)),
+            tuple(int(a) for a in lo))
+
+
+def _overlay_rgba(labels2d: np.ndarray, alpha: float) -> np.ndarray:
+    from matplotlib.colors import to_rgb
+
+    rgba = np.zeros((*labels2d.shape, 4), np.float32)
+    for value, (_, colour) in LABEL_COLOURS.items():
+        m = labels2d == value
+        rgba[m, :3] = to_rgb(colour)
+        rgba[m, 3] = alpha
+    return rgba
+
+
+def _window(volume: np.ndarray, brain: np.ndarray) -> tuple[float, float]:
+    vals = volume[brain] if brain.any() else volume.ravel()
+    if vals.size == 0:
+        return 0.0, 1.0
+    lo, hi = np.percentile(vals, [0.5, 99.5])
+    return float(lo), float(max(hi, lo + 1e-6))
+
+
+def _load_pred(path: Path, case_scheme: str, shape: tuple[int, ...]) -> np.ndarray:
+    """A predicted segmentation file -> internal labels, read in the case's scheme (or the
+    other BraTS scheme when its values say so)."""
+    from glioseg.data.nifti import load_volume
+
+    data, header = load_volume(path, dtype=None)
+    if data.shape != shape:
+        raise FigureError(f"{path}: prediction shape {data.shape} differs from the case {shape}")
+    values = np.rint(data).astype(np.int64)
+    schemes = [case_scheme] + [s for s in ("brats2021", "brats2023") if s != case_scheme]
+    for scheme in schemes:
+        if not L.unexpected_values(values, scheme):
+            return L.to_internal(values, scheme), header
+    raise FigureError(f"{path}: label values {sorted(int(v) for v in np.unique(values))} fit "
+                      "neither the BraTS 2020/2021 (0,1,2,4) nor the 2023 (0,1,2,3) scheme")
+
+
+def show_case(
+    case_dir: str | Path,
+    output: str | Path,
+    pred: str | Path | None = None,
+    views: tuple[str, ...] = ("axial",),
+    alpha: float = 0.45,
+) -> Path:
+    """Draw T1, T1ce, T2, FLAIR and the reference overlay (and the prediction's) to a PNG.
+
+    One row per view, each on the slice with the largest tumour area along that view
+    (reference labels, else the prediction, else the brain's middle).
+
+    Args:
+        case_dir: one case folder of any supported layout.
+        output: PNG path; written to a temporary name then renamed.
+        pred: optional predicted segmentation on the case grid (file labels).
+        views: any of ``axial``, ``coronal``, ``sagittal``.
+
+    Returns:
+        The PNG path.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Patch
+
+    from glioseg.data.cases import discover, load_case
+
+    views = tuple(v.strip().lower() for v in views if v.strip())
+    bad = [v for v in views if v not in VIEWS]
+    if bad or not views:
+        raise FigureError(f"unknown view(s) {bad or list(views)}; choose from {', '.join(VIEWS)}")
+    cases = discover(case_dir)
+    if len(cases) != 1:
+        raise FigureError(f"{case_dir}: expected one case folder, found {len(cases)} cases")
+    case = cases[0]
+    data = load_case(case)
+    orient = data.header.orientation
+    image = to_ras(data.image, orient)
+    labels = to_ras(data.labels, orient) if data.labels is not None else None
+    pred_labels = None
+    if pred is not None:
+        p, _ = _load_pred(Path(pred), case.label_scheme, data.image.shape[1:])
+        pred_labels = to_ras(p, orient)
+    perm = [[_AXIS_OF[c][0] for c in orient].index(k) for k in range(3)]
+    spacing = tuple(data.header.spacing[p] for p in perm)
+    brain = (image != 0).any(axis=0)
+    # crop to the brain (plus a small margin) so the panels show anatomy, not background
+    crop, offset = _brain_crop(brain, margin=4)
+    image, brain = image[(slice(None), *crop)], brain[crop]
+    labels = labels[crop] if labels is not None else None
+    pred_labels = pred_labels[crop] if pred_labels is not None else None
+
+    columns = list(L.MODALITIES) + ["reference"] + (["prediction"] if pred is not None else [])
+    ncol = len(columns)
+    fig, axes = plt.subplots(len(views), ncol, figsize=(2.7 * ncol, 3.0 * len(views) + 0.7),
+                             squeeze=False, facecolor="black")
+    windows = [_window(image[c], brain) for c in range(4)]
+    flair = L.MODALITIES.index("flair")
+    for r, view in enumerate(views):
+        ref_mask = labels > 0 if labels is not None else None
+        if ref_mask is None and pred_labels is not None:
+            ref_mask = pred_labels > 0
+        idx = best_slice(ref_mask, brain, view)
+        aspect = _aspect(spacing, view)  # type: ignore[arg-type]
+        for c, col in enumerate(columns):
+            ax = axes[r, c]
+            ax.set_facecolor("black")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            for sp in ax.spines.values():
+                sp.set_visible(False)
+            ch = c if c < 4 else flair
+            ax.imshow(view_slice(image[ch], view, idx), cmap="gray", vmin=windows[ch][0],
+                      vmax=windows[ch][1], aspect=aspect, interpolation="antialiased")
+            title = MODALITY_TITLES.get(col, col)
+            if col == "reference":
+                title = "reference (on FLAIR)"
+                if labels is not None:
+                    ax.imshow(_overlay_rgba(view_slice(labels, view, idx), alpha), aspect=aspect,
+                              interpolation="nearest")
+                else:
+                    title = "no reference"
+            elif col == "prediction" and pred_labels is not None:
+                title = "prediction (on FLAIR)"
+                ax.imshow(_overlay_rgba(view_slice(pred_labels, view, idx), alpha),
+                          aspect=aspect, interpolation="nearest")
+            ax.set_title(title, color="white", fontsize=9)
+            if c == 0:
+                ax.set_ylabel(f"{view} slice {idx + offset[_VIEW_AXIS[view]]} (RAS)",
+                              color="white", fontsize=9)
+                ax.text(0.03, 0.03, "A" if view == "sagittal" else "R", color="white",
+                        fontsize=8, transform=ax.transAxes)
+    handles = [Patch(facecolor=col, edgecolor="none", label=name)
+               for name, col in LABEL_COLOURS.values()]
+    fig.legend(handles=handles, loc="lower center", ncol=3, frameon=False, fontsize=9,
+               labelcolor="white")
+    fig.suptitle(f"{case.case_id} ({case.layout})", color="white", fontsize=11)
+    fig.tight_layout(rect=(0, 0.06, 1, 0.97))
+    out = Path(output)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp.png", dir=out.parent)
+    os.close(fd)
+    try:
+        fig.savefig(tmp, dpi=110, facecolor="black", format="png")
+        os.replace(tmp, out)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    finally:
+        plt.close(fig)
+    return out

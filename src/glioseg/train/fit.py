@@ -1,0 +1,562 @@
+"""``glioseg train``: fit a model on a preprocessed cache, on one process or many (torchrun).
+
+A run folder holds everything about a run::
+
+    RUN_DIR/config.yaml       the resolved config (values only)
+    RUN_DIR/metrics.jsonl     one JSON record per log: {"step", "split": "train"|"val", ...}
+    RUN_DIR/tb/               TensorBoard event files
+    RUN_DIR/last.pt, previous.pt, best.pt, last/, best/     (see ``checkpoint.py``)
+
+A worker always resumes from the run folder's last checkpoint when there is one and its config
+matches (so torchrun ``--max-restarts`` brings a crashed run back by itself); the steps and the
+records of ``metrics.jsonl`` continue from the checkpoint's step.
+
+Validation: the last ``data.n_val`` cases of the cache (sorted ids) are held out; every
+``train.val_every`` steps each rank predicts its share of them and the region Dice is averaged
+over all cases with an all-reduce.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm import tqdm
+
+from glioseg import config as C
+from glioseg.train import checkpoint as ckpt
+from glioseg.train import distributed as D
+from glioseg.train import loop as L
+
+RESUME_MUTABLE = frozenset({
+    "data.cache_dir", "data.workers", "train.steps", "train.val_every", "train.ckpt_every",
+    "train.log_every", "train.threads", "train.device", "train.compile",
+})
+"""Config keys that may differ between a checkpoint and the run that resumes it."""
+
+
+class TrainError(ValueError):
+    """A training run that cannot start; the message names the folder or key."""
+
+
+# --------------------------------------------------------------------------- config matching
+
+def _flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in tree.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, Mapping):
+            out.update(_flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def config_differences(saved: Mapping[str, Any], current: Mapping[str, Any]) -> list[str]:
+    """Keys (outside ``RESUME_MUTABLE``) whose values differ: ``["train.seed: 0 != 1", ...]``."""
+    a, b = _flatten(saved), _flatten(current)
+    diffs = []
+    for key in sorted(set(a) | set(b)):
+        if key in RESUME_MUTABLE:
+            continue
+        if a.get(key, "<absent>") != b.get(key, "<absent>"):
+            diffs.append(f"{key}: {a.get(key, '<absent>')!r} != {b.get(key, '<absent>')!r}")
+    return diffs
+
+
+# --------------------------------------------------------------------------- components
+
+@dataclass
+class Components:
+    """The live objects of a run.
+
+    Attributes:
+        model: the plain model (for checkpoints and validation).
+        net: what the step calls: ``model`` wrapped by DDP and/or ``torch.compile``.
+    """
+
+    model: torch.nn.Module
+    net: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    scaler: torch.amp.GradScaler
+    loss_fn: L.LossFn
+    divisor: int
+
+
+def make_optimizer(cfg: C.OptimConfig, params: Any) -> torch.optim.Optimizer:
+    """AdamW or SGD (Nesterov) from the optim config (``glioseg.train.schedule``)."""
+    from glioseg.train.schedule import build_optimizer
+
+    return build_optimizer(params, name=cfg.name, lr=cfg.lr, weight_decay=cfg.weight_decay,
+                           momentum=cfg.momentum)
+
+
+def lr_factor(step: int, total: int, warmup: int, kind: str) -> float:
+    """Multiplier of the peak learning rate at ``step`` (0-based): linear warmup over
+    ``warmup`` steps, then poly (nnU-Net, exponent 0.9), cosine or constant over the rest."""
+    from glioseg.train.schedule import poly_lr, warmup_cosine_lr
+
+    warmup = min(warmup, total - 1)
+    if step < warmup:
+        return (step + 1) / warmup
+    if kind == "poly":
+        return poly_lr(min(step - warmup, total - warmup), total - warmup, 1.0)
+    if kind == "cosine":
+        return warmup_cosine_lr(min(step, total), total, 1.0, warmup)
+    if kind == "constant":
+        return 1.0
+    raise TrainError(f"optim.schedule={kind!r} is not poly, cosine or constant")
+
+
+def make_scheduler(cfg: C.Config, optimizer: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LambdaLR:
+    """Warmup then decay as a ``LambdaLR`` (its state is the step: checkpoints restore it)."""
+    o, total = cfg.optim, cfg.train.steps
+    lr_factor(0, total, o.warmup_steps, o.schedule)  # fail now on a bad schedule name
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: lr_factor(step, total, o.warmup_steps, o.schedule))
+
+
+def make_loss(cfg: C.Config) -> L.LossFn:
+    """Soft Dice + BCE over the regions, summed over the deep-supervision scales when the model
+    returns several (``glioseg.train.losses``)."""
+    from glioseg.train.losses import DeepSupervisionLoss, DiceBCELoss
+
+    return DeepSupervisionLoss(DiceBCELoss())
+
+
+def build_components(cfg: C.Config, info: D.DistInfo) -> Components:
+    """Model (seeded by ``train.seed``, identical on every rank), optimiser, schedule, scaler
+    and loss; the model wrapped for DDP when distributed and compiled when asked."""
+    from glioseg.model.registry import build_model
+
+    torch.manual_seed(cfg.train.seed)
+    model = build_model(cfg.model).to(info.device)
+    model = model.to(memory_format=L.memory_format(cfg.train.channels_last))
+    optimizer = make_optimizer(cfg.optim, model.parameters())
+    scheduler = make_scheduler(cfg, optimizer)
+    scaler = L.make_scaler(cfg.train.amp, info.device)
+    divisor = int(getattr(model, "divisor", 1))
+    bad = [p for p in cfg.patch_size if p % divisor]
+    if bad:
+        raise TrainError(f"data.patch_size {list(cfg.patch_size)} is not a multiple of the "
+                         f"model's divisor {divisor}")
+    return Components(model, model, optimizer, scheduler, scaler, make_loss(cfg), divisor)
+
+
+def wrap(comp: Components, cfg: C.Config, info: D.DistInfo) -> None:
+    """DDP-wrap (when distributed) and compile (when asked) ``comp.model`` into ``comp.net``;
+    call after restoring a checkpoint so every rank starts from the same weights."""
+    net: torch.nn.Module = comp.model
+    if info.distributed:
+        from torch.nn.parallel import DistributedDataParallel as DDP
+
+        ids = [info.device.index] if info.device.type == "cuda" else None
+        # Deep supervision: the coarsest head has loss weight 0 (nnU-Net), so its parameters
+        # get no gradient; DDP must be told, or it waits for them forever.
+        net = DDP(net, device_ids=ids, find_unused_parameters=cfg.model.deep_supervision)
+    if cfg.train.compile:
+        net = torch.compile(net)  # type: ignore[assignment]
+    comp.net = net
+
+
+# --------------------------------------------------------------------------- data
+
+def split_cases(cases: Sequence[Any], n_val: int, seed: int) -> tuple[list[Any], list[Any]]:
+    """(training cases, validation cases) among the labelled cases: ``n_val`` held out at random
+    by ``glioseg.train.data.case_split`` (same ids and seed, same split); at least one case is
+    kept for training."""
+    from glioseg.train.data import case_split
+
+    labelled = {c.case_id: c for c in cases if c.meta.get("has_labels")}
+    if not labelled:
+        raise TrainError("the cache has no case with labels: nothing to train on")
+    n_val = max(0, min(n_val, len(labelled) - 1))
+    train_ids, val_ids = case_split(list(labelled), n_val, seed)
+    return [labelled[i] for i in train_ids], [labelled[i] for i in val_ids]
+
+
+def loader_seed(seed: int, step: int) -> int:
+    """Seed of the patch stream from ``step`` on (the loader mixes in the rank and worker): a
+    resumed run draws fresh, reproducible patches instead of replaying those already seen."""
+    if step == 0:
+        return seed
+    digest = hashlib.sha256(f"{seed}/{step}".encode()).digest()
+    return int.from_bytes(digest[:8], "little")
+
+
+def make_train_loader(cfg: C.Config, cases: Sequence[Any], info: D.DistInfo, step: int) -> Any:
+    """The patch loader of this rank (``glioseg.train.data.make_loader``), endless; pinned
+    memory on GPU."""
+    from glioseg.augment import AugmentConfig
+    from glioseg.train.data import make_loader
+
+    d = cfg.data
+    augment = (AugmentConfig.from_switches(flip=d.aug_flip, rotate_scale=d.aug_rotate_scale,
+                                           intensity=d.aug_intensity, noise=d.aug_noise)
+               if d.augment else None)
+    return make_loader(
+        cases, patch_size=cfg.patch_size, batch_size=d.batch_size,
+        seed=loader_seed(cfg.train.seed, step), rank=info.rank, world_size=info.world_size,
+        num_workers=d.workers, oversample_fg=d.foreground_fraction, augment_cfg=augment,
+        batches_per_epoch=None, pin_memory=info.device.type == "cuda",
+    )
+
+
+def forever(loader: Any) -> Iterator[Any]:
+    """Items of ``loader``, epoch after epoch."""
+    while True:
+        empty = True
+        for item in loader:
+            empty = False
+            yield item
+        if empty:
+            raise TrainError("the training loader yielded no batch")
+
+
+# --------------------------------------------------------------------------- logging
+
+class MetricsLog:
+    """``metrics.jsonl`` (rank 0): one JSON line per record, flushed at once; on resume the
+    records after the checkpoint's step are dropped so the file continues where it stopped."""
+
+    def __init__(self, path: Path, resume_step: int | None) -> None:
+        self.path = path
+        if resume_step is None:
+            if path.exists():
+                path.unlink()
+        elif path.exists():
+            keep = [line for line in path.read_text().splitlines()
+                    if line.strip() and json.loads(line).get("step", 0) <= resume_step]
+            tmp = path.with_name(f".{path.name}.tmp")
+            tmp.write_text("".join(line + "\n" for line in keep))
+            os.replace(tmp, path)
+        self._f = open(path, "a")
+
+    def write(self, record: Mapping[str, Any]) -> None:
+        self._f.write(json.dumps(record) + "\n")
+        self._f.flush()
+
+    def close(self) -> None:
+        self._f.close()
+
+
+def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
+    """The records of ``RUN_DIR/metrics.jsonl``."""
+    path = Path(run_dir) / "metrics.jsonl"
+    if not path.is_file():
+        raise TrainError(f"{run_dir}: no metrics.jsonl (not a training run folder?)")
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+class Logger:
+    """metrics.jsonl + TensorBoard on rank 0; silent elsewhere."""
+
+    def __init__(self, run_dir: Path, info: D.DistInfo, resume_step: int | None) -> None:
+        self.active = info.is_main
+        self.metrics: MetricsLog | None = None
+        self.tb: Any = None
+        if self.active:
+            self.metrics = MetricsLog(run_dir / "metrics.jsonl", resume_step)
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.tb = SummaryWriter(str(run_dir / "tb"), purge_step=(resume_step or 0) + 1)
+
+    def log(self, record: dict[str, Any]) -> None:
+        if not self.active:
+            return
+        assert self.metrics is not None
+        self.metrics.write(record)
+        split = record.get("split", "train")
+        for k, v in record.items():
+            if k not in ("step", "split") and isinstance(v, int | float) and math.isfinite(v):
+                self.tb.add_scalar(f"{split}/{k}", v, record["step"])
+        self.tb.flush()
+
+    def close(self) -> None:
+        if self.active:
+            assert self.metrics is not None
+            self.metrics.close()
+            self.tb.close()
+
+
+# --------------------------------------------------------------------------- the run
+
+def _model_card(cfg: C.Config, comp: Components, step: int, metrics: Mapping[str, Any],
+                cases: Sequence[Any]) -> Any:
+    """The model card of a checkpoint (``glioseg.model.card.ModelCard``)."""
+    from glioseg.data.labels import SCHEMES
+    from glioseg.model.card import ModelCard
+
+    layout = cases[0].meta.get("layout") if cases else None
+    dice = {r: metrics[f"dice_{r}"] for r in ("WT", "TC", "ET") if f"dice_{r}" in metrics}
+    return ModelCard.for_model(
+        comp.model,
+        label_scheme=layout if layout in SCHEMES else "brats2023",
+        preprocessing={"spacing": _cache_spacing(cfg.data.cache_dir),
+                       "normalisation": "zscore-brain"},
+        training={"steps": step, "data": cfg.data.cache_dir, "seed": cfg.train.seed,
+                  "config": C.config_to_dict(cfg)},
+        metrics={"dice": dice, "step": metrics.get("step", step)} if dice else {},
+        provenance={"source": "trained"},
+    )
+
+
+def _cache_spacing(cache_dir: str) -> Any:
+    try:
+        from glioseg.preprocess.cache import read_dataset_json
+
+        return read_dataset_json(Path(cache_dir)).get("spacing")
+    except (ValueError, OSError):
+        return None
+
+
+@dataclass
+class RunState:
+    step: int = 0
+    best_metric: float = -math.inf
+    best_step: int = 0
+    elapsed_s: float = 0.0
+
+
+def _save(run_dir: Path, cfg: C.Config, comp: Components, info: D.DistInfo, rs: RunState,
+          best: bool, metrics: Mapping[str, Any], cases: Sequence[Any]) -> None:
+    """Gather every rank's RNG state; rank 0 writes last.pt (and best.pt) and model cards."""
+    rngs = D.all_gather_objects(ckpt.rng_state())
+    if not info.is_main:
+        return
+    state = ckpt.training_state(
+        step=rs.step, model=comp.model, optimizer=comp.optimizer, scheduler=comp.scheduler,
+        scaler=comp.scaler, config=C.config_to_dict(cfg), rng=rngs,
+        best={"metric": rs.best_metric, "step": rs.best_step},
+        extra={"elapsed_s": rs.elapsed_s},
+    )
+    if best:
+        ckpt.save_best(run_dir, state)
+        ckpt.save_model_card(run_dir / "best", comp.model, _model_card(cfg, comp, rs.step, metrics, cases))
+    ckpt.save_last(run_dir, state)
+    ckpt.save_model_card(run_dir / "last", comp.model, _model_card(cfg, comp, rs.step, metrics, cases))
+
+
+def _resume_point(run_dir: Path, cfg: C.Config, resume: bool) -> dict[str, Any] | None:
+    path = ckpt.find_resumable(run_dir)
+    if path is None:
+        if resume:
+            raise TrainError(f"{run_dir}: --resume given but there is no readable last.pt or "
+                             "previous.pt to resume from")
+        return None
+    state = ckpt.load_checkpoint(path)
+    diffs = config_differences(state["config"], C.config_to_dict(cfg))
+    if diffs:
+        raise TrainError(f"{run_dir}: holds a run ({path.name}, step {state['step']}) with another "
+                         f"config ({'; '.join(diffs[:3])}); use another --out, or --resume "
+                         "without --config to continue it")
+    return state
+
+
+def fit(cfg: C.Config, run_dir: str | Path, *, resume: bool = False) -> dict[str, Any]:
+    """Train ``cfg`` into ``run_dir``; returns the final validation scores and step.
+
+    Runs as one process or as one rank of a torchrun job (``glioseg.train.distributed``).
+    Resumes from ``run_dir``'s checkpoint when there is one with a matching config;
+    ``resume=True`` makes a missing checkpoint an error.
+    """
+    run_dir = Path(run_dir)
+    info = D.init(cfg.train.device, cfg.train.threads)
+    live: dict[str, Any] = {}
+    ok = False
+    try:
+        summary = _run(cfg, run_dir, info, resume, live)
+        ok = True
+        return summary
+    finally:
+        D.shutdown(live, clean=ok)
+
+
+def _run(cfg: C.Config, run_dir: Path, info: D.DistInfo, resume: bool,
+         live: dict[str, Any]) -> dict[str, Any]:
+    from glioseg.preprocess.cache import open_cache
+
+    if info.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    D.barrier()
+    cases = open_cache(cfg.data.cache_dir)
+    train_cases, val_cases = split_cases(cases, cfg.data.n_val, cfg.train.seed)
+    state = _resume_point(run_dir, cfg, resume)
+    if state is not None and info.is_main:
+        tqdm.write(f"resuming {run_dir} from step {state['step']}")
+
+    comp = build_components(cfg, info)
+    rs = RunState()
+    if state is not None:
+        rs.step = ckpt.restore(state, model=comp.model, optimizer=comp.optimizer,
+                               scheduler=comp.scheduler, scaler=comp.scaler, rank=info.rank)
+        rs.best_metric = float(state["best"].get("metric", -math.inf))
+        rs.best_step = int(state["best"].get("step", 0))
+        rs.elapsed_s = float(state["extra"].get("elapsed_s", 0.0))
+        del state
+    else:
+        D.seed_everything(cfg.train.seed + info.rank)
+    wrap(comp, cfg, info)
+    live["comp"] = comp
+    if info.is_main:
+        C.dump_config(cfg, run_dir / "config.yaml")
+
+    logger = Logger(run_dir, info, rs.step if rs.step > 0 else None)
+    live["logger"] = logger
+    try:
+        last_val = _train(cfg, run_dir, info, comp, rs, train_cases, val_cases, logger)
+    finally:
+        logger.close()
+    return {"step": rs.step, "best_metric": rs.best_metric, "best_step": rs.best_step,
+            "rank": info.rank, **last_val}
+
+
+def _train(cfg: C.Config, run_dir: Path, info: D.DistInfo, comp: Components, rs: RunState,
+           train_cases: list[Any], val_cases: list[Any], logger: Logger) -> dict[str, Any]:
+    t = cfg.train
+    if rs.step >= t.steps:
+        return {}
+    loader = make_train_loader(cfg, train_cases, info, rs.step)
+    batches = forever(loader)
+    bar = tqdm(total=t.steps, initial=rs.step, disable=not info.is_main, desc="train",
+               dynamic_ncols=True, unit="step")
+    window = {"loss": 0.0, "n": 0, "patches": 0, "wait": 0.0, "t0": time.perf_counter()}
+    last_val: dict[str, Any] = {}
+    t_start = time.perf_counter()
+    elapsed0 = rs.elapsed_s
+    while rs.step < t.steps:
+        t0 = time.perf_counter()
+        micro = [L.to_batch(next(batches), info.device, t.channels_last)
+                 for _ in range(t.grad_accum)]
+        window["wait"] += time.perf_counter() - t0
+        res = L.train_step(comp.net, micro, comp.loss_fn, comp.optimizer, comp.scaler, t.amp,
+                           cfg.optim.grad_clip)
+        if not math.isfinite(res.loss):
+            raise TrainError(f"step {rs.step + 1}: the loss is {res.loss}; lower optim.lr or "
+                             "use train.amp=none")
+        comp.scheduler.step()
+        rs.step += 1
+        rs.elapsed_s = elapsed0 + time.perf_counter() - t_start
+        window["loss"] += res.loss
+        window["n"] += 1
+        window["patches"] += res.patches
+        bar.update(1)
+        if rs.step % t.log_every == 0 or rs.step == t.steps:
+            rec = _train_record(window, rs, comp, info)
+            bar.set_postfix(loss=f"{rec['loss']:.4f}", pps=f"{rec['patches_per_s']:.2f}")
+            logger.log(rec)
+            window = {"loss": 0.0, "n": 0, "patches": 0, "wait": 0.0, "t0": time.perf_counter()}
+        best = False
+        t_pause = time.perf_counter()
+        if val_cases and (rs.step % t.val_every == 0 or rs.step == t.steps):
+            last_val = L.validate(comp.model, val_cases, device=info.device, rank=info.rank,
+                                  world_size=info.world_size, mode=t.val_mode,
+                                  roi=cfg.patch_size, overlap=t.val_overlap, amp=t.amp,
+                                  divisor=comp.divisor, channels_last=t.channels_last)
+            if last_val["dice_mean"] > rs.best_metric:
+                rs.best_metric, rs.best_step, best = last_val["dice_mean"], rs.step, True
+            last_val = {"step": rs.step, **last_val}
+            logger.log({"split": "val", **last_val,
+                        "elapsed_s": round(rs.elapsed_s, 2)})
+            if info.is_main:
+                bar.write(f"step {rs.step}: val Dice WT {last_val['dice_WT']:.3f} "
+                          f"TC {last_val['dice_TC']:.3f} ET {last_val['dice_ET']:.3f}")
+        if best or rs.step % t.ckpt_every == 0 or rs.step == t.steps:
+            _save(run_dir, cfg, comp, info, rs, best, last_val, train_cases)
+        window["t0"] += time.perf_counter() - t_pause  # not in the throughput window
+    bar.close()
+    return last_val
+
+
+def _train_record(window: dict[str, float], rs: RunState, comp: Components,
+                  info: D.DistInfo) -> dict[str, Any]:
+    """Mean loss over the window and ranks; patches/s over all ranks; data-wait fraction."""
+    dt = max(time.perf_counter() - window["t0"], 1e-9)
+    stats = torch.tensor([window["loss"] / max(window["n"], 1), window["wait"] / dt,
+                          window["patches"] / dt], dtype=torch.float64)
+    if D.is_initialized():
+        stats = stats.to(D._collective_device())
+        D.all_reduce_sum(stats)
+        stats = stats.cpu()
+        stats[:2] /= info.world_size
+    return {"step": rs.step, "split": "train", "loss": float(stats[0]),
+            "lr": float(comp.optimizer.param_groups[0]["lr"]),
+            "patches_per_s": float(stats[2]), "data_wait": float(stats[1]),
+            "elapsed_s": round(rs.elapsed_s, 2)}
+
+
+# --------------------------------------------------------------------------- launching
+
+def is_cache(path: str | Path) -> bool:
+    """Whether ``path`` is a preprocessed cache (has ``dataset.json``)."""
+    return (Path(path) / "dataset.json").is_file()
+
+
+def prepare_data(data: str | Path, run_dir: str | Path, spacing: float | None = None,
+                 workers: int = 1, wait_s: float = 7200.0) -> Path:
+    """The cache to train on: ``data`` itself when it is a cache, else ``RUN_DIR/cache``
+    built from the raw data folder (``glioseg.preprocess.run.preprocess_dir``; resumable).
+
+    Under torchrun only rank 0 preprocesses; the other ranks wait for its ``dataset.json``.
+    """
+    data, run_dir = Path(data), Path(run_dir)
+    if is_cache(data):
+        return data
+    if not data.exists():
+        raise TrainError(f"--data {data}: no such folder")
+    cache = run_dir / "cache"
+    rank = D.env_ranks()[0]
+    if rank == 0:
+        from glioseg.preprocess.run import preprocess_dir
+
+        run_dir.mkdir(parents=True, exist_ok=True)
+        preprocess_dir(data, cache, spacing=spacing, workers=workers)
+        return cache
+    t0 = time.monotonic()
+    while not is_cache(cache):
+        if time.monotonic() - t0 > wait_s:
+            raise TrainError(f"{cache}: rank {rank} waited {wait_s:.0f} s for rank 0 to "
+                             "preprocess the data")
+        time.sleep(2.0)
+    return cache
+
+
+def torchrun_command(
+    train_args: Sequence[str],
+    *,
+    nproc: int,
+    nnodes: int = 1,
+    node_rank: int = 0,
+    rdzv_endpoint: str | None = None,
+    max_restarts: int = 0,
+    run_id: str = "glioseg",
+) -> list[str]:
+    """The command that runs ``glioseg train <train_args>`` as ``nproc`` workers per node under
+    torchrun (``python -m torch.distributed.run``): standalone on one node, c10d rendezvous at
+    ``rdzv_endpoint`` across ``nnodes`` nodes. ``--max-restarts`` restarts crashed workers,
+    which resume from the run folder's last checkpoint."""
+    import sys
+
+    if nproc < 1 or nnodes < 1:
+        raise TrainError(f"--nproc ({nproc}) and --nnodes ({nnodes}) must be >= 1")
+    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={nproc}",
+           f"--max-restarts={max_restarts}"]
+    if nnodes == 1 and rdzv_endpoint is None:
+        cmd.append("--standalone")
+    else:
+        if rdzv_endpoint is None:
+            raise TrainError("--nnodes > 1 needs --rdzv-endpoint HOST:PORT (a node all reach)")
+        if not 0 <= node_rank < nnodes:
+            raise TrainError(f"--node-rank {node_rank} is not in [0, {nnodes})")
+        cmd += [f"--nnodes={nnodes}", f"--node-rank={node_rank}", "--rdzv-backend=c10d",
+                f"--rdzv-endpoint={rdzv_endpoint}", f"--rdzv-id={run_id}"]
+    return [*cmd, "-m", "glioseg", "train", *train_args]

@@ -1,0 +1,323 @@
+"""The pieces of a training step and of validation, as small functions of live objects.
+
+``fit.py`` strings them together; the benchmark and the profiler call the same functions, so
+the figures they print are the figures of training.
+
+Tensor layouts: images ``(B, 4, X, Y, Z)`` float32, region targets ``(B, 3, X, Y, Z)`` float
+(channels WT, TC, ET), logits ``(B, 3, X, Y, Z)`` (a list, finest first, with deep supervision).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from glioseg.data.labels import REGIONS, regions_from_labels
+
+LossFn = Callable[[Any, torch.Tensor], torch.Tensor]
+"""``loss_fn(logits or list of logits, targets (B, 3, X, Y, Z)) -> scalar``."""
+
+
+# --------------------------------------------------------------------------- precision
+
+def amp_dtype(amp: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype for ``amp`` (``bf16``, ``fp16``, ``none``) on ``device``, or None.
+
+    bf16 on a CPU without native support (no AVX-512 BF16 / AMX) is emulated and slow; it is
+    still honoured, since the user asked for it (``glioseg bench train`` shows the cost).
+    """
+    if amp == "none":
+        return None
+    if amp == "bf16":
+        if device.type == "cuda" and not torch.cuda.is_bf16_supported():
+            raise ValueError("train.amp=bf16: this GPU has no bf16 support; use fp16")
+        return torch.bfloat16
+    if amp == "fp16":
+        return torch.float16
+    raise ValueError(f"train.amp={amp!r} is not bf16, fp16 or none")
+
+
+def autocast(device: torch.device, amp: str) -> contextlib.AbstractContextManager:
+    """``torch.autocast`` for ``amp`` on ``device`` (a null context for ``none``)."""
+    dtype = amp_dtype(amp, device)
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def make_scaler(amp: str, device: torch.device) -> torch.amp.GradScaler:
+    """A loss scaler, enabled only for fp16 (bf16 has float32's exponent range)."""
+    return torch.amp.GradScaler(device.type, enabled=(amp == "fp16"))
+
+
+def memory_format(channels_last: bool) -> torch.memory_format:
+    return torch.channels_last_3d if channels_last else torch.contiguous_format
+
+
+# --------------------------------------------------------------------------- batches
+
+@dataclass
+class Batch:
+    """One batch on the compute device.
+
+    Attributes:
+        image: ``(B, 4, X, Y, Z)`` float32.
+        target: ``(B, 3, X, Y, Z)`` float32 region masks (WT, TC, ET).
+    """
+
+    image: torch.Tensor
+    target: torch.Tensor
+
+    @property
+    def size(self) -> int:
+        return int(self.image.shape[0])
+
+
+def regions_target(labels: torch.Tensor) -> torch.Tensor:
+    """Internal labels ``(B, X, Y, Z)`` (or ``(B, 1, X, Y, Z)``) -> ``(B, 3, X, Y, Z)`` float
+    region masks: WT = label > 0, TC = label in {1, 3}, ET = label == 3."""
+    if labels.ndim == 5:
+        labels = labels[:, 0]
+    wt = labels > 0
+    tc = (labels == 1) | (labels == 3)
+    et = labels == 3
+    return torch.stack((wt, tc, et), dim=1).float()
+
+
+def to_batch(raw: Any, device: torch.device, channels_last: bool) -> Batch:
+    """A loader item (a ``Batch``, a dict with ``image`` and ``labels``/``regions``, or an
+    ``(image, labels)`` pair) moved to ``device`` (``non_blocking``: the loader pins memory on
+    GPU runs)."""
+    if isinstance(raw, Batch):
+        image, target = raw.image, raw.target
+    elif isinstance(raw, dict):
+        image = raw["image"]
+        if "regions" in raw:
+            target = raw["regions"]
+        elif "target" in raw:
+            target = raw["target"]
+        else:
+            target = raw["labels"]
+    else:
+        image, target = raw
+    non_blocking = device.type == "cuda"
+    image = image.to(device, non_blocking=non_blocking)
+    target = target.to(device, non_blocking=non_blocking)
+    if target.dtype in (torch.uint8, torch.int64, torch.int32, torch.int16) and (
+        target.ndim == 4 or (target.ndim == 5 and target.shape[1] == 1)
+    ):
+        target = regions_target(target)
+    image = image.float().contiguous(memory_format=memory_format(channels_last))
+    return Batch(image, target.float())
+
+
+# --------------------------------------------------------------------------- the step
+
+@dataclass
+class StepResult:
+    """What one optimiser step reports: the mean loss over its micro-batches, the gradient
+    norm before clipping (nan when not computed) and the patches it saw on this process."""
+
+    loss: float
+    grad_norm: float
+    patches: int
+
+
+def _no_sync(model: torch.nn.Module, last: bool) -> contextlib.AbstractContextManager:
+    """Skip DDP's gradient all-reduce for all but the last micro-batch of a step."""
+    if not last and hasattr(model, "no_sync"):
+        return model.no_sync()
+    return contextlib.nullcontext()
+
+
+def train_step(
+    model: torch.nn.Module,
+    micro_batches: Sequence[Batch],
+    loss_fn: LossFn,
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler,
+    amp: str,
+    grad_clip: float = 0.0,
+    timer: StepTimer | None = None,
+) -> StepResult:
+    """Forward, backward over the micro-batches (gradient accumulation), then one optimiser step.
+
+    The loss of each micro-batch is divided by their number, so the update equals that of one
+    batch holding all of them (for per-sample losses averaged over the batch).
+    """
+    device = micro_batches[0].image.device
+    n = len(micro_batches)
+    total = 0.0
+    patches = 0
+    for i, mb in enumerate(micro_batches):
+        with _no_sync(model, last=(i == n - 1)):
+            with _section(timer, "forward"), autocast(device, amp):
+                logits = model(mb.image)
+                loss = loss_fn(logits, mb.target)
+            with _section(timer, "backward"):
+                scaler.scale(loss / n).backward()
+        total += float(loss.detach())
+        patches += mb.size
+    with _section(timer, "optimizer"):
+        grad_norm = float("nan")
+        if grad_clip > 0:
+            scaler.unscale_(optimizer)
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip))
+        scaler.step(optimizer)
+        scaler.update()
+        optimizer.zero_grad(set_to_none=True)
+    return StepResult(total / n, grad_norm, patches)
+
+
+class StepTimer:
+    """Wall time per section (data, forward, backward, optimizer), for the profile split.
+
+    CUDA work is asynchronous; the timer synchronises at each boundary so the split is honest
+    (only used by ``--profile`` and the benchmark, never by plain training).
+    """
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.totals: dict[str, float] = {}
+
+    def add(self, name: str, seconds: float) -> None:
+        self.totals[name] = self.totals.get(name, 0.0) + seconds
+
+    @contextlib.contextmanager
+    def section(self, name: str) -> Iterator[None]:
+        import time
+
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        t0 = time.perf_counter()
+        with torch.profiler.record_function(name):
+            yield
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        self.add(name, time.perf_counter() - t0)
+
+
+def _section(timer: StepTimer | None, name: str) -> contextlib.AbstractContextManager:
+    return timer.section(name) if timer is not None else contextlib.nullcontext()
+
+
+# --------------------------------------------------------------------------- validation
+
+def pad_to_multiple(image: torch.Tensor, divisor: int) -> tuple[torch.Tensor, tuple[int, ...]]:
+    """Zero-pad ``(B, C, X, Y, Z)`` at the far end of each axis to a multiple of ``divisor``
+    (cached images are 0 outside the brain, so zeros are background); return the original
+    spatial shape for cropping back."""
+    shape = tuple(int(s) for s in image.shape[2:])
+    pads: list[int] = []
+    for s in reversed(shape):
+        pads += [0, (-s) % divisor]
+    return F.pad(image, pads), shape
+
+
+@torch.no_grad()
+def predict_logits(
+    model: torch.nn.Module,
+    image: torch.Tensor,
+    *,
+    mode: str = "whole",
+    roi: Sequence[int] = (64, 64, 64),
+    overlap: float = 0.25,
+    amp: str = "none",
+    divisor: int = 1,
+) -> torch.Tensor:
+    """Region logits of a whole volume.
+
+    Args:
+        model: in eval mode.
+        image: ``(1, 4, X, Y, Z)`` float32 on the model's device.
+        mode: ``whole`` (one forward of the volume padded to ``divisor``) or ``sliding``
+            (MONAI ``sliding_window_inference`` with ``roi`` windows, gaussian blending).
+
+    Returns:
+        ``(1, 3, X, Y, Z)`` float32 logits.
+    """
+    device = image.device
+    with autocast(device, amp):
+        if mode == "whole":
+            padded, shape = pad_to_multiple(image, divisor)
+            out = model(padded)[..., : shape[0], : shape[1], : shape[2]]
+        elif mode == "sliding":
+            from monai.inferers import sliding_window_inference
+
+            out = sliding_window_inference(image, roi_size=tuple(roi), sw_batch_size=1,
+                                           predictor=model, overlap=overlap, mode="gaussian")
+        else:
+            raise ValueError(f"validation mode {mode!r} is not whole or sliding")
+    return out.float()
+
+
+def region_dice(pred_regions: np.ndarray, labels: np.ndarray) -> list[float]:
+    """Dice per region (WT, TC, ET) of predicted ``(3, X, Y, Z)`` bool masks against internal
+    labels ``(X, Y, Z)``; both empty gives 1 (``glioseg.evaluate.metrics.dice``)."""
+    from glioseg.evaluate.metrics import dice
+
+    ref = regions_from_labels(np.asarray(labels))
+    return [dice(pred_regions[i].astype(bool), ref[i].astype(bool)) for i in range(len(REGIONS))]
+
+
+@torch.no_grad()
+def validate(
+    model: torch.nn.Module,
+    cases: Sequence[Any],
+    *,
+    device: torch.device,
+    rank: int = 0,
+    world_size: int = 1,
+    mode: str = "whole",
+    roi: Sequence[int] = (64, 64, 64),
+    overlap: float = 0.25,
+    amp: str = "none",
+    divisor: int = 1,
+    channels_last: bool = False,
+) -> dict[str, float]:
+    """Mean region Dice over held-out cases, sharded across ranks (case ``i`` on rank
+    ``i % world_size``) and summed with an all-reduce.
+
+    Args:
+        model: the plain model (not DDP-wrapped); switched to eval and back.
+        cases: objects with ``image`` ``(4, X, Y, Z)`` and ``labels`` ``(X, Y, Z)`` arrays
+            (``glioseg.preprocess.cache.CachedCase``).
+
+    Returns:
+        ``{"dice_WT": .., "dice_TC": .., "dice_ET": .., "dice_mean": .., "n_cases": n}``.
+    """
+    from glioseg.train import distributed as D
+
+    was_training = model.training
+    model.eval()
+    sums = torch.zeros(len(REGIONS) + 1, dtype=torch.float64)
+    try:
+        for i in range(rank, len(cases), world_size):
+            case = cases[i]
+            image = torch.from_numpy(np.array(case.image, dtype=np.float32))[None]
+            image = image.to(device).contiguous(memory_format=memory_format(channels_last))
+            logits = predict_logits(model, image, mode=mode, roi=roi, overlap=overlap, amp=amp,
+                                    divisor=divisor)
+            pred = (logits[0] > 0).cpu().numpy()  # sigmoid(x) > 0.5  <=>  x > 0
+            scores = region_dice(pred, np.asarray(case.labels))
+            sums[: len(REGIONS)] += torch.tensor(scores, dtype=torch.float64)
+            sums[-1] += 1
+    finally:
+        model.train(was_training)
+    if D.is_initialized():
+        sums = sums.to(D._collective_device())
+        D.all_reduce_sum(sums)
+        sums = sums.cpu()
+    n = int(sums[-1])
+    out: dict[str, float] = {}
+    for j, name in enumerate(REGIONS):
+        out[f"dice_{name}"] = float(sums[j] / n) if n else float("nan")
+    out["dice_mean"] = float(np.mean([out[f"dice_{r}"] for r in REGIONS])) if n else float("nan")
+    out["n_cases"] = n
+    return out

@@ -1,0 +1,109 @@
+"""``glioseg train --profile``: where a training step's time goes.
+
+Runs a few training steps of the configured run (same model, loader, precision and wrapping
+as ``fit``) under ``torch.profiler``, writes a Chrome trace (open in ``chrome://tracing`` or
+Perfetto) to ``RUN_DIR/profile/trace_rank<r>.json``, and prints the top operators and the
+split of the step time into data wait / forward / backward / optimizer.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from glioseg import config as C
+from glioseg.train import distributed as D
+from glioseg.train import fit as F
+from glioseg.train import loop as L
+
+SECTIONS = ("data", "forward", "backward", "optimizer")
+
+
+def _export_trace(prof: torch.profiler.profile, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        prof.export_chrome_trace(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def profile_training(
+    cfg: C.Config, run_dir: str | Path, steps: int = 4, warmup: int = 2, top: int = 15
+) -> dict[str, Any]:
+    """Profile ``steps`` training steps after ``warmup`` untimed ones; print and return the
+    split ``{"data": s, "forward": s, "backward": s, "optimizer": s, "total": s,
+    "trace": path, "top": [(name, self time s, calls), ...]}`` (rank 0's figures)."""
+    if steps < 1 or warmup < 0:
+        raise ValueError(f"profile steps ({steps}) must be >= 1 and warmup ({warmup}) >= 0")
+    run_dir = Path(run_dir)
+    info = D.init(cfg.train.device, cfg.train.threads)
+    live: dict[str, Any] = {}
+    ok = False
+    try:
+        out = _profile(cfg, run_dir, info, steps, warmup, top, live)
+        ok = True
+        return out
+    finally:
+        D.shutdown(live, clean=ok)
+
+
+def _profile(cfg: C.Config, run_dir: Path, info: D.DistInfo, steps: int, warmup: int, top: int,
+             live: dict[str, Any]) -> dict[str, Any]:
+    from glioseg.preprocess.cache import open_cache
+
+    cases, _ = F.split_cases(open_cache(cfg.data.cache_dir), cfg.data.n_val, cfg.train.seed)
+    comp = F.build_components(cfg, info)
+    F.wrap(comp, cfg, info)
+    live["comp"] = comp
+    batches = F.forever(F.make_train_loader(cfg, cases, info, 0))
+    t = cfg.train
+
+    def step(timer: L.StepTimer | None) -> None:
+        if timer is None:
+            micro = [L.to_batch(next(batches), info.device, t.channels_last)
+                     for _ in range(t.grad_accum)]
+        else:
+            with timer.section("data"):
+                micro = [L.to_batch(next(batches), info.device, t.channels_last)
+                         for _ in range(t.grad_accum)]
+        L.train_step(comp.net, micro, comp.loss_fn, comp.optimizer, comp.scaler, t.amp,
+                     cfg.optim.grad_clip, timer=timer)
+
+    for _ in range(warmup):
+        step(None)
+    activities = [torch.profiler.ProfilerActivity.CPU]
+    if info.device.type == "cuda":
+        activities.append(torch.profiler.ProfilerActivity.CUDA)
+    timer = L.StepTimer(info.device)
+    t0 = time.perf_counter()
+    with torch.profiler.profile(activities=activities) as prof:
+        for _ in range(steps):
+            step(timer)
+    total = time.perf_counter() - t0
+    trace = run_dir / "profile" / f"trace_rank{info.rank}.json"
+    _export_trace(prof, trace)
+    sort_key = "self_cuda_time_total" if info.device.type == "cuda" else "self_cpu_time_total"
+    averages = prof.key_averages()
+    rows = sorted(averages, key=lambda e: getattr(e, sort_key.replace("_total", "_total"), 0),
+                  reverse=True)
+    top_ops = [(e.key, getattr(e, sort_key) / 1e6, e.count) for e in rows
+               if e.key not in SECTIONS and not e.key.startswith("ProfilerStep")][:top]
+    split = {name: timer.totals.get(name, 0.0) for name in SECTIONS}
+    if info.is_main:
+        print(averages.table(sort_by=sort_key, row_limit=top))
+        print(f"{steps} steps in {total:.2f} s ({total / steps:.2f} s/step; profiler overhead "
+              f"included), {cfg.data.batch_size} x {list(cfg.patch_size)} patches, amp {t.amp}, "
+              f"device {info.device}, world size {info.world_size}")
+        for name in SECTIONS:
+            print(f"  {name:<10} {split[name]:8.2f} s  {split[name] / total:6.1%}")
+        print(f"Chrome trace: {trace}")
+    return {**split, "total": total, "trace": str(trace), "top": top_ops}

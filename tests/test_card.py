@@ -1,0 +1,144 @@
+"""Model cards: JSON round trip, save/load equality, wrappers, clear errors."""
+
+import json
+
+import pytest
+import torch
+
+from glioseg.model.card import (
+    CardError,
+    ModelCard,
+    WeightsMismatchError,
+    load_card,
+    load_model,
+    save_model,
+    strip_wrapper_prefixes,
+)
+from glioseg.model.registry import ModelConfig, build_model
+
+torch.set_num_threads(1)
+
+
+def tiny(**kw) -> ModelConfig:
+    base = dict(base_width=4, n_stages=3, max_width=16, patch_size=(16, 16, 16))
+    base.update(kw)
+    return ModelConfig(**base)
+
+
+def make_card(model, **kw) -> ModelCard:
+    return ModelCard.for_model(
+        model,
+        label_scheme="brats2021",
+        preprocessing={"spacing": [2.0, 2.0, 2.0], "normalisation": "zscore-brain"},
+        training={"steps": 10, "data": "synthetic", "seed": 3},
+        metrics={"dice": {"WT": 0.8, "TC": 0.7, "ET": 0.6}},
+        et_threshold=50,
+        provenance={"source": "trained"},
+        **kw,
+    )
+
+
+def test_card_json_round_trip_keeps_every_field_and_unknown_keys():
+    card = make_card(tiny())
+    back = ModelCard.from_json(card.to_json())
+    assert back == card
+    assert back.modalities == ("t1", "t1ce", "t2", "flair") and back.et_threshold == 50
+    assert back.config == tiny()
+    data = json.loads(card.to_json())
+    data["from_the_future"] = {"x": 1}
+    again = ModelCard.from_dict(data)
+    assert again.extra == {"from_the_future": {"x": 1}}
+    assert json.loads(again.to_json())["from_the_future"] == {"x": 1}
+
+
+def test_card_checks_modalities_against_channels():
+    data = json.loads(make_card(tiny()).to_json())
+    data["modalities"] = ["t1", "flair"]
+    with pytest.raises(CardError, match="2 modalities"):
+        ModelCard.from_dict(data)
+
+
+def test_save_load_gives_the_same_outputs(tmp_path):
+    torch.manual_seed(0)
+    model = build_model(tiny()).eval()
+    x = torch.randn(1, 4, 16, 24, 8)
+    with torch.no_grad():
+        expected = model(x)
+    out_dir = save_model(tmp_path / "m", model, make_card(model))
+    assert sorted(p.name for p in out_dir.iterdir()) == ["card.json", "model.safetensors"]
+    for path in (out_dir, out_dir / "model.safetensors", out_dir / "card.json"):
+        loaded, card = load_model(path)
+        assert not loaded.training
+        with torch.no_grad():
+            torch.testing.assert_close(loaded(x), expected, rtol=0, atol=0)
+        assert card.training["steps"] == 10 and card.training["code_version"]
+
+
+def test_save_unwraps_compile_and_takes_config_from_the_model(tmp_path):
+    model = build_model(tiny())
+    card = make_card(model)
+    model.reset_head(2)  # the card still says 3 outputs: save_model takes the model's config
+    compiled = torch.compile(model)
+    assert next(iter(compiled.state_dict())).startswith("_orig_mod.")
+    save_model(tmp_path, compiled, card)
+    loaded, back = load_model(tmp_path)
+    assert back.model["out_channels"] == 2
+    for k, v in model.state_dict().items():
+        torch.testing.assert_close(loaded.state_dict()[k], v, rtol=0, atol=0)
+
+
+def test_strip_wrapper_prefixes():
+    sd = {"module._orig_mod.a.weight": torch.zeros(1), "b": torch.ones(1)}
+    assert sorted(strip_wrapper_prefixes(sd)) == ["a.weight", "b"]
+
+
+def test_missing_card_is_a_clear_error(tmp_path):
+    model = build_model(tiny())
+    save_model(tmp_path, model, make_card(model))
+    (tmp_path / "card.json").unlink()
+    with pytest.raises(CardError, match="no model card card.json"):
+        load_model(tmp_path / "model.safetensors")
+
+
+def test_mismatched_weights_list_the_tensors(tmp_path):
+    model = build_model(tiny())
+    save_model(tmp_path, model, make_card(model))
+    data = json.loads((tmp_path / "card.json").read_text())
+    data["model"]["base_width"] = 8
+    (tmp_path / "card.json").write_text(json.dumps(data))
+    with pytest.raises(WeightsMismatchError, match="reshaped") as info:
+        load_model(tmp_path)
+    assert "encoder.stages.0.convs.0.conv.weight (4, 4, 3, 3, 3) vs model (8, 4, 3, 3, 3)" in str(
+        info.value)
+
+
+def test_partial_weights_refuse_a_plain_load(tmp_path):
+    model = build_model(tiny())
+    save_model(tmp_path, model, make_card(model, ).replace(provenance={"partial": True}))
+    with pytest.raises(CardError, match="load_adapted"):
+        load_model(tmp_path)
+    assert load_card(tmp_path).partial
+
+
+def test_card_for_training_fills_preprocessing():
+    from glioseg.model.card import card_for_training
+
+    card = card_for_training(tiny(), training={"steps": 5}, spacing=(2.0, 2.0, 2.0))
+    assert card.preprocessing["spacing"] == [2.0, 2.0, 2.0]
+    assert card.training["steps"] == 5 and "code_version" in card.training
+    assert ModelCard.from_json(card.to_json()) == card
+
+
+def test_cli_card_prints_the_card(tmp_path):
+    from typer.testing import CliRunner
+
+    from glioseg.cli import app
+
+    model = build_model(tiny())
+    save_model(tmp_path, model, make_card(model))
+    result = CliRunner().invoke(app, ["card", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    assert "t1, t1ce, t2, flair" in result.output and "brats2021" in result.output
+    assert "unet3d" in result.output and "steps=10" in result.output
+    missing = CliRunner().invoke(app, ["card", str(tmp_path / "nope")])
+    assert missing.exit_code == 1

@@ -1,0 +1,209 @@
+"""evaluate_folder and ``glioseg evaluate`` on tiny BraTS folders, values worked out by hand
+(and with medpy where a hand count would be long)."""
+
+import csv
+import json
+import math
+
+import numpy as np
+import pytest
+from datafiles import AFFINE, write_brats_case
+from typer.testing import CliRunner
+
+from glioseg.data.nifti import save_volume
+from glioseg.evaluate.folder import evaluate_folder, score_labels
+from glioseg.evaluate.metrics import EvaluationError
+
+SHAPE = (20, 18, 16)
+DIAGONAL = math.sqrt(20**2 + 18**2 + 16**2)  # HD95 of a one-sided empty region
+
+
+def tumour(et: int, shape: tuple[int, int, int] = SHAPE) -> np.ndarray:
+    """File labels: edema 10x10x8 box, necrosis 4x4x4 inside it, an ET 2-voxel shell around it."""
+    seg = np.zeros(shape, np.uint8)
+    seg[4:14, 4:14, 4:12] = 2
+    seg[5:13, 5:13, 5:11] = et
+    seg[7:11, 7:11, 6:10] = 1
+    return seg
+
+
+def read_rows(path):
+    with open(path) as f:
+        return {r["case_id"]: r for r in csv.DictReader(f)}
+
+
+@pytest.fixture()
+def legacy_data(tmp_path):
+    """brats2021 layout: 4 cases; predictions for 1 (perfect), 2 (ET called necrosis),
+    4 (no ET anywhere, WT shifted by one voxel); none for 3."""
+    ref_dir, pred_dir = tmp_path / "ref", tmp_path / "pred"
+    segs = {i: tumour(4) for i in (1, 2, 3)}
+    segs[4] = np.where(tumour(4) == 4, 1, tumour(4)).astype(np.uint8)  # no ET
+    for i, seg in segs.items():
+        write_brats_case(ref_dir, "brats2021", i, shape=SHAPE, seg=seg)
+    preds = {
+        1: segs[1],
+        2: np.where(segs[2] == 4, 1, segs[2]).astype(np.uint8),
+        4: np.roll(segs[4], 1, axis=0),
+    }
+    for i, p in preds.items():
+        save_volume(pred_dir / f"BraTS2021_{i:05d}.nii.gz", p, AFFINE, np.uint8)
+    save_volume(pred_dir / "BraTS2021_00099.nii.gz", segs[1], AFFINE, np.uint8)  # no such case
+    return ref_dir, pred_dir, segs, preds
+
+
+def test_legacy_folder_by_hand(legacy_data, tmp_path):
+    from medpy.metric.binary import dc, hd95
+
+    ref_dir, pred_dir, segs, preds = legacy_data
+    out = tmp_path / "out"
+    result = evaluate_folder(pred_dir, ref_dir, out, progress=False)
+    rows = read_rows(out / "per_case.csv")
+    assert sorted(rows) == [f"BraTS2021_{i:05d}" for i in (1, 2, 3, 4)]
+    c1, c2, c3, c4 = (rows[f"BraTS2021_{i:05d}"] for i in (1, 2, 3, 4))
+    for region in ("WT", "TC", "ET"):  # perfect
+        assert float(c1[f"{region}_dice"]) == 1.0 and float(c1[f"{region}_hd95"]) == 0.0
+    # ET predicted as necrosis: WT and TC unchanged, ET empty -> Dice 0, HD95 the diagonal
+    assert float(c2["TC_dice"]) == 1.0 and float(c2["ET_dice"]) == 0.0
+    assert float(c2["ET_hd95"]) == pytest.approx(DIAGONAL, rel=1e-5)
+    assert float(c2["ET_sensitivity"]) == 0.0
+    # missing prediction: scored as empty, listed
+    assert c3["missing_prediction"] == "1" and c1["missing_prediction"] == "0"
+    assert float(c3["WT_dice"]) == 0.0
+    assert float(c3["WT_hd95"]) == pytest.approx(DIAGONAL, rel=1e-5)
+    assert float(c3["WT_specificity"]) == 1.0
+    # no ET in either: Dice 1, HD95 0, sensitivity 1; WT against medpy
+    assert float(c4["ET_dice"]) == 1.0 and float(c4["ET_hd95"]) == 0.0
+    assert float(c4["ET_sensitivity"]) == 1.0
+    wt_p, wt_r = preds[4] > 0, segs[4] > 0
+    assert float(c4["WT_dice"]) == pytest.approx(dc(wt_p, wt_r), rel=1e-5)
+    assert float(c4["WT_hd95"]) == pytest.approx(hd95(wt_p, wt_r), rel=1e-5)
+    # summary: statistics of the per-case column
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["scheme"] == "brats2020" and summary["distance_unit"] == "voxel"
+    assert summary["missing_predictions"] == ["BraTS2021_00003"]
+    assert summary["unmatched_predictions"] == ["BraTS2021_00099.nii.gz"]
+    wt = np.array([1.0, 1.0, 0.0, dc(wt_p, wt_r)])
+    s = summary["metrics"]["dice"]["WT"]
+    assert s["mean"] == pytest.approx(wt.mean())
+    assert s["std"] == pytest.approx(wt.std(ddof=1))
+    assert s["median"] == pytest.approx(np.median(wt))
+    assert (s["p25"], s["p75"]) == pytest.approx((np.percentile(wt, 25), np.percentile(wt, 75)))
+    assert "lesion_dice" not in summary["metrics"]
+    md = (out / "summary.md").read_text()
+    assert "| Dice |" in md and "| HD95 |" in md and "1 missing prediction(s)" in md
+    assert result.summary == summary
+    assert not list(out.glob(".*tmp*"))  # no temporary files left
+
+
+def test_parallel_equals_serial(legacy_data, tmp_path):
+    ref_dir, pred_dir, _, _ = legacy_data
+    serial = evaluate_folder(pred_dir, ref_dir, tmp_path / "a", progress=False)
+    parallel = evaluate_folder(pred_dir, ref_dir, tmp_path / "b", workers=2, progress=False)
+    assert serial.rows == parallel.rows
+
+
+def test_spacing_mm_uses_the_image_spacing(tmp_path):
+    affine = np.diag([2.0, 2.0, 3.0, 1.0])
+    write_brats_case(tmp_path / "ref", "brats2021", 1, shape=SHAPE, seg=tumour(4), affine=affine)
+    pred = np.where(tumour(4) == 4, 1, tumour(4)).astype(np.uint8)
+    save_volume(tmp_path / "pred" / "BraTS2021_00001.nii.gz", pred, affine, np.uint8)
+    r = evaluate_folder(tmp_path / "pred", tmp_path / "ref", tmp_path / "out", spacing_mm=True,
+                        progress=False)
+    assert r.summary["distance_unit"] == "mm"
+    assert r.rows[0]["ET_hd95"] == pytest.approx(math.sqrt(40**2 + 36**2 + 48**2))
+
+
+def test_grid_mismatch_is_an_error_naming_the_case(tmp_path):
+    write_brats_case(tmp_path / "ref", "brats2021", 1, shape=SHAPE, seg=tumour(4))
+    write_brats_case(tmp_path / "ref", "brats2021", 2, shape=SHAPE, seg=tumour(4))
+    shifted = AFFINE.copy()
+    shifted[0, 3] += 5.0
+    save_volume(tmp_path / "pred" / "BraTS2021_00001.nii.gz", tumour(4), shifted, np.uint8)
+    save_volume(tmp_path / "pred" / "BraTS2021_00002.nii.gz", tumour(4)[:, :, :15], AFFINE,
+                np.uint8)
+    with pytest.raises(EvaluationError) as info:
+        evaluate_folder(tmp_path / "pred", tmp_path / "ref", tmp_path / "out", progress=False)
+    message = str(info.value)
+    assert "BraTS2021_00001: BraTS2021_00001.nii.gz: prediction affine differs" in message
+    assert "BraTS2021_00002: BraTS2021_00002.nii.gz: prediction shape (20, 18, 15)" in message
+    assert not (tmp_path / "out" / "per_case.csv").exists()
+
+
+@pytest.mark.parametrize("layout, bad", [("brats2021", 3), ("brats2020", 3), ("brats2023", 4)])
+def test_label_outside_the_scheme_is_an_error_naming_the_case(tmp_path, layout, bad):
+    et = 3 if layout == "brats2023" else 4
+    folder = write_brats_case(tmp_path / "ref", layout, 1, shape=SHAPE, seg=tumour(et))
+    pred = tumour(et)
+    pred[0, 0, 0] = bad
+    save_volume(tmp_path / "pred" / f"{folder.name}.nii.gz", pred, AFFINE, np.uint8)
+    with pytest.raises(EvaluationError, match=rf"{folder.name}: prediction: labels \[{bad}\]"):
+        evaluate_folder(tmp_path / "pred", tmp_path / "ref", tmp_path / "out", progress=False)
+
+
+def test_brats2023_layout_is_scored_lesion_wise(tmp_path):
+    """Reference: the tumour (WT 10x10x8 = 800 voxels) and a distant 4x4x4 edema lesion;
+    prediction: the tumour only. WT: 2 lesions, one perfect, one missed -> lesion-wise Dice
+    1/2, HD95 374/2; legacy WT Dice 2*800/(800+864)."""
+    shape = (32, 18, 16)
+    seg = tumour(3, shape)
+    seg[24:28, 10:14, 6:10] = 2  # 11 voxels from the tumour along x: a lesion of its own
+    folder = write_brats_case(tmp_path / "ref", "brats2023", 1, shape=shape, seg=seg)
+    save_volume(tmp_path / "pred" / f"{folder.name}.nii.gz", tumour(3, shape), AFFINE, np.uint8)
+    r = evaluate_folder(tmp_path / "pred", tmp_path / "ref", tmp_path / "out", progress=False)
+    row = r.rows[0]
+    assert r.summary["scheme"] == "brats2023"
+    assert row["WT_lesion_dice"] == pytest.approx(0.5)
+    assert row["WT_lesion_hd95"] == pytest.approx(187.0)
+    assert (row["WT_lesion_tp"], row["WT_lesion_fn"], row["WT_lesion_fp"]) == (1, 1, 0)
+    assert row["WT_dice"] == pytest.approx(2 * 800 / (800 + 864))
+    assert row["ET_lesion_dice"] == 1.0 and row["TC_lesion_dice"] == 1.0
+    assert "lesion_dice" in r.summary["metrics"]
+    # the legacy scheme on the same folder has no lesion-wise columns
+    legacy = evaluate_folder(tmp_path / "pred", tmp_path / "ref", tmp_path / "out2",
+                             scheme="brats2020", progress=False)
+    assert "WT_lesion_dice" not in legacy.rows[0]
+    assert legacy.rows[0]["WT_dice"] == row["WT_dice"]
+
+
+def test_score_labels_crop_matches_full_grid_counts():
+    """Specificity counts the voxels outside the working crop as true negatives."""
+    ref = np.zeros((30, 30, 30), np.uint8)
+    ref[10:14, 10:14, 10:14] = 2
+    pred = np.zeros_like(ref)
+    pred[10:14, 10:14, 10:13] = 2
+    pred[25, 25, 25] = 2
+    s = score_labels(pred, ref, "brats2020")
+    # TP 48, FP 1, FN 16, TN 27000 - 65
+    assert s["WT_specificity"] == pytest.approx((27000 - 65) / (27000 - 64))
+    assert s["WT_sensitivity"] == pytest.approx(48 / 64)
+    assert s["WT_dice"] == pytest.approx(96 / (49 + 64))
+
+
+def test_cli_evaluate(legacy_data, tmp_path):
+    from glioseg.cli import app
+
+    ref_dir, pred_dir, _, _ = legacy_data
+    runner = CliRunner()
+    out = tmp_path / "cli"
+    res = runner.invoke(app, ["evaluate", "--pred", str(pred_dir), "--ref", str(ref_dir),
+                              "-o", str(out)])
+    assert res.exit_code == 0, res.output
+    assert "| Dice |" in res.output
+    assert (out / "per_case.csv").is_file() and (out / "summary.json").is_file()
+    bad = runner.invoke(app, ["evaluate", "--pred", str(pred_dir), "--ref", str(ref_dir),
+                              "-o", str(out), "--scheme", "brats2019"])
+    assert bad.exit_code == 1
+    assert "unknown scoring scheme 'brats2019'" in bad.output
+
+
+def test_figures(legacy_data, tmp_path):
+    ref_dir, pred_dir, _, _ = legacy_data
+    out = tmp_path / "fig"
+    r = evaluate_folder(pred_dir, ref_dir, out, figures=True, progress=False)
+    assert (out / "boxplot.png").stat().st_size > 1000
+    # WT Dice: cases 1 and 2 are 1.0 (best: the later id on ties), 3 is 0 (worst)
+    assert r.paths["overlay_best"].name == "overlay_best_BraTS2021_00002.png"
+    assert r.paths["overlay_worst"].name == "overlay_worst_BraTS2021_00003.png"
+    for key in ("overlay_best", "overlay_median", "overlay_worst"):
+        assert r.paths[key].is_file()

@@ -1,0 +1,262 @@
+"""Synthetic cohort generator: layout, determinism, anatomy, tumours and site effects.
+
+Expected values come from the BraTS conventions (names, affine, labels), from the tissue
+maps the generator returns, and from hand computation; none from the generator's own output
+compared with itself except where determinism is the property under test.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from glioseg.data import cases as C
+from glioseg.data import labels as L
+from glioseg.data import synthetic as S
+from glioseg.data.nifti import load_volume
+from glioseg.data.sites import SITES, get_site
+
+
+@pytest.fixture(scope="module")
+def source_cases() -> list[S.SyntheticCase]:
+    return [S.generate_case(11, i, "source", 3.0) for i in range(4)]
+
+
+@pytest.fixture(scope="module")
+def target_cases() -> list[S.SyntheticCase]:
+    return [S.generate_case(11, i, "target", 3.0) for i in range(4)]
+
+
+def test_grid_and_affine_follow_brats():
+    assert S.grid_shape(1.0) == (240, 240, 155)
+    assert S.grid_shape(2.0) == (120, 120, 78)  # ceil(155 / 2) = 78
+    assert S.grid_shape(3.0) == (80, 80, 52)
+    expected = np.array([[-2, 0, 0, 0], [0, -2, 0, 239], [0, 0, 2, 0], [0, 0, 0, 1]], float)
+    np.testing.assert_array_equal(S.grid_affine(2.0), expected)
+
+
+def test_cohort_files_header_and_labels(synth_cohort):
+    names = [p.name for p in synth_cohort]
+    assert names == ["BraTS2021_00000", "BraTS2021_00001", "BraTS2021_00002"]
+    for folder in synth_cohort:
+        cid = folder.name
+        files = sorted(p.name for p in folder.glob("*.nii.gz"))
+        assert files == sorted(f"{cid}_{m}.nii.gz" for m in ("flair", "seg", "t1", "t1ce", "t2"))
+        seg, hdr = load_volume(folder / f"{cid}_seg.nii.gz", dtype=None)
+        assert hdr.shape == (120, 120, 78)
+        assert hdr.orientation == ("L", "P", "S")
+        np.testing.assert_allclose(hdr.affine, S.grid_affine(2.0))
+        assert set(np.unique(seg).tolist()) <= {0, 1, 2, 4}
+        t1, _ = load_volume(folder / f"{cid}_t1.nii.gz", dtype=None)
+        assert t1.dtype == np.int16
+    cases = C.discover(synth_cohort[0].parent)
+    assert [c.case_id for c in cases] == names
+    for case in cases:
+        assert C.check_case(case) == []
+
+
+@pytest.mark.parametrize("layout, expected", [
+    ("brats2020", ["BraTS20_Training_005", "BraTS20_Training_006"]),
+    ("brats2023", ["BraTS-GLI-00005-000", "BraTS-GLI-00006-000"]),
+])
+def test_other_layouts_are_discovered_and_valid(tmp_path, layout, expected):
+    paths = S.write_cohort(tmp_path, n_cases=2, layout=layout, seed=3, spacing=6.0, start=5)
+    assert [p.name for p in paths] == expected
+    cases = C.discover(tmp_path)
+    assert [c.case_id for c in cases] == expected
+    for case in cases:
+        assert case.layout == layout
+        assert C.check_case(case) == []
+        data = C.load_case(case)
+        assert data.image.shape == (4, 40, 40, 26)
+    if layout == "brats2023":
+        assert (tmp_path / expected[0] / f"{expected[0]}-t2f.nii.gz").is_file()
+        seg, _ = load_volume(tmp_path / expected[0] / f"{expected[0]}-seg.nii.gz", dtype=None)
+        assert 4 not in np.unique(seg)
+
+
+def test_target_site_uses_its_brats2023_tag(tmp_path):
+    (p,) = S.write_cohort(tmp_path, n_cases=1, layout="brats2023", site="target", seed=1,
+                          spacing=6.0)
+    assert p.name == "BraTS-SSA-00000-000"
+
+
+def test_same_seed_same_bytes_and_other_seed_differs(tmp_path):
+    a = S.write_cohort(tmp_path / "a", n_cases=2, seed=5, spacing=5.0)
+    b = S.write_cohort(tmp_path / "b", n_cases=2, seed=5, spacing=5.0, workers=2)
+    c = S.write_cohort(tmp_path / "c", n_cases=2, seed=6, spacing=5.0)
+    for pa, pb, pc in zip(a, b, c, strict=True):
+        for f in sorted(pa.glob("*.nii.gz")):
+            assert f.read_bytes() == (pb / f.name).read_bytes(), f.name
+            assert f.read_bytes() != (pc / f.name).read_bytes(), f.name
+
+
+def test_resume_skips_complete_cases_and_refuses_foreign_ones(tmp_path):
+    (p,) = S.write_cohort(tmp_path, n_cases=1, seed=2, spacing=6.0)
+    f = p / f"{p.name}_t1.nii.gz"
+    before = f.stat().st_mtime_ns
+    S.write_cohort(tmp_path, n_cases=2, seed=2, spacing=6.0)
+    assert f.stat().st_mtime_ns == before  # skipped, not rewritten
+    assert (tmp_path / "BraTS2021_00001").is_dir()
+    with pytest.raises(ValueError, match="different generator parameters"):
+        S.write_cohort(tmp_path, n_cases=1, seed=3, spacing=6.0)
+    (tmp_path / "other" / "BraTS2021_00000").mkdir(parents=True)
+    with pytest.raises(ValueError, match="not written by the generator"):
+        S.write_cohort(tmp_path / "other", n_cases=1, spacing=6.0)
+    assert not list(tmp_path.glob(".*tmp*"))
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"site": "mars"}, "known: source, target"),
+    ({"layout": "msd"}, "unknown layout"),
+    ({"n_cases": 0}, "at least 1"),
+    ({"spacing": 0.1}, "spacing"),
+])
+def test_bad_arguments_are_clear_errors(tmp_path, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        S.write_cohort(tmp_path, **{"n_cases": 1, **kwargs})
+
+
+def test_unknown_site_lists_the_known_ones():
+    with pytest.raises(ValueError, match="source, target"):
+        get_site("nowhere")
+    assert {"source", "target"} <= set(SITES)
+
+
+def test_background_is_exactly_zero_and_brain_is_not(source_cases):
+    for case in source_cases:
+        brain = case.tissue.sum(0) > 0
+        outside = ~brain
+        assert np.all(case.image[:, outside] == 0)
+        # skull-stripped: the brain occupies a plausible share of the 240x240x155 box
+        vol_ml = brain.sum() * 27 / 1000.0
+        assert 1000 < vol_ml < 1900
+        assert np.all((case.image[:, brain] != 0).mean(axis=1) > 0.99)
+
+
+def _median(case: S.SyntheticCase, ch: int, sel: np.ndarray) -> float:
+    return float(np.median(case.image[ch][sel]))
+
+
+def test_tissue_and_tumour_intensity_ordering(source_cases):
+    t1, t1ce, t2, flair = (L.MODALITIES.index(m) for m in ("t1", "t1ce", "t2", "flair"))
+    for case in source_cases:
+        csf, gm, wm = case.tissue
+        healthy = case.labels == 0
+        pure = {"csf": healthy & (csf > 0.9), "gm": healthy & (gm > 0.7),
+                "wm": healthy & (wm > 0.9)}
+        m = {k: [_median(case, c, v) for c in range(4)] for k, v in pure.items()}
+        assert m["wm"][t1] > m["gm"][t1] > m["csf"][t1]
+        assert m["csf"][t2] > m["gm"][t2] > m["wm"][t2]
+        assert m["gm"][flair] > m["csf"][flair] and m["wm"][flair] > m["csf"][flair]
+        ed = case.labels == L.ED
+        assert _median(case, t2, ed) > m["wm"][t2]
+        assert _median(case, flair, ed) > m["wm"][flair]
+        et = case.labels == L.ET
+        if et.sum() > 5:
+            assert _median(case, t1ce, et) > m["wm"][t1ce]
+            # relative to white matter (gains differ per contrast), ET brightens on T1ce only
+            assert (_median(case, t1ce, et) / m["wm"][t1ce]
+                    > 1.2 * _median(case, t1, et) / m["wm"][t1])
+        ncr = case.labels == L.NCR
+        if ncr.sum() > 5:
+            assert _median(case, t1, ncr) < m["gm"][t1]
+            assert _median(case, t2, ncr) > m["wm"][t2]
+
+
+def test_labels_nested_and_present():
+    n_all = 0
+    cases = [S.generate_case(21, i, "source", 5.0) for i in range(10)]
+    for case in cases:
+        lab = case.labels
+        present = set(np.unique(lab).tolist())
+        assert present <= {0, 1, 2, 3}
+        brain = case.tissue.sum(0) > 0
+        assert not np.any(lab[~brain])  # tumour only inside the brain
+        n_all += present == {0, 1, 2, 3}
+        assert case.stats["has_et"] == (L.ET in present)
+    assert n_all >= 7  # ~10 % of cases have no enhancing tumour
+
+
+def test_whole_tumour_volume_matches_draw_and_range():
+    for i in range(5):
+        case = S.generate_case(31, i, "source", 3.0)
+        wt_ml = (case.labels > 0).sum() * 27 / 1000.0
+        lo, hi = get_site("source").wt_range_ml
+        assert lo * 0.8 <= wt_ml <= hi * 1.02
+        # the drawn volume is reached within 15 % (islands of edema are dropped)
+        assert wt_ml == pytest.approx(case.stats["wt_ml_drawn"], rel=0.15)
+        # tumour centred in the cerebrum, not at the very top or bottom of the field of view
+        zc = np.argwhere(case.labels > 0)[:, 2].mean() * 3.0
+        assert 20 < zc < 140
+
+
+def test_target_is_noisier_blurrier_and_flatter_than_source(source_cases, target_cases):
+    def wm_cv(case: S.SyntheticCase) -> float:
+        wm = (case.tissue[2] > 0.95) & (case.labels == 0)
+        v = case.image[0][wm]
+        return float(v.std() / v.mean())
+
+    def gm_wm_contrast(case: S.SyntheticCase) -> float:
+        healthy = case.labels == 0
+        wm = np.median(case.image[0][healthy & (case.tissue[2] > 0.9)])
+        gm = np.median(case.image[0][healthy & (case.tissue[1] > 0.7)])
+        return float((wm - gm) / wm)
+
+    src_cv = np.median([wm_cv(c) for c in source_cases])
+    tgt_cv = np.median([wm_cv(c) for c in target_cases])
+    assert tgt_cv > 1.5 * src_cv
+    assert (np.median([gm_wm_contrast(c) for c in target_cases])
+            < np.median([gm_wm_contrast(c) for c in source_cases]))
+    src_th = [c.stats["thickness_mm"]["flair"] for c in source_cases]
+    tgt_th = [c.stats["thickness_mm"]["flair"] for c in target_cases]
+    assert max(src_th) <= 3.0 < 4.0 <= min(tgt_th)
+
+
+def test_marker_records_parameters_and_volumes(synth_cohort):
+    meta = json.loads((synth_cohort[0] / S.MARKER).read_text())
+    assert meta["seed"] == 0 and meta["site"] == "source" and meta["spacing"] == 2.0
+    seg, _ = load_volume(synth_cohort[0] / "BraTS2021_00000_seg.nii.gz", dtype=None)
+    assert meta["stats"]["wt_ml"] == pytest.approx((seg > 0).sum() * 8 / 1000.0)
+
+
+def test_upsample_matches_scipy_cubic_spline():
+    from scipy.interpolate import CubicSpline
+
+    rng = np.random.default_rng(0)
+    ctrl = rng.standard_normal((4, 5, 6))
+    out = S.upsample(ctrl, (10, 13, 17))
+    # independent reference: interpolate axis by axis with scipy on the same node positions
+    ref = ctrl
+    for axis, n in enumerate((10, 13, 17)):
+        xc = np.linspace(0, n - 1, ref.shape[axis])
+        ref = CubicSpline(xc, ref, axis=axis)(np.arange(n))
+    np.testing.assert_allclose(out, ref, atol=1e-4)
+    np.testing.assert_allclose(out[0, 0, 0], ctrl[0, 0, 0], atol=1e-5)
+    np.testing.assert_allclose(out[-1, -1, -1], ctrl[-1, -1, -1], atol=1e-5)
+
+
+def test_thick_slices_average_then_interpolate():
+    rng = np.random.default_rng(0)
+    z = np.arange(20, dtype=np.float32)
+    vol = np.broadcast_to(z, (2, 2, 20)).copy()
+    out = S.thick_slices(vol, None, 4.0, 0.0, rng)
+    # a linear ramp survives box averaging and linear interpolation (away from the ends)
+    np.testing.assert_allclose(out[0, 0, 4:15], z[4:15], atol=1e-4)
+    step = np.zeros((1, 1, 20), np.float32)
+    step[..., 10:] = 1.0
+    blurred = S.thick_slices(step, None, 5.0, 0.0, np.random.default_rng(1))
+    assert 0 < blurred[0, 0, 9] < 1 or 0 < blurred[0, 0, 10] < 1  # the edge is smeared
+
+
+def test_rician_noise_floor_matches_theory():
+    rng = np.random.default_rng(0)
+    sigma = 2.0
+    zero = S.rician(np.zeros(200_000, np.float32), sigma, rng)
+    # Rayleigh mean sigma * sqrt(pi / 2)
+    assert zero.mean() == pytest.approx(sigma * math.sqrt(math.pi / 2), rel=0.02)
+    big = S.rician(np.full(200_000, 100.0, np.float32), sigma, rng)
+    assert big.std() == pytest.approx(sigma, rel=0.03)

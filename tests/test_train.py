@@ -1,0 +1,123 @@
+"""The training run end to end on a tiny cache: kill -9 after a checkpoint, resume, continuity
+of the step counter and of metrics.jsonl; config mismatch refused; curves drawn."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from glioseg.data.labels import MODALITIES
+from glioseg.preprocess import cache as PC
+
+SIZE = 16
+
+
+def _tiny_cache(folder: Path, n: int = 3) -> Path:
+    """n cases of 16^3: noise images, a ball of edema around a core of necrosis + ET; the
+    tumour is bright in FLAIR so a tiny model can see it."""
+    rng = np.random.default_rng(0)
+    ids = []
+    grid = np.indices((SIZE,) * 3).transpose(1, 2, 3, 0)
+    for i in range(n):
+        centre = rng.integers(5, SIZE - 5, size=3)
+        r = np.linalg.norm(grid - centre, axis=-1)
+        labels = np.zeros((SIZE,) * 3, np.uint8)
+        labels[r < 5] = 2
+        labels[r < 3] = 1
+        labels[(r >= 2) & (r < 3)] = 3
+        image = rng.normal(0, 0.3, (4, SIZE, SIZE, SIZE)).astype(np.float32)
+        image[3] += 2.0 * (labels > 0)
+        cid = f"CASE_{i:03d}"
+        PC.write_case(folder, cid, image, labels, {"case_id": cid, "layout": "brats2023",
+                                                   "shape": [SIZE] * 3})
+        ids.append(cid)
+    PC.atomic_write_json(folder / "dataset.json", {"format": PC.CACHE_FORMAT,
+                                                   "modalities": list(MODALITIES),
+                                                   "spacing": None, "cases": ids,
+                                                   "source": "test"})
+    return folder
+
+
+TINY = ["model.base_width=4", "model.n_stages=2", "model.max_width=8",
+        f"data.patch_size=[{SIZE},{SIZE},{SIZE}]", "data.batch_size=1", "data.workers=0",
+        "data.n_val=1", "data.augment=false", "train.amp=none", "train.threads=1",
+        "train.log_every=1", "optim.warmup_steps=0", "train.channels_last=false"]
+
+
+def _cmd(cache: Path, run: Path, *extra: str) -> list[str]:
+    sets = [a for s in TINY for a in ("--set", s)]
+    return [sys.executable, "-m", "glioseg", "train", "--data", str(cache), "--out", str(run),
+            "--config", "small", *sets, *extra]
+
+
+def _records(run: Path) -> list[dict]:
+    return [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines() if x]
+
+
+def test_kill_then_resume_continues_steps_and_metrics(tmp_path: Path):
+    cache = _tiny_cache(tmp_path / "cache")
+    run = tmp_path / "run"
+    steps = ["--set", "train.steps=150", "--set", "train.ckpt_every=4", "--set", "train.val_every=75"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(_cmd(cache, run, *steps), env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT)
+    t0 = time.monotonic()
+    while not (run / "last.pt").exists():
+        assert proc.poll() is None, proc.stdout.read().decode()
+        assert time.monotonic() - t0 < 60, "no checkpoint after 60 s"
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    killed_at = torch.load(run / "last.pt", weights_only=True)["step"]
+    assert killed_at % 4 == 0 and 4 <= killed_at < 150
+    before = [r for r in _records(run) if r["step"] <= killed_at]
+
+    out = subprocess.run(_cmd(cache, run, *steps, "--resume"), env=env, capture_output=True,
+                         text=True, timeout=120)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert f"resuming {run} from step {killed_at}" in out.stderr + out.stdout
+    records = _records(run)
+    # the records up to the checkpoint are kept as they were; each step is logged once
+    assert records[: len(before)] == before
+    train_steps = [r["step"] for r in records if r["split"] == "train"]
+    assert train_steps == list(range(1, 151))
+    val_steps = [r["step"] for r in records if r["split"] == "val"]
+    assert val_steps == [75, 150]
+    elapsed = [r["elapsed_s"] for r in records if r["split"] == "train"]
+    assert elapsed == sorted(elapsed)  # wall time carried over the resume
+    final = torch.load(run / "last.pt", weights_only=True)
+    assert final["step"] == 150 and final["config"]["train"]["steps"] == 150
+    assert 0.0 <= records[-1]["dice_WT"] <= 1.0 and records[-1]["n_cases"] == 1
+    for sub in ("last", "best"):
+        card = json.loads((run / sub / "card.json").read_text())
+        assert card["arch"] == "unet3d" and card["model"]["base_width"] == 4
+        assert (run / sub / "model.safetensors").is_file()
+    assert list((run / "tb").glob("events.out.tfevents.*"))
+
+    # a different config in the same folder is refused, naming the differing key
+    bad = subprocess.run(_cmd(cache, run, *steps, "--set", "train.seed=7"), env=env,
+                         capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 1 and "train.seed" in bad.stderr
+
+    from glioseg.report.curves import plot_run
+
+    png = plot_run(run)
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_resume_without_checkpoint_is_an_error(tmp_path: Path):
+    from glioseg import config as C
+    from glioseg.train.fit import TrainError, fit
+
+    cache = _tiny_cache(tmp_path / "cache", n=2)
+    cfg = C.load_config("small", [*TINY, f"data.cache_dir={cache}", "train.steps=2"])
+    with pytest.raises(TrainError, match="no readable last.pt"):
+        fit(cfg, tmp_path / "run", resume=True)
