@@ -376,12 +376,24 @@ def train(
     profile_steps: Annotated[int, typer.Option(help="Steps to profile.")] = 4,
 ) -> None:
     """Train a segmentation model on one process, or many with --nproc / --nnodes (DDP)."""
+    _launch_training(out, data, config, list(set_ or []), resume=resume, nproc=nproc,
+                     nnodes=nnodes, node_rank=node_rank, rdzv_endpoint=rdzv_endpoint,
+                     max_restarts=max_restarts, spacing=spacing, profile=profile,
+                     profile_steps=profile_steps)
+
+
+def _launch_training(out: Path, data: Path | None, config: str | None,
+                     sets: list[str], *, resume: bool = False, nproc: int = 1, nnodes: int = 1,
+                     node_rank: int = 0, rdzv_endpoint: str | None = None,
+                     max_restarts: int = 0, spacing: float | None = None,
+                     profile: bool = False, profile_steps: int = 4) -> None:
+    """What ``train``, ``finetune`` and ``pretrain`` share: resolve the config, prepare the
+    data, then run here or relaunch this command's workers under torchrun."""
     import subprocess
 
     from glioseg import config as C
     from glioseg.train import fit as F
 
-    sets = list(set_ or [])
     try:
         base = config
         if base is None:
@@ -420,6 +432,110 @@ def train(
                    f"{summary['best_metric']:.3f} at step {summary['best_step']}; run in {out}")
     else:
         typer.echo(f"step {summary['step']}; run in {out}")
+
+
+_DIST_HELP = {
+    "nproc": "Processes per node (torchrun).",
+    "nnodes": "Nodes (torchrun, c10d rendezvous).",
+}
+
+
+@app.command()
+def finetune(
+    from_: Annotated[Path, typer.Option("--from", help="Pretrained model: a run's best/ or "
+                                        "last/ folder, an imported checkpoint folder, a "
+                                        ".safetensors or card.json.")],
+    out: Annotated[Path, typer.Option("--out", help="Run folder of the fine-tuning.")],
+    data: Annotated[Path | None, typer.Option("--data", help="The new site's cache or raw "
+                                              "BraTS folder (labelled cases).")] = None,
+    strategy: Annotated[str, typer.Option(help="full, frozen-encoder, gradual or "
+                                          "discriminative.")] = "full",
+    modalities: Annotated[str | None, typer.Option(help="The new site's sequences by name, in "
+                                                   "input order, e.g. t2,t1 (default: the "
+                                                   "pretrained model's).")] = None,
+    layer_decay: Annotated[float, typer.Option(help="Learning-rate factor per stage towards the "
+                                               "input (0: the strategy's default).")] = 0.0,
+    new_head: Annotated[bool, typer.Option(help="Start the output heads afresh.")] = False,
+    config: Annotated[str | None, typer.Option("--config", help="YAML file or preset (small, "
+                                               "full); default small.")] = None,
+    set_: Annotated[list[str] | None, typer.Option("--set", help="Override, e.g. "
+                                                   "train.steps=200 (repeatable).")] = None,
+    resume: Annotated[bool, typer.Option(help="Continue the run in OUT.")] = False,
+    nproc: Annotated[int, typer.Option(help=_DIST_HELP["nproc"])] = 1,
+    nnodes: Annotated[int, typer.Option(help=_DIST_HELP["nnodes"])] = 1,
+    node_rank: Annotated[int, typer.Option(help="This node's rank.")] = 0,
+    rdzv_endpoint: Annotated[str | None, typer.Option(help="HOST:PORT every node reaches.")] = None,
+    spacing: Annotated[float | None, typer.Option(help="Resample raw --data to this isotropic "
+                                                  "spacing (mm); default: the model card's.")] = None,
+) -> None:
+    """Fine-tune a pretrained model on a new site: loads what fits by name and shape, maps
+    input sequences by name, prints the load report, trains with the chosen strategy."""
+    from glioseg.model.card import load_card
+    from glioseg.model.weights import canonical_modality
+
+    try:
+        card = load_card(from_)
+        mods = ([canonical_modality(m) for m in modalities.split(",") if m.strip()]
+                if modalities else list(card.modalities))
+        if spacing is None and data is not None and not (data / "dataset.json").is_file():
+            sp = (card.preprocessing or {}).get("spacing")
+            spacing = float(sp[0]) if sp else None
+    except ValueError as exc:
+        _fail(str(exc))
+    sets = [f"transfer.init_from={from_.resolve()}", f"transfer.strategy={strategy}",
+            f"transfer.layer_decay={layer_decay}", f"transfer.new_head={new_head}",
+            f"data.modalities=[{','.join(mods)}]", *(set_ or [])]
+    if not resume:
+        sets = _card_model_overrides(card) + sets
+    _launch_training(out, data, config, sets, resume=resume, nproc=nproc,
+                     nnodes=nnodes, node_rank=node_rank, rdzv_endpoint=rdzv_endpoint,
+                     spacing=spacing)
+
+
+_NOT_FROM_CARD = ("in_channels", "out_channels", "deep_supervision", "patch_size",
+                  "gradient_checkpointing")
+
+
+def _card_model_overrides(card: object) -> list[str]:
+    """``model.*`` overrides giving the pretrained model's architecture (its weights load only
+    into a network of the same shape); inputs, outputs, patch and deep supervision stay the
+    fine-tuning run's own."""
+    import json
+
+    model = dict(card.model)  # type: ignore[attr-defined]
+    return [f"model.{k}={json.dumps(v)}" for k, v in model.items() if k not in _NOT_FROM_CARD]
+
+
+@app.command()
+def pretrain(
+    out: Annotated[Path, typer.Option("--out", help="Run folder of the pretraining.")],
+    data: Annotated[Path | None, typer.Option("--data", help="Cache or raw BraTS folder; "
+                                              "labels are not needed.")] = None,
+    modalities: Annotated[str | None, typer.Option(help="Sequences by name, in input order "
+                                                   "(default t1,t1ce,t2,flair).")] = None,
+    config: Annotated[str | None, typer.Option("--config", help="YAML file or preset (small, "
+                                               "full); default small.")] = None,
+    set_: Annotated[list[str] | None, typer.Option("--set", help="Override, e.g. "
+                                                   "train.steps=200 (repeatable).")] = None,
+    resume: Annotated[bool, typer.Option(help="Continue the run in OUT.")] = False,
+    nproc: Annotated[int, typer.Option(help=_DIST_HELP["nproc"])] = 1,
+    nnodes: Annotated[int, typer.Option(help=_DIST_HELP["nnodes"])] = 1,
+    node_rank: Annotated[int, typer.Option(help="This node's rank.")] = 0,
+    rdzv_endpoint: Annotated[str | None, typer.Option(help="HOST:PORT every node reaches.")] = None,
+    spacing: Annotated[float | None, typer.Option(help="Resample raw --data to this isotropic "
+                                                  "spacing (mm) when preprocessing.")] = None,
+) -> None:
+    """Self-supervised pretraining on unlabelled scans (Models Genesis restoration with the
+    segmentation network, so its encoder and decoder transfer to `glioseg finetune`)."""
+    sets = ["train.task=genesis", *(set_ or [])]
+    if modalities:
+        from glioseg.model.weights import canonical_modality
+
+        mods = [canonical_modality(m) for m in modalities.split(",") if m.strip()]
+        sets.insert(1, f"data.modalities=[{','.join(mods)}]")
+    _launch_training(out, data, config, sets, resume=resume, nproc=nproc,
+                     nnodes=nnodes, node_rank=node_rank, rdzv_endpoint=rdzv_endpoint,
+                     spacing=spacing)
 
 
 @app.command()

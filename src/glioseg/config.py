@@ -30,6 +30,7 @@ from typing import Any, Literal
 
 import yaml
 
+from glioseg.data.labels import MODALITIES
 from glioseg.model.registry import ModelConfig
 
 PRESETS_DIR = Path(__file__).parent / "configs"
@@ -67,7 +68,16 @@ class DataConfig:
     aug_noise: bool = True
     """Gaussian noise and blur (acquisition quality)."""
     n_val: int = 2
-    """Cases held out for validation: the last ``n_val`` of the cache's sorted case ids."""
+    """Labelled cases held out at random (seeded by ``train.seed``) for validation."""
+    modalities: tuple[str, ...] = ("t1", "t1ce", "t2", "flair")
+    """Input sequences by name, in input-channel order (any subset of t1, t1ce, t2, flair):
+    taken from the cache by name; ``model.in_channels`` follows its length."""
+    cases: tuple[str, ...] = ()
+    """Case ids of the cache to train on (empty: every labelled case); with ``n_val`` some of
+    them are held out unless ``val_cache`` is given."""
+    val_cache: str = ""
+    """Validate on every labelled case of this other cache (e.g. a held-out test site) instead
+    of holding cases out of ``cache_dir``."""
 
 
 @dataclass(frozen=True)
@@ -123,6 +133,30 @@ class TrainConfig:
     """``auto``: CUDA when available, else CPU."""
     threads: int = 0
     """CPU threads per process (0: torch's default, divided among the processes of a node)."""
+    task: Literal["segment", "genesis"] = "segment"
+    """``segment``: supervised WT/TC/ET segmentation. ``genesis``: self-supervised Models
+    Genesis restoration of corrupted patches (labels unused; the model outputs one channel per
+    input sequence; ``glioseg pretrain``)."""
+
+
+@dataclass(frozen=True)
+class TransferConfig:
+    """Start from a pretrained model (``glioseg finetune``) and choose what trains."""
+
+    init_from: str = ""
+    """Model folder (``RUN/best``, ``RUN/last``, an imported checkpoint), ``.safetensors`` or
+    ``card.json`` to load before the first step; empty: train from scratch."""
+    strategy: Literal["full", "frozen-encoder", "gradual", "discriminative"] = "full"
+    """``full``: everything trains; ``frozen-encoder``: decoder and heads train;
+    ``gradual``: the head first, one more stage towards the input at regular steps;
+    ``discriminative``: full with layer-wise learning rates (``glioseg.transfer.freeze``)."""
+    layer_decay: float = 0.0
+    """Learning-rate factor per stage from the head towards the input (0: the strategy's
+    default, 0.7 for discriminative, 1 otherwise)."""
+    train_norms: bool = True
+    """Normalisation affine parameters train even in frozen stages (cheap site adaptation)."""
+    new_head: bool = False
+    """Start the output heads from a fresh initialisation even when the source's fit."""
 
 
 def _default_model() -> ModelConfig:
@@ -138,8 +172,16 @@ class Config:
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     model: ModelConfig = field(default_factory=_default_model)
+    transfer: TransferConfig = field(default_factory=TransferConfig)
 
     def __post_init__(self) -> None:
+        # The input channels follow data.modalities; a restoration model outputs one channel
+        # per input sequence and has no deep-supervision heads.
+        want = {"in_channels": len(self.data.modalities)}
+        if self.train.task == "genesis":
+            want.update(out_channels=len(self.data.modalities), deep_supervision=False)
+        if any(getattr(self.model, k) != v for k, v in want.items()):
+            object.__setattr__(self, "model", dataclasses.replace(self.model, **want))
         # One patch size: data.patch_size wins when given, else the model's.
         if self.data.patch_size is None:
             object.__setattr__(self, "data",
@@ -175,6 +217,11 @@ def _validate(cfg: Config) -> None:
         (t.grad_accum >= 1, "train.grad_accum", "must be >= 1"),
         (0.0 <= t.val_overlap < 1.0, "train.val_overlap", "must be in [0, 1)"),
         (t.threads >= 0, "train.threads", "must be >= 0"),
+        (len(d.modalities) >= 1, "data.modalities", "must name at least one sequence"),
+        (set(d.modalities) <= set(MODALITIES), "data.modalities",
+         f"must be names among {', '.join(MODALITIES)}"),
+        (len(set(d.modalities)) == len(d.modalities), "data.modalities", "has a repeated name"),
+        (0.0 <= cfg.transfer.layer_decay <= 1.0, "transfer.layer_decay", "must be in [0, 1]"),
     ]
     for ok, key, what in checks:
         if not ok:

@@ -90,6 +90,8 @@ class Components:
     scaler: torch.amp.GradScaler
     loss_fn: L.LossFn
     divisor: int
+    load_report: Any = None
+    """What ``transfer.init_from`` loaded (``glioseg.model.weights.LoadReport``) or None."""
 
 
 def make_optimizer(cfg: C.OptimConfig, params: Any) -> torch.optim.Optimizer:
@@ -121,8 +123,18 @@ def make_scheduler(cfg: C.Config, optimizer: torch.optim.Optimizer) -> torch.opt
     """Warmup then decay as a ``LambdaLR`` (its state is the step: checkpoints restore it)."""
     o, total = cfg.optim, cfg.train.steps
     lr_factor(0, total, o.warmup_steps, o.schedule)  # fail now on a bad schedule name
-    return torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: lr_factor(step, total, o.warmup_steps, o.schedule))
+    if not any(g.get("gated") for g in optimizer.param_groups):
+        return torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda step: lr_factor(step, total, o.warmup_steps, o.schedule))
+    from glioseg.transfer.freeze import gradual_lr_gate
+
+    n_stages = 1 + max(int(g["depth"]) for g in optimizer.param_groups)
+
+    def gated(group: dict[str, Any]) -> Any:
+        return lambda step: (lr_factor(step, total, o.warmup_steps, o.schedule)
+                             * gradual_lr_gate(group, step, total, n_stages))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, [gated(g) for g in optimizer.param_groups])
 
 
 def make_loss(cfg: C.Config) -> L.LossFn:
@@ -130,18 +142,73 @@ def make_loss(cfg: C.Config) -> L.LossFn:
     returns several (``glioseg.train.losses``)."""
     from glioseg.train.losses import DeepSupervisionLoss, DiceBCELoss
 
+    if cfg.train.task == "genesis":
+        return restoration_loss
     return DeepSupervisionLoss(DiceBCELoss())
 
 
-def build_components(cfg: C.Config, info: D.DistInfo) -> Components:
-    """Model (seeded by ``train.seed``, identical on every rank), optimiser, schedule, scaler
-    and loss; the model wrapped for DDP when distributed and compiled when asked."""
+def restoration_loss(output: Any, target: torch.Tensor) -> torch.Tensor:
+    """Models Genesis objective: mean squared error between the restored and the original
+    (z-scored) patch, in float32 whatever the autocast dtype."""
+    if isinstance(output, list | tuple):
+        output = output[0]
+    return torch.nn.functional.mse_loss(output.float(), target.float())
+
+
+def load_initial_weights(cfg: C.Config, model: torch.nn.Module) -> Any:
+    """Load ``transfer.init_from`` into ``model`` by name and shape (modalities mapped by name,
+    head rows by region name); returns the :class:`glioseg.model.weights.LoadReport`."""
+    from glioseg.data.labels import REGIONS
+    from glioseg.model.weights import load_pretrained
+
+    t = cfg.transfer
+    net = model
+    skip = tuple(getattr(net, "head_prefixes", ())) if t.new_head else ()
+    regions = (tuple(f"restore_{m}" for m in cfg.data.modalities)
+               if cfg.train.task == "genesis" else REGIONS)
+    try:
+        report, _ = load_pretrained(model, t.init_from, target_modalities=cfg.data.modalities,
+                                    target_regions=regions, skip_prefixes=skip)
+    except (OSError, ValueError) as exc:
+        raise TrainError(f"transfer.init_from {t.init_from}: {exc}") from None
+    return report
+
+
+def transfer_param_groups(cfg: C.Config, model: torch.nn.Module) -> list[dict[str, Any]]:
+    """Optimizer groups of the fine-tuning strategy (``glioseg.transfer.freeze``), each with
+    ``lr = optim.lr * lr_scale``; ``gradual`` uses learning-rate gates (DDP-safe)."""
+    from glioseg.transfer import freeze as FZ
+
+    t = cfg.transfer
+    decay = t.layer_decay or None
+    try:
+        if t.strategy == "gradual":
+            groups = FZ.gated_param_groups(model, layer_decay=decay or 1.0,
+                                           train_norms=t.train_norms)
+        else:
+            groups = FZ.param_groups(model, t.strategy, layer_decay=decay,
+                                     train_norms=t.train_norms)
+    except FZ.StrategyError as exc:
+        raise TrainError(f"transfer.strategy {t.strategy}: {exc}") from None
+    return groups  # build_optimizer sets each group's lr to optim.lr * lr_scale
+
+
+def build_components(cfg: C.Config, info: D.DistInfo, *, fresh: bool = True) -> Components:
+    """Model (seeded by ``train.seed``, identical on every rank; loaded from
+    ``transfer.init_from`` on a fresh start), optimiser with the strategy's parameter groups,
+    schedule, scaler and loss. The load report goes to ``comp.load_report``."""
     from glioseg.model.registry import build_model
 
     torch.manual_seed(cfg.train.seed)
-    model = build_model(cfg.model).to(info.device)
+    model = build_model(cfg.model)
+    report = None
+    if cfg.transfer.init_from and fresh:
+        report = load_initial_weights(cfg, model)
+    model = model.to(info.device)
     model = model.to(memory_format=L.memory_format(cfg.train.channels_last))
-    optimizer = make_optimizer(cfg.optim, model.parameters())
+    transfer = bool(cfg.transfer.init_from)
+    params: Any = transfer_param_groups(cfg, model) if transfer else model.parameters()
+    optimizer = make_optimizer(cfg.optim, params)
     scheduler = make_scheduler(cfg, optimizer)
     scaler = L.make_scaler(cfg.train.amp, info.device)
     divisor = int(getattr(model, "divisor", 1))
@@ -149,7 +216,9 @@ def build_components(cfg: C.Config, info: D.DistInfo) -> Components:
     if bad:
         raise TrainError(f"data.patch_size {list(cfg.patch_size)} is not a multiple of the "
                          f"model's divisor {divisor}")
-    return Components(model, model, optimizer, scheduler, scaler, make_loss(cfg), divisor)
+    comp = Components(model, model, optimizer, scheduler, scaler, make_loss(cfg), divisor)
+    comp.load_report = report
+    return comp
 
 
 def wrap(comp: Components, cfg: C.Config, info: D.DistInfo) -> None:
@@ -169,6 +238,83 @@ def wrap(comp: Components, cfg: C.Config, info: D.DistInfo) -> None:
 
 
 # --------------------------------------------------------------------------- data
+
+class CaseView:
+    """A cached case seen through ``data.modalities`` (``image`` keeps only those channels, in
+    that order) and, for self-supervised pretraining, with all-background labels when it has
+    none. Picklable: loader workers receive paths, not voxels."""
+
+    def __init__(self, case: Any, channels: Sequence[int] | None = None,
+                 blank_labels: bool = False) -> None:
+        self.case = case
+        self.case_id = case.case_id
+        self.meta = case.meta
+        self.channels = None if channels is None else [int(c) for c in channels]
+        self.blank_labels = blank_labels and case.labels is None
+
+    @property
+    def image(self) -> Any:
+        img = self.case.image
+        return img if self.channels is None else img[self.channels]
+
+    @property
+    def labels(self) -> Any:
+        if self.blank_labels:
+            import numpy as np
+
+            return np.zeros(self.case.shape, np.uint8)
+        return self.case.labels
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return self.case.shape
+
+    @property
+    def locations(self) -> dict[int, Any]:
+        return {} if self.blank_labels else self.case.locations
+
+    def __repr__(self) -> str:
+        return f"CaseView({self.case_id!r}, channels={self.channels})"
+
+
+def channel_indices(modalities: Sequence[str]) -> list[int]:
+    """Cache channels (always ``MODALITIES`` order) of ``modalities``, in their order."""
+    from glioseg.data.labels import MODALITIES
+
+    return [MODALITIES.index(m) for m in modalities]
+
+
+def select_cases(cfg: C.Config, cases: Sequence[Any],
+                 val_cases: Sequence[Any] | None = None) -> tuple[list[Any], list[Any]]:
+    """(training cases, validation cases) of a run.
+
+    ``data.cases`` restricts the cache to those ids (an unknown id is an error naming it);
+    ``val_cases`` (the labelled cases of ``data.val_cache``) replaces the random hold-out.
+    Pretraining (``train.task=genesis``) trains on every chosen case, labelled or not, and does
+    not validate. Validation cases are views restricted to ``data.modalities``.
+    """
+    wanted = list(cfg.data.cases)
+    if wanted:
+        by_id = {c.case_id: c for c in cases}
+        unknown = [i for i in wanted if i not in by_id]
+        if unknown:
+            raise TrainError(f"data.cases: {', '.join(unknown[:5])} not in the cache "
+                             f"{cfg.data.cache_dir} ({len(by_id)} cases)")
+        cases = [by_id[i] for i in wanted]
+    if cfg.train.task == "genesis":
+        if not cases:
+            raise TrainError(f"{cfg.data.cache_dir}: no case to pretrain on")
+        return [CaseView(c, blank_labels=True) for c in cases], []
+    channels = channel_indices(cfg.data.modalities)
+    if val_cases is not None:
+        train = [c for c in cases if c.meta.get("has_labels")]
+        if not train:
+            raise TrainError("the chosen cases have no labels: nothing to train on")
+        val = [CaseView(c, channels) for c in val_cases if c.meta.get("has_labels")]
+        return train, val
+    train, val = split_cases(cases, cfg.data.n_val, cfg.train.seed)
+    return train, [CaseView(c, channels) for c in val]
+
 
 def split_cases(cases: Sequence[Any], n_val: int, seed: int) -> tuple[list[Any], list[Any]]:
     """(training cases, validation cases) among the labelled cases: ``n_val`` held out at random
@@ -298,15 +444,26 @@ def _model_card(cfg: C.Config, comp: Components, step: int, metrics: Mapping[str
 
     layout = cases[0].meta.get("layout") if cases else None
     dice = {r: metrics[f"dice_{r}"] for r in ("WT", "TC", "ET") if f"dice_{r}" in metrics}
+    provenance: dict[str, Any] = {"source": "trained"}
+    extra: dict[str, Any] = {}
+    if cfg.train.task == "genesis":
+        provenance = {"source": "self-supervised", "method": "models-genesis",
+                      "note": "restoration head; fine-tune to segment (glioseg finetune)"}
+        extra["regions"] = tuple(f"restore_{m}" for m in cfg.data.modalities)
+    if cfg.transfer.init_from:
+        provenance = {"source": "fine-tuned", "init_from": cfg.transfer.init_from,
+                      "strategy": cfg.transfer.strategy}
     return ModelCard.for_model(
         comp.model,
+        modalities=tuple(cfg.data.modalities),
+        **extra,
         label_scheme=layout if layout in SCHEMES else "brats2023",
         preprocessing={"spacing": _cache_spacing(cfg.data.cache_dir),
                        "normalisation": "zscore-brain"},
         training={"steps": step, "data": cfg.data.cache_dir, "seed": cfg.train.seed,
                   "config": C.config_to_dict(cfg)},
         metrics={"dice": dice, "step": metrics.get("step", step)} if dice else {},
-        provenance={"source": "trained"},
+        provenance=provenance,
     )
 
 
@@ -389,12 +546,15 @@ def _run(cfg: C.Config, run_dir: Path, info: D.DistInfo, resume: bool,
         run_dir.mkdir(parents=True, exist_ok=True)
     D.barrier()
     cases = open_cache(cfg.data.cache_dir)
-    train_cases, val_cases = split_cases(cases, cfg.data.n_val, cfg.train.seed)
+    val_pool = open_cache(cfg.data.val_cache) if cfg.data.val_cache else None
+    train_cases, val_cases = select_cases(cfg, cases, val_pool)
     state = _resume_point(run_dir, cfg, resume)
     if state is not None and info.is_main:
         tqdm.write(f"resuming {run_dir} from step {state['step']}")
 
-    comp = build_components(cfg, info)
+    comp = build_components(cfg, info, fresh=state is None)
+    if comp.load_report is not None and info.is_main:
+        write_load_report(run_dir, cfg, comp)
     rs = RunState()
     if state is not None:
         rs.step = ckpt.restore(state, model=comp.model, optimizer=comp.optimizer,
@@ -420,12 +580,52 @@ def _run(cfg: C.Config, run_dir: Path, info: D.DistInfo, resume: bool,
             "rank": info.rank, **last_val}
 
 
+def write_load_report(run_dir: Path, cfg: C.Config, comp: Components) -> None:
+    """Print the load report and keep it in ``RUN_DIR/load_report.txt`` and ``.json``."""
+    import dataclasses
+
+    from glioseg.transfer.freeze import freeze_summary
+
+    report = comp.load_report
+    text = (f"initialised from {cfg.transfer.init_from}\n{report}\n"
+            f"strategy {cfg.transfer.strategy}: {freeze_summary(comp.model)}")
+    if cfg.transfer.strategy == "gradual":
+        text += " (gradual: stages unfreeze from the head by learning-rate gates)"
+    tqdm.write(text)
+    (run_dir / "load_report.txt").write_text(text + "\n")
+    data = {"init_from": cfg.transfer.init_from, "strategy": cfg.transfer.strategy,
+            **dataclasses.asdict(report)}
+    (run_dir / "load_report.json").write_text(json.dumps(data, indent=1) + "\n")
+
+
+def genesis_batch(batch: L.Batch, seed: int, rank: int, step: int,
+                  channels_last: bool = False) -> L.Batch:
+    """The Models Genesis pair of a batch: the corrupted patches as input and the original
+    patches as target (``glioseg.transfer.genesis``); the corruption is drawn from a generator
+    seeded by (seed, rank, step), so a resumed run draws the same ones."""
+    import numpy as np
+
+    from glioseg.transfer.genesis import corrupt_batch
+
+    rng = np.random.default_rng([seed, rank, step])
+    original = batch.image.float()
+    corrupted = torch.from_numpy(corrupt_batch(original.cpu().numpy(), rng)).to(original.device)
+    return L.Batch(corrupted.contiguous(memory_format=L.memory_format(channels_last)), original)
+
+
 def _train(cfg: C.Config, run_dir: Path, info: D.DistInfo, comp: Components, rs: RunState,
            train_cases: list[Any], val_cases: list[Any], logger: Logger) -> dict[str, Any]:
     t = cfg.train
     if rs.step >= t.steps:
         return {}
-    loader = make_train_loader(cfg, train_cases, info, rs.step)
+    genesis = t.task == "genesis"
+    channels = channel_indices(cfg.data.modalities)
+    loader_cfg = cfg
+    if genesis:  # no labels: uniform patches, no foreground oversampling
+        import dataclasses
+
+        loader_cfg = C.replace(cfg, data=dataclasses.replace(cfg.data, foreground_fraction=0.0))
+    loader = make_train_loader(loader_cfg, train_cases, info, rs.step)
     batches = forever(loader)
     bar = tqdm(total=t.steps, initial=rs.step, disable=not info.is_main, desc="train",
                dynamic_ncols=True, unit="step")
@@ -437,6 +637,11 @@ def _train(cfg: C.Config, run_dir: Path, info: D.DistInfo, comp: Components, rs:
         t0 = time.perf_counter()
         micro = [L.to_batch(next(batches), info.device, t.channels_last)
                  for _ in range(t.grad_accum)]
+        if channels != list(range(micro[0].image.shape[1])):
+            micro = [L.Batch(mb.image[:, channels], mb.target) for mb in micro]
+        if genesis:
+            micro = [genesis_batch(mb, t.seed, info.rank, rs.step * t.grad_accum + i,
+                                   t.channels_last) for i, mb in enumerate(micro)]
         window["wait"] += time.perf_counter() - t0
         res = L.train_step(comp.net, micro, comp.loss_fn, comp.optimizer, comp.scaler, t.amp,
                            cfg.optim.grad_clip)

@@ -157,6 +157,46 @@ def apply_gradual(model: nn.Module, step: int, total: int, *, train_norms: bool 
     return k
 
 
+def gated_param_groups(
+    model: nn.Module, *, layer_decay: float = 1.0, train_norms: bool = True
+) -> list[dict[str, Any]]:
+    """Parameter groups for ``gradual`` fine-tuning driven by the learning rate instead of
+    ``requires_grad``: every parameter keeps ``requires_grad=True`` and a group whose stage is
+    still frozen gets a learning-rate factor of 0 (:func:`gradual_lr_gate`).
+
+    With AdamW or SGD a zero learning rate leaves the weights exactly unchanged (decoupled weight
+    decay is scaled by the learning rate too). Unlike toggling ``requires_grad`` this is safe
+    under DistributedDataParallel, which fixes the set of parameters it synchronises when it
+    wraps the model. Each stage gives a group of its non-norm parameters (``gated: True``) and,
+    when ``train_norms``, one of its norm affine parameters (``gated: False``, always training).
+    """
+    if not 0 < layer_decay <= 1:
+        raise StrategyError(f"layer_decay must be in (0, 1], got {layer_decay}")
+    stages = stage_parameters(model)
+    n = len(stages)
+    norms = norm_parameter_names(model) if train_norms else set()
+    groups: list[dict[str, Any]] = []
+    for i, named in enumerate(stages):
+        depth = n - 1 - i
+        for p in (p for _, p in named):
+            p.requires_grad_(True)
+        for gated, members in ((True, [p for k, p in named if k not in norms]),
+                               (False, [p for k, p in named if k in norms])):
+            if members:
+                groups.append({"params": members, "depth": depth, "gated": gated,
+                               "name": f"stage {i}{'' if gated else ' norms'}",
+                               "lr_scale": layer_decay**depth})
+    return groups
+
+
+def gradual_lr_gate(group: dict[str, Any], step: int, total: int, n_stages: int) -> float:
+    """1.0 when ``group`` (from :func:`gated_param_groups`) trains at ``step`` of ``total``,
+    else 0.0: stages unfreeze from the head (depth 0) towards the input."""
+    if not group.get("gated", False):
+        return 1.0
+    return 1.0 if group["depth"] < gradual_trainable(step, total, n_stages) else 0.0
+
+
 def count_trainable(model: nn.Module) -> tuple[int, int]:
     """(trainable, total) parameter counts."""
     params = list(unwrap_model(model).parameters())
@@ -175,6 +215,8 @@ __all__ = [
     "count_trainable",
     "encoder_group_count",
     "freeze_summary",
+    "gated_param_groups",
+    "gradual_lr_gate",
     "gradual_trainable",
     "norm_parameter_names",
     "param_groups",
