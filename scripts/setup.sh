@@ -15,5 +15,28 @@ fi
 # nnU-Net's network classes, used only to test the import of nnU-Net checkpoints. Installed
 # without dependencies: its timm -> torchvision chain does not import beside this torch build.
 .venv/bin/python -m pip install -q -c scripts/constraints.txt --no-deps "dynamic-network-architectures>=0.3"
+# Chromium renders the HTML report headless in its test (skipped when no chromium is found).
+# Debian/Ubuntu as root only; never a reason for setup to fail. GLIOSEG_NO_APT=1 skips it.
+install_chromium() {
+    if [ -x /usr/bin/chromium ] || command -v chromium >/dev/null 2>&1 \
+        || command -v chromium-browser >/dev/null 2>&1 \
+        || command -v google-chrome >/dev/null 2>&1; then
+        return 0
+    fi
+    if [ "${GLIOSEG_NO_APT:-0}" = 1 ] || ! command -v apt-get >/dev/null 2>&1 \
+        || [ "$(id -u)" -ne 0 ]; then
+        echo "chromium not found; the report rendering test will be skipped" \
+             "(install it with: apt-get install -y chromium)" >&2
+        return 0
+    fi
+    echo "installing chromium (apt-get) for the report rendering test" >&2
+    if ! { DEBIAN_FRONTEND=noninteractive apt-get update -qq \
+           && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; } >/dev/null 2>&1
+    then
+        echo "could not install chromium; the report rendering test will be skipped" >&2
+    fi
+    return 0
+}
+install_chromium || true
 touch .venv/.glioseg-setup-done
 echo "glioseg installed in .venv"

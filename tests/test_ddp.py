@@ -1,10 +1,17 @@
 """DDP equivalence on CPU: two gloo ranks with batch b each take the same steps as one process
 with batch 2b on the same patches.
 
-Why they must agree: the loss is a per-sample mean (BCE averaged over voxels and samples) and
-the model has no cross-sample layer (InstanceNorm normalises each sample alone), so the mean of
-the two ranks' gradients (DDP's all-reduce) is the gradient of the 2b batch. Only the order of
-float32 additions differs: tolerance 1e-5 absolute on the parameters after 3 SGD steps.
+The real training path is used: the small preset's 3D U-Net (shrunk), its deep-supervision
+Dice + BCE loss, its SGD-Nesterov optimiser and warm-up schedule, gradient clipping, and
+``glioseg.train.fit.wrap`` for the DDP wrapper (``find_unused_parameters`` for the zero-weight
+coarsest head).
+
+Why they must agree: the loss is a per-sample mean (soft Dice per sample and channel, BCE over
+voxels and samples, equal shard sizes) and the model has no cross-sample layer (InstanceNorm
+normalises each sample alone), so the mean of the two ranks' gradients (DDP's all-reduce) is the
+gradient of the 2b batch, and the clipping norm is computed on that same averaged gradient. Only
+the order of float32 additions differs. Tolerance: 1e-6 absolute on every parameter after 3
+steps (seen: at most 6e-8); the steps move the trained parameters by 5e-4 to 0.25.
 """
 
 import os
@@ -14,44 +21,53 @@ from pathlib import Path
 import torch
 import torch.multiprocessing as mp
 
+from glioseg import config as C
 from glioseg.train import distributed as D
+from glioseg.train import fit as F
 from glioseg.train import loop as L
 
 B = 2  # patches per rank
 STEPS = 3
+SIZE = 16
+ATOL = 1e-6
+TINY = ["model.base_width=4", "model.n_stages=3", "model.max_width=16",
+        f"data.patch_size=[{SIZE},{SIZE},{SIZE}]", f"data.batch_size={B}", "train.amp=none",
+        "train.channels_last=false", "optim.name=sgd", "optim.lr=0.2", "optim.momentum=0.9",
+        "optim.warmup_steps=1", "optim.grad_clip=12.0", "train.steps=10"]
 
 
-def _model() -> torch.nn.Module:
-    torch.manual_seed(0)
-    return torch.nn.Sequential(
-        torch.nn.Conv3d(4, 4, 3, padding=1), torch.nn.InstanceNorm3d(4, affine=True),
-        torch.nn.LeakyReLU(0.01), torch.nn.Conv3d(4, 3, 1))
+def _cfg() -> C.Config:
+    return C.load_config("small", TINY)
 
 
 def _data() -> list[L.Batch]:
+    """STEPS batches of 2B patches: noise images, nested cubes of regions (WT > TC > ET)
+    placed at random, as in the cache."""
     g = torch.Generator().manual_seed(1)
     out = []
     for _ in range(STEPS):
-        image = torch.randn(2 * B, 4, 8, 8, 8, generator=g)
-        target = (torch.rand(2 * B, 3, 8, 8, 8, generator=g) > 0.7).float()
-        out.append(L.Batch(image, target))
+        image = torch.randn(2 * B, 4, SIZE, SIZE, SIZE, generator=g)
+        labels = torch.zeros(2 * B, SIZE, SIZE, SIZE, dtype=torch.uint8)
+        for n in range(2 * B):
+            c = torch.randint(4, SIZE - 4, (3,), generator=g)
+            for lab, r in ((2, 4), (1, 2), (3, 1)):
+                labels[n, c[0] - r:c[0] + r, c[1] - r:c[1] + r, c[2] - r:c[2] + r] = lab
+            image[n, 3] += 2 * (labels[n] > 0)
+        out.append(L.to_batch((image, labels), torch.device("cpu"), False))
     return out
 
 
-def _loss(logits, target):
-    return torch.nn.functional.binary_cross_entropy_with_logits(logits, target)
-
-
-def _train(model, batches, grad_accum=1):
-    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
-    scaler = L.make_scaler("none", torch.device("cpu"))
+def _train(info: D.DistInfo, batches: list[L.Batch]) -> tuple[F.Components, list[float]]:
+    cfg = _cfg()
+    comp = F.build_components(cfg, info)
+    F.wrap(comp, cfg, info)
     losses = []
     for b in batches:
-        n = b.size // grad_accum
-        micro = [L.Batch(b.image[i * n:(i + 1) * n], b.target[i * n:(i + 1) * n])
-                 for i in range(grad_accum)]
-        losses.append(L.train_step(model, micro, _loss, opt, scaler, "none").loss)
-    return losses
+        res = L.train_step(comp.net, [b], comp.loss_fn, comp.optimizer, comp.scaler, "none",
+                           cfg.optim.grad_clip)
+        comp.scheduler.step()
+        losses.append(res.loss)
+    return comp, losses
 
 
 def _worker(rank: int, world: int, port: int, out: str) -> None:
@@ -59,19 +75,17 @@ def _worker(rank: int, world: int, port: int, out: str) -> None:
                       LOCAL_WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     info = D.init("cpu", threads=1)
     assert info.distributed and info.rank == rank and info.device.type == "cpu"
-    from torch.nn.parallel import DistributedDataParallel as DDP
-
-    net = DDP(_model())
     shards = [L.Batch(b.image[rank * B:(rank + 1) * B], b.target[rank * B:(rank + 1) * B])
               for b in _data()]
-    losses = _train(net, shards)
+    comp, losses = _train(info, shards)
+    assert isinstance(comp.net, torch.nn.parallel.DistributedDataParallel)
     mean_loss = D.all_reduce_mean(losses[-1])
     ranks = D.all_gather_objects(rank)
     if rank == 0:
-        torch.save({"params": [p.detach().clone() for p in net.module.parameters()],
-                    "mean_loss": mean_loss, "ranks": ranks, "local_loss": losses[-1]}, out)
-    live = {"net": net}
-    del net
+        torch.save({"params": {k: v.detach().clone() for k, v in comp.model.state_dict().items()},
+                    "mean_loss": mean_loss, "ranks": ranks}, out)
+    live = {"comp": comp}
+    del comp
     D.shutdown(live)
 
 
@@ -87,27 +101,39 @@ def test_two_gloo_ranks_match_one_process_with_twice_the_batch(tmp_path: Path):
     mp.spawn(_worker, args=(2, _free_port(), out), nprocs=2, join=True)
     got = torch.load(out, weights_only=True)
 
-    single = _model()
-    losses = _train(single, _data())
-    init = list(_model().parameters())
-    moved = 0
-    for p_ddp, p_one, p0 in zip(got["params"], single.parameters(), init, strict=True):
-        moved += not torch.equal(p_one, p0)
-        torch.testing.assert_close(p_ddp, p_one.detach(), atol=1e-5, rtol=0)
-    assert moved >= 4  # training moved the weights (a bias before InstanceNorm gets no gradient)
+    single, losses = _train(D.DistInfo(), _data())
+    init = F.build_components(_cfg(), D.DistInfo()).model.state_dict()
+    moved = []
+    for name, p_one in single.model.state_dict().items():
+        torch.testing.assert_close(got["params"][name], p_one, atol=ATOL, rtol=0, msg=name)
+        moved.append(float((p_one - init[name]).abs().max()))
+    # training moved the weights far beyond the tolerance (the test can fail)
+    # (all but the conv biases before InstanceNorm, which get no gradient, and the coarsest
+    # deep-supervision head, whose loss weight is 0): the test can fail
+    assert sum(m > 100 * ATOL for m in moved) >= 2 * len(moved) // 3
     # the mean of the ranks' losses (half batches, equal sizes) is the full batch's loss
     # (the last step's loss is computed before that step's update: same weights on both sides)
     assert abs(got["mean_loss"] - losses[-1]) < 1e-5
     assert got["ranks"] == [0, 1]
 
 
+def _plain_train(batches: list[L.Batch], grad_accum: int) -> torch.nn.Module:
+    cfg = _cfg()
+    comp = F.build_components(cfg, D.DistInfo())
+    for b in batches:
+        n = b.size // grad_accum
+        micro = [L.Batch(b.image[i * n:(i + 1) * n], b.target[i * n:(i + 1) * n])
+                 for i in range(grad_accum)]
+        L.train_step(comp.net, micro, comp.loss_fn, comp.optimizer, comp.scaler, "none",
+                     cfg.optim.grad_clip)
+    return comp.model
+
+
 def test_gradient_accumulation_matches_one_large_batch():
     torch.set_num_threads(1)
-    a, b = _model(), _model()
-    _train(a, _data(), grad_accum=1)
-    _train(b, _data(), grad_accum=2)
-    for pa, pb in zip(a.parameters(), b.parameters(), strict=True):
-        torch.testing.assert_close(pa, pb, atol=1e-5, rtol=0)
+    a, b = _plain_train(_data(), 1), _plain_train(_data(), 2)
+    for (name, pa), pb in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
+        torch.testing.assert_close(pa, pb, atol=ATOL, rtol=0, msg=name)
 
 
 def test_single_process_world():

@@ -79,3 +79,22 @@ def test_engine_errors(net: torch.nn.Module, tmp_path: Path) -> None:
         OnnxRuntimeEngine(tmp_path / "absent.onnx")
     with pytest.raises(ExportError, match="format"):
         export_model(net, tmp_path / "m", "tflite")
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "openvino"])
+def test_export_command(net: torch.nn.Module, tmp_path: Path, fmt: str) -> None:
+    from typer.testing import CliRunner
+
+    from glioseg.cli import app
+    from glioseg.model.card import ModelCard, save_model
+
+    ckpt = save_model(tmp_path / "ckpt", net, ModelCard.for_model(net))
+    target = tmp_path / "exported" / ("m.onnx" if fmt == "onnx" else "m.xml")
+    result = CliRunner().invoke(app, ["export", "--model", str(ckpt), "--format", fmt,
+                                      "-o", str(target)])
+    assert result.exit_code == 0, result.output
+    assert "max |logit difference|" in result.output and target.is_file()
+    assert target.stat().st_mode & 0o044  # readable beyond the owner (umask permitting)
+    got = engine_for_file(target, threads=1)(torch.ones(1, 4, 8, 16, 8))
+    torch.testing.assert_close(got, _reference(net, torch.ones(1, 4, 8, 16, 8)), rtol=0,
+                               atol=PARITY_ATOL)

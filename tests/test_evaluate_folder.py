@@ -137,8 +137,40 @@ def test_label_outside_the_scheme_is_an_error_naming_the_case(tmp_path, layout, 
     pred = tumour(et)
     pred[0, 0, 0] = bad
     save_volume(tmp_path / "pred" / f"{folder.name}.nii.gz", pred, AFFINE, np.uint8)
-    with pytest.raises(EvaluationError, match=rf"{folder.name}: prediction: labels \[{bad}\]"):
+    with pytest.raises(EvaluationError, match=rf"{folder.name}: prediction {folder.name}"
+                       rf"\.nii\.gz: labels \[{bad}\] are not allowed in the {layout} scheme"):
         evaluate_folder(tmp_path / "pred", tmp_path / "ref", tmp_path / "out", progress=False)
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("layout, bad", [("brats2021", 3), ("brats2023", 4)])
+def test_label_outside_the_scheme_in_the_reference_names_its_file(tmp_path, layout, bad):
+    """A 4 in a 2023 reference (resection cavity in later schemes) is never read as ET."""
+    et = 3 if layout == "brats2023" else 4
+    seg = tumour(et)
+    seg[6, 6, 6] = bad
+    folder = write_brats_case(tmp_path / "ref", layout, 1, shape=SHAPE, seg=seg)
+    save_volume(tmp_path / "pred" / f"{folder.name}.nii.gz", tumour(et), AFFINE, np.uint8)
+    seg_file = next(folder.glob("*seg.nii.gz")).name
+    with pytest.raises(EvaluationError, match=rf"{folder.name}: reference {seg_file}: "
+                                              rf"labels \[{bad}\]"):
+        evaluate_folder(tmp_path / "pred", tmp_path / "ref", tmp_path / "out", progress=False)
+
+
+def test_no_matching_prediction_is_an_error(legacy_data, tmp_path):
+    """Predictions all named otherwise than <case_id>.nii.gz: an error, not four empty cases."""
+    ref_dir, _, segs, _ = legacy_data
+    pred_dir = tmp_path / "misnamed"
+    for i in (1, 2):
+        save_volume(pred_dir / f"BraTS2021_{i:05d}_seg.nii.gz", segs[i], AFFINE, np.uint8)
+    with pytest.raises(EvaluationError, match=r"no prediction matches a reference case .* "
+                       r"e\.g\. BraTS2021_00001\.nii\.gz; found 2 other NIfTI file\(s\): "
+                       r"BraTS2021_00001_seg\.nii\.gz, BraTS2021_00002_seg\.nii\.gz"):
+        evaluate_folder(pred_dir, ref_dir, tmp_path / "out", progress=False)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(EvaluationError, match="found no NIfTI file"):
+        evaluate_folder(tmp_path / "empty", ref_dir, tmp_path / "out", progress=False)
+    assert not (tmp_path / "out").exists()
 
 
 def test_brats2023_layout_is_scored_lesion_wise(tmp_path):
@@ -159,6 +191,10 @@ def test_brats2023_layout_is_scored_lesion_wise(tmp_path):
     assert row["WT_dice"] == pytest.approx(2 * 800 / (800 + 864))
     assert row["ET_lesion_dice"] == 1.0 and row["TC_lesion_dice"] == 1.0
     assert "lesion_dice" in r.summary["metrics"]
+    assert r.summary["lesion_counts"]["WT"] == {"tp": 1, "fn": 1, "fp": 0}
+    assert r.summary["lesion_counts"]["ET"] == {"tp": 1, "fn": 0, "fp": 0}
+    assert "| Lesions TP / FN / FP | 1 / 1 / 0 | 1 / 0 / 0 | 1 / 0 / 0 |" in (
+        tmp_path / "out" / "summary.md").read_text()
     # the legacy scheme on the same folder has no lesion-wise columns
     legacy = evaluate_folder(tmp_path / "pred", tmp_path / "ref", tmp_path / "out2",
                              scheme="brats2020", progress=False)
@@ -207,3 +243,11 @@ def test_figures(legacy_data, tmp_path):
     assert r.paths["overlay_worst"].name == "overlay_worst_BraTS2021_00003.png"
     for key in ("overlay_best", "overlay_median", "overlay_worst"):
         assert r.paths[key].is_file()
+    from glioseg.report.eval_figures import overlay_caption
+
+    rows = {row["case_id"]: row for row in r.rows}
+    assert overlay_caption("worst", rows["BraTS2021_00003"]) == (
+        "worst case by WT Dice: BraTS2021_00003   Dice WT 0.000  TC 0.000  ET 0.000"
+        "   (no prediction: scored as empty)")
+    assert overlay_caption("best", rows["BraTS2021_00002"]).startswith(
+        "best case by WT Dice: BraTS2021_00002   Dice WT 1.000  TC 1.000  ET 0.000")

@@ -151,6 +151,20 @@ def test_empty_mask_conventions_by_hand():
     assert M.hd95(empty, one, spacing=(2.0, 1.0, 0.5)) == pytest.approx(math.sqrt(233.0))
 
 
+def test_reference_filling_the_grid_by_hand():
+    """No reference-negative voxel: specificity is 0/0 -> 1, whatever the prediction."""
+    full = np.ones((3, 4, 5), bool)
+    assert M.legacy_scores(full, full) == {"dice": 1.0, "hd95": 0.0, "sensitivity": 1.0,
+                                           "specificity": 1.0}
+    half = full.copy()
+    half[:, :2] = False  # 3 x 2 x 5 = 30 of 60 voxels predicted
+    s = M.legacy_scores(half, full)
+    assert (s["dice"], s["sensitivity"], s["specificity"]) == (2 * 30 / 90, 0.5, 1.0)
+    s = M.legacy_scores(np.zeros_like(full), full)
+    assert (s["dice"], s["sensitivity"], s["specificity"]) == (0.0, 0.0, 1.0)
+    assert s["hd95"] == pytest.approx(math.sqrt(9 + 16 + 25))
+
+
 def test_one_empty_on_the_brats_grid_is_373_13():
     empty = np.zeros((240, 240, 155), bool)
     one = empty.copy()

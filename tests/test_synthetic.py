@@ -141,9 +141,13 @@ def _median(case: S.SyntheticCase, ch: int, sel: np.ndarray) -> float:
     return float(np.median(case.image[ch][sel]))
 
 
-def test_tissue_and_tumour_intensity_ordering(source_cases):
+@pytest.mark.parametrize("cohort", ["source_cases", "target_cases"])
+def test_tissue_and_tumour_intensity_ordering(cohort, request):
+    """Relative intensities a radiologist expects, measured on generated cases of each site:
+    T1 WM > GM > CSF; T2 CSF > GM > WM; FLAIR CSF dark; edema bright on T2/FLAIR; ET bright
+    on T1ce only; necrosis dark on T1 and T1ce, bright on T2."""
     t1, t1ce, t2, flair = (L.MODALITIES.index(m) for m in ("t1", "t1ce", "t2", "flair"))
-    for case in source_cases:
+    for case in request.getfixturevalue(cohort):
         csf, gm, wm = case.tissue
         healthy = case.labels == 0
         pure = {"csf": healthy & (csf > 0.9), "gm": healthy & (gm > 0.7),
@@ -164,6 +168,7 @@ def test_tissue_and_tumour_intensity_ordering(source_cases):
         ncr = case.labels == L.NCR
         if ncr.sum() > 5:
             assert _median(case, t1, ncr) < m["gm"][t1]
+            assert _median(case, t1ce, ncr) < m["gm"][t1ce]
             assert _median(case, t2, ncr) > m["wm"][t2]
 
 
@@ -260,3 +265,54 @@ def test_rician_noise_floor_matches_theory():
     assert zero.mean() == pytest.approx(sigma * math.sqrt(math.pi / 2), rel=0.02)
     big = S.rician(np.full(200_000, 100.0, np.float32), sigma, rng)
     assert big.std() == pytest.approx(sigma, rel=0.03)
+
+
+# ------------------------------------------------------------------ through the command line
+
+BRATS_AFFINE_BY_HAND = np.array(
+    [[-1.0, 0, 0, 0], [0, -1.0, 0, 239.0], [0, 0, 1.0, 0], [0, 0, 0, 1.0]]
+)  # BraTS / SRI24: LPS arrays, 1 mm
+
+
+@pytest.mark.parametrize("layout, ids, scheme", [
+    ("brats2020", ["BraTS20_Training_000", "BraTS20_Training_001"], "brats2020"),
+    ("brats2021", ["BraTS2021_00000", "BraTS2021_00001"], "brats2021"),
+    ("brats2023", ["BraTS-GLI-00000-000", "BraTS-GLI-00001-000"], "brats2023"),
+])
+def test_cli_synth_then_inspect_accepts_each_layout(tmp_path, layout, ids, scheme):
+    from typer.testing import CliRunner
+
+    from glioseg.cli import app
+
+    runner = CliRunner()
+    out = tmp_path / "cohort"
+    res = runner.invoke(app, ["synth", str(out), "--cases", "2", "--layout", layout,
+                              "--seed", "4", "--spacing", "6"])
+    assert res.exit_code == 0, res.output
+    assert sorted(p.name for p in out.iterdir()) == ids
+    res = runner.invoke(app, ["inspect", str(out)])
+    assert res.exit_code == 0, res.output
+    assert f"2 cases ({layout}): 2 usable (0 with warnings), 0 bad; 0 problems" in res.output
+    for cid in ids:
+        (row,) = [ln for ln in res.output.splitlines() if ln.startswith("│ " + cid)]
+        assert "40x40x26" in row and "6x6x6" in row and "LPS" in row and "ok" in row
+        seg_file = next(p for p in (out / cid).iterdir() if "seg" in p.name)
+        seg, _ = load_volume(seg_file, dtype=None)
+        # file labels of the layout's published scheme
+        assert set(np.unique(seg).tolist()) <= set(L.get_scheme(scheme).allowed)
+
+
+def test_one_case_on_the_1mm_brats_grid(tmp_path):
+    """The default spacing writes the BraTS grid itself: 240 x 240 x 155 voxels of 1 mm."""
+    (folder,) = S.write_cohort(tmp_path, n_cases=1, layout="brats2023", seed=9)
+    cid = folder.name
+    for suffix in ("t1n", "t1c", "t2w", "t2f", "seg"):
+        data, hdr = load_volume(folder / f"{cid}-{suffix}.nii.gz", dtype=None)
+        assert data.shape == (240, 240, 155), suffix
+        assert hdr.spacing == (1.0, 1.0, 1.0) and hdr.orientation == ("L", "P", "S")
+        np.testing.assert_array_equal(hdr.affine, BRATS_AFFINE_BY_HAND)
+    assert set(np.unique(data).tolist()) <= {0, 1, 2, 3}  # the seg, 2023 scheme
+    wt_ml = float((data > 0).sum()) / 1000.0  # 1 voxel = 1 uL
+    assert 20.0 * 0.8 <= wt_ml <= 300.0 * 1.02
+    (case,) = C.discover(tmp_path)
+    assert C.check_case(case) == []

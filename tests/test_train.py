@@ -121,3 +121,48 @@ def test_resume_without_checkpoint_is_an_error(tmp_path: Path):
     cfg = C.load_config("small", [*TINY, f"data.cache_dir={cache}", "train.steps=2"])
     with pytest.raises(TrainError, match="no readable last.pt"):
         fit(cfg, tmp_path / "run", resume=True)
+
+
+def test_whole_volume_validation_of_an_odd_sized_volume():
+    """Validation pads a volume of odd size to the model's divisor and crops back; the region
+    Dice it reports is the hand-computed one."""
+    from glioseg.model.registry import ModelConfig, build_model
+    from glioseg.train import loop as L
+
+    torch.set_num_threads(1)
+    shape = (13, 18, 11)  # no side a multiple of the divisor 4
+    model = build_model(ModelConfig(base_width=4, n_stages=3, max_width=8,
+                                    patch_size=(16, 16, 16))).eval()
+    image = torch.randn(1, 4, *shape, generator=torch.Generator().manual_seed(0))
+    logits = L.predict_logits(model, image, mode="whole", divisor=4)
+    assert logits.shape == (1, 3, *shape)
+    padded = np.zeros((1, 4, 16, 20, 12), np.float32)
+    padded[..., :13, :18, :11] = image.numpy()
+    with torch.no_grad():
+        ref = model(torch.from_numpy(padded))[..., :13, :18, :11]
+    torch.testing.assert_close(logits, ref)
+
+    class Echo(torch.nn.Module):
+        """Logits = the first three input channels; refuses sizes off the divisor 4."""
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            assert all(s % 4 == 0 for s in x.shape[2:]), x.shape
+            return x[:, :3]
+
+    rng = np.random.default_rng(3)
+    labels = rng.choice(np.array([0, 1, 2, 3], np.uint8), size=shape, p=[0.7, 0.1, 0.1, 0.1])
+    truth = np.stack([labels > 0, np.isin(labels, (1, 3)), labels == 3])
+    pred = truth ^ (rng.random(truth.shape) < 0.2)  # 20% of voxels flipped per region
+    img = np.zeros((4, *shape), np.float32)
+    img[:3] = np.where(pred, 1.0, -1.0)
+
+    class Case:
+        image, case_id = img, "ODD"
+
+    Case.labels = labels
+    got = L.validate(Echo(), [Case()], device=torch.device("cpu"), mode="whole", divisor=4)
+    for r, name in enumerate(("WT", "TC", "ET")):
+        a, b = pred[r], truth[r]
+        expected = 2 * (a & b).sum() / (a.sum() + b.sum())
+        assert got[f"dice_{name}"] == pytest.approx(expected)
+    assert got["n_cases"] == 1

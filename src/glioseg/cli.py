@@ -120,9 +120,10 @@ def bench_cache_cmd(
 @bench_app.command("data")
 def bench_data_cmd(
     cache_dir: Annotated[Path, typer.Argument(help="The cache folder (glioseg preprocess).")],
-    patch: Annotated[int, typer.Option(help="Cubic patch side in voxels.")] = 128,
+    patch: Annotated[int, typer.Option(help="Cubic patch side in voxels (small preset 48, "
+                                       "full preset 128).")] = 48,
     batch_size: Annotated[int, typer.Option(help="Patches per batch.")] = 2,
-    batches: Annotated[int, typer.Option(help="Batches timed (after warm-up).")] = 20,
+    batches: Annotated[int, typer.Option(help="Batches timed (after warm-up).")] = 100,
     warmup: Annotated[int, typer.Option(help="Batches drawn before timing.")] = 3,
     workers: Annotated[int, typer.Option(help="Loader worker processes (both pipelines).")] = 1,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
@@ -214,7 +215,8 @@ def predict(
     batch: Annotated[int, typer.Option(help="Windows per network call.")] = 1,
     roi: Annotated[str | None, typer.Option(help="Window size, e.g. 128 or 160,192,160 "
                                             "(default: the model's patch size).")] = None,
-    probabilities: Annotated[bool, typer.Option(help="Also write float16 probabilities.")] = False,
+    probabilities: Annotated[bool, typer.Option(help="Also write WT/TC/ET probabilities "
+                                           "(<case>_probabilities.nii.gz).")] = False,
     scheme: Annotated[str | None, typer.Option(help="Output labels: brats2020 (1/2/4) or "
                                                "brats2023 (1/2/3); default: the input's.")] = None,
     et_threshold: Annotated[int | None, typer.Option(help="ET rule: a predicted ET under this "
@@ -342,12 +344,14 @@ def evaluate(
 def bench_eval_cmd(
     repeats: Annotated[int, typer.Option(help="Timed repeats per scheme (median kept).")] = 5,
     seed: Annotated[int, typer.Option(help="Seed of the synthetic case and prediction.")] = 0,
+    specks: Annotated[int, typer.Option(help="Specks scattered over the grid in the noisy "
+                                        "prediction (0: plausible prediction only).")] = 300,
 ) -> None:
     """Seconds to score one 240x240x155 case (all metrics, each scheme) on one core."""
     from glioseg.bench.evaluation import bench_eval
 
     try:
-        bench_eval(repeats=repeats, seed=seed)
+        bench_eval(repeats=repeats, seed=seed, n_specks=specks)
     except ValueError as exc:
         _fail(str(exc))
 
@@ -559,8 +563,8 @@ def bench_train_cmd(
     config: Annotated[str, typer.Option("--config", help="Preset or YAML: model and patch.")] = "small",
     set_: Annotated[list[str] | None, typer.Option("--set", help="Config override (repeatable).")] = None,
     amp: Annotated[str, typer.Option(help="Comma list of precisions: bf16, fp16, none.")] = "bf16,none",
-    steps: Annotated[int, typer.Option(help="Timed steps.")] = 5,
-    warmup: Annotated[int, typer.Option(help="Untimed steps first.")] = 2,
+    steps: Annotated[int, typer.Option(help="Timed steps.")] = 20,
+    warmup: Annotated[int, typer.Option(help="Untimed steps first.")] = 3,
     cache: Annotated[Path | None, typer.Option(help="Also time the real loader on this cache.")] = None,
     nproc: Annotated[int, typer.Option(help="Also run with N processes (torchrun); print the "
                                        "scaling efficiency.")] = 1,
@@ -617,6 +621,53 @@ def import_checkpoint_cmd(
         typer.echo(f"note: {note}")
     typer.echo(imported.card.summary())
     typer.echo(f"wrote {out}")
+
+
+study_app = typer.Typer(help="Studies: the measured payoff of transfer learning.",
+                        no_args_is_help=True)
+app.add_typer(study_app, name="study")
+
+
+@study_app.command("label-efficiency")
+def study_label_efficiency_cmd(
+    out: Annotated[Path, typer.Option("--out", help="Study folder (re-running resumes it).")],
+    seeds: Annotated[int | None, typer.Option(help="Seeds (labelled-case draws); default 3, "
+                                              "1 with --quick.")] = None,
+    n_labelled: Annotated[str | None, typer.Option(help="Labelled target cases, e.g. 1,2,4,8 "
+                                                   "(default; 2 with --quick).")] = None,
+    steps: Annotated[int | None, typer.Option(help="Step budget of every target run "
+                                              "(default 60; 20 with --quick).")] = None,
+    quick: Annotated[bool, typer.Option(help="A ~2-minute version (small cohorts, short "
+                                        "runs).")] = False,
+) -> None:
+    """Label efficiency on a synthetic target site: scratch vs fine-tuned (each strategy) vs
+    self-supervised pretraining, with 1-8 labelled cases, equal step budgets; results.csv,
+    summary.md, plots and study.json (render with `glioseg report OUT`)."""
+    from dataclasses import replace
+
+    from glioseg.study import StudyPlan, quick_plan, run_study
+
+    try:
+        plan = quick_plan() if quick else StudyPlan()
+        changes: dict[str, object] = {}
+        if seeds is not None:
+            changes["seeds"] = tuple(range(seeds))
+        if n_labelled is not None:
+            try:
+                changes["n_labelled"] = tuple(int(v) for v in n_labelled.split(",") if v.strip())
+            except ValueError:
+                _fail(f"--n-labelled {n_labelled!r}: expected integers, e.g. 1,2,4,8")
+        if steps is not None:
+            changes["steps"] = steps
+            changes["val_every"] = max(1, steps // 4)
+        if changes:
+            plan = replace(plan, **changes)
+        doc = run_study(out, plan)
+    except ValueError as exc:
+        _fail(str(exc))
+    typer.echo(doc["verdict"])
+    typer.echo(f"wrote {out / 'results.csv'}, {out / 'summary.md'}, {out / 'study.json'} and "
+               f"{len(doc['figures'])} figures in {doc['wall_s']:.0f} s")
 
 
 def main() -> None:  # pragma: no cover - console entry point alias

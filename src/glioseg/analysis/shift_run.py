@@ -7,14 +7,12 @@ permutation tests (``shift``), draws the figures (``report.shift_figures``) and 
 
 from __future__ import annotations
 
-import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from glioseg import io_atomic
 from glioseg.analysis import shift as S
 from glioseg.analysis.features import (
     QUANTILES,
@@ -24,26 +22,13 @@ from glioseg.analysis.features import (
     stack,
 )
 from glioseg.data.labels import MODALITIES
-from glioseg.report.shift_figures import file_mode
 
 FORMAT = "glioseg-shift/1"
 
 
 def write_json(path: str | Path, obj: Any) -> Path:
     """Write ``obj`` as indented JSON atomically (temporary file, then rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            json.dump(obj, fh, indent=2)
-            fh.write("\n")
-        os.chmod(tmp, file_mode())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return io_atomic.write_json(path, obj, indent=2)
 
 
 def _per_sequence(x: np.ndarray, y: np.ndarray, rng: np.random.Generator,

@@ -117,9 +117,9 @@ def _regions_1ch(label: torch.Tensor) -> torch.Tensor:
 
 def bench_data(
     cache_dir: str | Path,
-    patch_size: Sequence[int] = (128, 128, 128),
+    patch_size: Sequence[int] = (48, 48, 48),
     batch_size: int = 2,
-    batches: int = 20,
+    batches: int = 100,
     warmup: int = 3,
     num_workers: int = 1,
     seed: int = 0,

@@ -6,13 +6,13 @@ so an interrupted run never leaves a half-written volume.
 
 from __future__ import annotations
 
-import os
-import tempfile
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from glioseg.io_atomic import atomic_path
 
 
 class NiftiError(ValueError):
@@ -119,13 +119,8 @@ def save_volume(
     img.set_qform(img.affine, code=1)
     img.header.set_data_dtype(arr.dtype)
     img.header.set_xyzt_units("mm", "sec")
-    suffix = ".nii.gz" if path.name.endswith(".gz") else ".nii"
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{suffix}", dir=path.parent)
-    os.close(fd)
-    try:
+    if not path.name.lower().endswith((".nii", ".nii.gz")):
+        raise NiftiError(f"{path}: a NIfTI file name must end in .nii or .nii.gz")
+    with atomic_path(path) as tmp:
         nib.save(img, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     return path

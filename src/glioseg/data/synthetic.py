@@ -29,8 +29,6 @@ import hashlib
 import importlib.util
 import json
 import math
-import os
-import shutil
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass
 from functools import lru_cache
@@ -46,6 +44,7 @@ from glioseg.data import labels as L
 from glioseg.data.cases import LAYOUTS, case_file_name, case_id_for
 from glioseg.data.nifti import save_volume
 from glioseg.data.sites import NON_ENHANCING, TISSUES, SiteProfile, get_site
+from glioseg.io_atomic import atomic_dir
 
 GENERATOR_VERSION = "glioseg-synth/1"
 BRATS_SHAPE: tuple[int, int, int] = (240, 240, 155)
@@ -838,11 +837,7 @@ def _write_case(
     if final.exists():
         _check_existing(final, params)
         return str(final)
-    tmp = Path(out_dir) / f".{cid}.tmp-{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
-    try:
+    with atomic_dir(final) as tmp:
         case = generate_case(seed, index, prof, spacing)
         for ci, mod in enumerate(L.MODALITIES):
             save_volume(tmp / case_file_name(layout, cid, mod), case.image[ci], case.affine,
@@ -851,10 +846,6 @@ def _write_case(
         save_volume(tmp / case_file_name(layout, cid, "seg"), seg, case.affine, np.uint8)
         (tmp / MARKER).write_text(json.dumps({**params, "case_id": cid, "stats": case.stats},
                                              indent=1))
-        os.replace(tmp, final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return str(final)
 
 

@@ -54,15 +54,10 @@ def onnx_bytes(model: torch.nn.Module, in_channels: int, example_size: Sequence[
 
 
 def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Write ``data`` to ``path`` atomically, ordinary permissions (``glioseg.io_atomic``)."""
+    from glioseg.io_atomic import write_bytes
+
+    write_bytes(path, data)
 
 
 def export_model(

@@ -55,7 +55,7 @@ class PredictOptions:
     et_min_voxels: int | None = None  # ET rule; None = the card's value (else 0 = off)
     min_component: int = 0  # smallest whole-tumour component kept (voxels); 0 = keep all
     scheme: str | None = None  # output label scheme; None = the card's (else the input's)
-    probabilities: bool = False  # also write <case>_probabilities.nii.gz (float16, X,Y,Z,3)
+    probabilities: bool = False  # also write <case>_probabilities.nii.gz (X,Y,Z,3), see below
     overwrite: bool = False  # predict cases whose output already exists
     threads: int | None = None  # CPU threads of the engine; None = torch's setting
 
@@ -328,6 +328,16 @@ def output_paths(out_dir: Path, case_id: str) -> tuple[Path, Path]:
     return out_dir / f"{case_id}.nii.gz", out_dir / f"{case_id}_probabilities.nii.gz"
 
 
+def probabilities_for_file(probabilities: np.ndarray) -> np.ndarray:
+    """``(3, X, Y, Z)`` probabilities -> ``(X, Y, Z, 3)`` float32 holding float16 values.
+
+    NIfTI-1 has no float16 data type (nibabel refuses it), so the file is float32; rounding
+    the values to float16 first (11-bit mantissa, ample for probabilities) makes the gzip
+    stream several times smaller than full float32 values would.
+    """
+    return np.moveaxis(probabilities, 0, -1).astype(np.float16).astype(np.float32)
+
+
 def _write_json(path: Path, data: dict[str, Any]) -> None:
     from glioseg.infer.export import _atomic_write_bytes
 
@@ -348,7 +358,8 @@ def predict_dir(
         input_path: a data folder or one case folder, any layout ``discover`` knows.
         output_dir: gets ``<case_id>.nii.gz`` (labels in ``options.scheme``, else the card's
             ``label_scheme``, else the case's own scheme; uint8, the input's grid and affine), optionally
-            ``<case_id>_probabilities.nii.gz`` (float16 ``(X, Y, Z, 3)`` WT, TC, ET), and
+            ``<case_id>_probabilities.nii.gz`` (``(X, Y, Z, 3)`` WT, TC, ET; see
+            ``probabilities_for_file``), and
             ``predict.json`` (options, checkpoints, per-case status).
 
     Returns:
@@ -389,7 +400,8 @@ def predict_dir(
                 labels = predictor.labels(probs, scheme or case.label_scheme)
                 labels_path, prob_path = output_paths(out_dir, case.case_id)
                 if opts.probabilities:
-                    save_volume(prob_path, np.moveaxis(probs, 0, -1), header.affine, np.float16)
+                    save_volume(prob_path, probabilities_for_file(probs), header.affine,
+                                np.float32)
                 save_volume(labels_path, labels, header.affine, np.uint8)
             except KeyboardInterrupt:
                 raise

@@ -19,7 +19,6 @@ import dataclasses
 import datetime as dt
 import json
 import os
-import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +28,7 @@ import torch
 
 from glioseg import __version__
 from glioseg.data.labels import MODALITIES, REGIONS
+from glioseg.io_atomic import atomic_path
 from glioseg.model.registry import ModelConfig, build_model
 
 CARD_FORMAT = "glioseg-card/1"
@@ -233,14 +233,8 @@ def _config_of(model: torch.nn.Module) -> ModelConfig:
 
 
 def _atomic_write(path: Path, write: Any) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as tmp:
+        write(str(tmp))
 
 
 def save_state_dict(path: Path, state_dict: Mapping[str, torch.Tensor],

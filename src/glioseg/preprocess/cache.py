@@ -16,9 +16,7 @@ that exists is complete; ``dataset.json`` is written last.
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import tempfile
 import zlib
 from pathlib import Path
 from typing import Any
@@ -26,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from glioseg.data.labels import MODALITIES
+from glioseg.io_atomic import atomic_dir, write_json
 
 CACHE_FORMAT = "glioseg-cache/1"
 MAX_LOCATIONS = 10_000
@@ -68,14 +67,7 @@ def _json_dump(path: Path, obj: Any) -> None:
 
 def atomic_write_json(path: Path, obj: Any) -> None:
     """Write ``obj`` as JSON to ``path`` through a temporary file in the same folder."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        _json_dump(Path(tmp), obj)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_json(path, obj)
 
 
 def case_is_complete(folder: Path) -> bool:
@@ -106,9 +98,8 @@ def write_case(
     Returns:
         The case folder. An existing folder of the same name is replaced.
     """
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{case_id}.tmp-", dir=cache_dir))
-    try:
+    final = cache_dir / case_id
+    with atomic_dir(final) as tmp:
         np.save(tmp / "image.npy", np.ascontiguousarray(image, dtype=np.float32))
         if labels is not None:
             np.save(tmp / "labels.npy", np.ascontiguousarray(labels, dtype=np.uint8))
@@ -119,13 +110,6 @@ def write_case(
             locations = {str(v): np.zeros((0, 3), np.int32) for v in FOREGROUND_LABELS}
         np.savez(tmp / "locations.npz", **locations)
         _json_dump(tmp / "meta.json", {**meta, "has_labels": labels is not None})
-        final = cache_dir / case_id
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return final
 
 

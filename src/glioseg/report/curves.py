@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
+
+from glioseg.io_atomic import atomic_path
 
 REGION_COLOURS = {"WT": "tab:green", "TC": "tab:orange", "ET": "tab:red"}
 
@@ -57,15 +57,9 @@ def plot_run(run_dir: str | Path, output: str | Path | None = None) -> Path:
     if ax_dice.lines:
         ax_dice.legend(loc="lower right")
     fig.suptitle(run_dir.name)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{output.stem}.", suffix=".png", dir=output.parent)
-    os.close(fd)
     try:
-        fig.savefig(tmp, dpi=110)
-        os.replace(tmp, output)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        with atomic_path(output) as tmp:
+            fig.savefig(tmp, dpi=110, format="png")
     finally:
         plt.close(fig)
     return output

@@ -6,24 +6,18 @@ Every PNG is written to a temporary name in the output folder, then renamed.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 
 from glioseg.data.labels import REGIONS
+from glioseg.io_atomic import atomic_path
 
 
 def _save_atomic(fig, path: Path, dpi: int = 120) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.png")
-    try:
-        fig.savefig(tmp, dpi=dpi, bbox_inches="tight")
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=dpi, bbox_inches="tight", format="png")
     return path
 
 
@@ -31,13 +25,17 @@ def box_plot(
     rows: Sequence[Mapping[str, float]],
     output: str | Path,
     metrics: Sequence[str] = ("dice", "hd95"),
+    distance_unit: str = "voxel",
 ) -> Path:
     """One panel per metric, one box per region (WT, TC, ET), over the cases in ``rows``.
+
+    Boxes: quartiles and median; whiskers 1.5 IQR; triangle: mean; dots: the cases.
 
     Args:
         rows: per-case dicts with ``<region>_<metric>`` keys (``per_case.csv`` rows).
         output: PNG path.
         metrics: metrics to draw, one panel each.
+        distance_unit: ``voxel`` or ``mm``, the unit of the HD95 axes.
     """
     import matplotlib
 
@@ -57,6 +55,11 @@ def box_plot(
         ax.set_title(f"{titles.get(metric, metric)} ({len(rows)} cases)")
         if metric.endswith("dice"):
             ax.set_ylim(-0.02, 1.02)
+        if metric.endswith("hd95"):
+            unit = "voxels" if distance_unit == "voxel" else distance_unit
+            ax.set_ylabel(f"{unit}, lower is better")
+        else:
+            ax.set_ylabel("higher is better")
         ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
     try:
@@ -77,12 +80,47 @@ def pick_cases(rows: Sequence[Mapping[str, float]], key: str = "WT_dice") -> dic
     }
 
 
+def overlay_caption(which: str, row: Mapping[str, float], key: str = "WT_dice") -> str:
+    """The line above an overlay: which pick it is, by what, and the case's Dice per region."""
+    dices = "  ".join(f"{r} {float(row[f'{r}_dice']):.3f}" for r in REGIONS)
+    by = key.replace("_dice", " Dice").replace("_", " ")
+    text = f"{which} case by {by}: {row['case_id']}   Dice {dices}"
+    if int(row.get("missing_prediction", 0)):
+        text += "   (no prediction: scored as empty)"
+    return text
+
+
+def caption_png(path: Path, text: str, dpi: int = 110) -> Path:
+    """Redraw the PNG at ``path`` with ``text`` in a strip above it (white on black)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    image = plt.imread(path)
+    height, width = image.shape[:2]
+    strip = 30
+    fig = plt.figure(figsize=(width / dpi, (height + strip) / dpi), dpi=dpi, facecolor="black")
+    ax = fig.add_axes((0, 0, 1, height / (height + strip)))
+    ax.imshow(image, interpolation="nearest")
+    ax.set_axis_off()
+    fig.text(0.5, 1 - 0.5 * strip / (height + strip), text, color="white", ha="center",
+             va="center", fontsize=10)
+    try:
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, dpi=dpi, facecolor="black", format="png")
+    finally:
+        plt.close(fig)
+    return path
+
+
 def write_eval_figures(
     rows: Sequence[Mapping[str, float]],
     out_dir: str | Path,
     case_folders: Mapping[str, Path],
     predictions: Mapping[str, Path | None],
     metrics: Sequence[str] = ("dice", "hd95"),
+    distance_unit: str = "voxel",
 ) -> dict[str, Path]:
     """The box plot and the best/median/worst overlays of an evaluation.
 
@@ -91,6 +129,8 @@ def write_eval_figures(
         out_dir: folder for ``boxplot.png`` and ``overlay_<which>_<case_id>.png``.
         case_folders: case id -> case folder (for ``glioseg.report.figures.show_case``).
         predictions: case id -> prediction file (None: missing, reference shown alone).
+        metrics: box-plot panels.
+        distance_unit: ``voxel`` or ``mm``, for the HD95 axes.
 
     Returns:
         name -> PNG path (``boxplot``, ``overlay_best``, ``overlay_median``, ``overlay_worst``).
@@ -98,10 +138,10 @@ def write_eval_figures(
     from glioseg.report.figures import show_case
 
     out_dir = Path(out_dir)
-    paths = {"boxplot": box_plot(rows, out_dir / "boxplot.png", metrics)}
+    paths = {"boxplot": box_plot(rows, out_dir / "boxplot.png", metrics, distance_unit)}
+    by_id = {str(r["case_id"]): r for r in rows}
     for which, case_id in pick_cases(rows).items():
         output = out_dir / f"overlay_{which}_{case_id}.png"
-        paths[f"overlay_{which}"] = show_case(
-            case_folders[case_id], output, pred=predictions.get(case_id), views=("axial",)
-        )
+        show_case(case_folders[case_id], output, pred=predictions.get(case_id), views=("axial",))
+        paths[f"overlay_{which}"] = caption_png(output, overlay_caption(which, by_id[case_id]))
     return paths

@@ -8,13 +8,12 @@ order using the affine's axis codes.
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
 from glioseg.data import labels as L
+from glioseg.io_atomic import atomic_path
 
 VIEWS: tuple[str, ...] = ("axial", "coronal", "sagittal")
 LABEL_COLOURS: dict[int, tuple[str, str]] = {
@@ -239,15 +238,9 @@ def show_case(
     fig.suptitle(f"{case.case_id} ({case.layout})", color="white", fontsize=11)
     fig.tight_layout(rect=(0, 0.06, 1, 0.97))
     out = Path(output)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp.png", dir=out.parent)
-    os.close(fd)
     try:
-        fig.savefig(tmp, dpi=110, facecolor="black", format="png")
-        os.replace(tmp, out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        with atomic_path(out) as tmp:
+            fig.savefig(tmp, dpi=110, facecolor="black", format="png")
     finally:
         plt.close(fig)
     return out

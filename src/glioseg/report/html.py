@@ -34,10 +34,11 @@ import json
 import os
 import platform
 import re
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from glioseg import io_atomic
 
 MAX_ROWS = 60
 """Rows of a CSV file shown in a table."""
@@ -664,24 +665,8 @@ def render_markdown(title: str, sections: list[Section], generated_at: str) -> s
         "\n".join(_md_section(s) for s in sections)
 
 
-def file_mode() -> int:
-    """Permissions of a new file under the current umask (``mkstemp`` creates 0600)."""
-    mask = os.umask(0)
-    os.umask(mask)
-    return 0o666 & ~mask
-
-
 def _write_atomic(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.chmod(tmp, file_mode())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    io_atomic.write_bytes(path, data)
 
 
 def write_report(run_dir: str | Path, title: str | None = None) -> tuple[Path, Path]:

@@ -5,21 +5,13 @@ Every figure is written atomically (temporary file in the same folder, then rena
 
 from __future__ import annotations
 
-import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-
-def file_mode() -> int:
-    """Permissions of a new file under the current umask (``mkstemp`` creates 0600)."""
-    mask = os.umask(0)
-    os.umask(mask)
-    return 0o666 & ~mask
-
+from glioseg.io_atomic import atomic_path
 
 SITE_COLOURS = {"source": "#1f77b4", "target": "#d62728"}
 
@@ -29,16 +21,9 @@ def save_figure(fig: Any, path: str | Path, dpi: int = 110) -> Path:
     import matplotlib.pyplot as plt
 
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp.png", dir=path.parent)
-    os.close(fd)
     try:
-        fig.savefig(tmp, dpi=dpi, format="png", bbox_inches="tight")
-        os.chmod(tmp, file_mode())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, dpi=dpi, format="png", bbox_inches="tight")
     finally:
         plt.close(fig)
     return path

@@ -21,13 +21,14 @@ from __future__ import annotations
 
 import os
 import random
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+
+from glioseg.io_atomic import atomic_path
 
 CHECKPOINT_FORMAT = "glioseg-train/1"
 LAST, PREVIOUS, BEST = "last.pt", "previous.pt", "best.pt"
@@ -146,32 +147,18 @@ def training_state(
 def atomic_save(obj: Any, path: str | Path) -> Path:
     """``torch.save`` to a temporary file beside ``path``, then rename onto it."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         torch.save(obj, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     return path
 
 
 def save_last(run_dir: str | Path, state: Mapping[str, Any]) -> Path:
     """Write ``last.pt``; the former ``last.pt`` becomes ``previous.pt``."""
     run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{LAST}.", suffix=".tmp", dir=run_dir)
-    os.close(fd)
-    try:
+    with atomic_path(run_dir / LAST) as tmp:
         torch.save(dict(state), tmp)
-        if (run_dir / LAST).is_file():
+        if (run_dir / LAST).is_file():  # the rename onto last.pt follows when the block ends
             os.replace(run_dir / LAST, run_dir / PREVIOUS)
-        os.replace(tmp, run_dir / LAST)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     return run_dir / LAST
 
 

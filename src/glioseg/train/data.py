@@ -100,13 +100,15 @@ def sample_batch(
     ``grid_sample``.
 
     Returns:
-        ``image`` ``(B, 4, px, py, pz)`` float32 and ``regions`` ``(B, 3, px, py, pz)`` float32.
+        ``image`` ``(B, C, px, py, pz)`` float32 (``C`` the cases' channels, 4 for a whole
+        cache) and ``regions`` ``(B, 3, px, py, pz)`` float32.
     """
     size = np.array([int(s) for s in patch_size])
     b = int(batch_size)
-    params = None if augment_cfg is None else draw_params(rng, b, 4, size, augment_cfg)
+    n_channels = int(cases[0].image.shape[0])
+    params = None if augment_cfg is None else draw_params(rng, b, n_channels, size, augment_cfg)
     exact = np.ones(b, bool) if params is None else params.exact()
-    image = np.empty((b, 4, *size), np.float32)
+    image = np.empty((b, n_channels, *size), np.float32)
     labels = np.empty((b, *size), np.uint8)
     img_t, lab_t = torch.from_numpy(image), torch.from_numpy(labels)
     for n in range(b):

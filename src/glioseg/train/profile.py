@@ -8,8 +8,6 @@ split of the step time into data wait / forward / backward / optimizer.
 
 from __future__ import annotations
 
-import os
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -17,6 +15,7 @@ from typing import Any
 import torch
 
 from glioseg import config as C
+from glioseg.io_atomic import atomic_path
 from glioseg.train import distributed as D
 from glioseg.train import fit as F
 from glioseg.train import loop as L
@@ -25,15 +24,8 @@ SECTIONS = ("data", "forward", "backward", "optimizer")
 
 
 def _export_trace(prof: torch.profiler.profile, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        prof.export_chrome_trace(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as tmp:
+        prof.export_chrome_trace(str(tmp))
 
 
 def profile_training(
@@ -66,15 +58,21 @@ def _profile(cfg: C.Config, run_dir: Path, info: D.DistInfo, steps: int, warmup:
     live["comp"] = comp
     batches = F.forever(F.make_train_loader(cfg, cases, info, 0))
     t = cfg.train
+    channels = F.channel_indices(cfg.data.modalities)  # the cache holds every sequence
+
+    def load() -> list[L.Batch]:
+        micro = [L.to_batch(next(batches), info.device, t.channels_last)
+                 for _ in range(t.grad_accum)]
+        if channels != list(range(micro[0].image.shape[1])):
+            micro = [L.Batch(mb.image[:, channels], mb.target) for mb in micro]
+        return micro
 
     def step(timer: L.StepTimer | None) -> None:
         if timer is None:
-            micro = [L.to_batch(next(batches), info.device, t.channels_last)
-                     for _ in range(t.grad_accum)]
+            micro = load()
         else:
             with timer.section("data"):
-                micro = [L.to_batch(next(batches), info.device, t.channels_last)
-                         for _ in range(t.grad_accum)]
+                micro = load()
         L.train_step(comp.net, micro, comp.loss_fn, comp.optimizer, comp.scaler, t.amp,
                      cfg.optim.grad_clip, timer=timer)
 

@@ -1,0 +1,126 @@
+"""Atomic writes: every output file goes to a temporary name in its folder, then is renamed.
+
+A reader (or a rerun after a crash) therefore sees either the old file or the whole new one,
+never half of one. The one helper every writer of the project uses::
+
+    with atomic_path(out / "model.onnx") as tmp:   # tmp: a new empty file beside the target
+        tmp.write_bytes(data)                      # any writer that takes a path
+    # here out/model.onnx is complete; on an exception it is untouched and tmp is gone
+
+The temporary file is created with the permissions of an ordinary new file (``0o666`` under
+the process umask, usually ``0o644``), not ``tempfile.mkstemp``'s owner-only ``0o600``, so a
+result written by one user can be read by the group as any other file. Its name keeps the
+target's extension last (``.name.<random>.tmp.nii.gz``), because some writers choose the
+format from it (nibabel, matplotlib) or append one when it is missing (``numpy.save``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+_DOUBLE_EXTENSIONS = (".nii.gz", ".tar.gz")
+_TRIES = 100
+
+
+def _extension(path: Path) -> str:
+    """The extension a writer may look at: ``.nii.gz`` for ``x.nii.gz``, else the last suffix."""
+    name = path.name.lower()
+    for ext in _DOUBLE_EXTENSIONS:
+        if name.endswith(ext):
+            return path.name[-len(ext):]
+    return path.suffix
+
+
+def temporary_name(path: str | Path, tag: str = "tmp") -> Path:
+    """A fresh hidden name beside ``path``: ``.<name>.<random>.<tag><extension>`` (not created)."""
+    path = Path(path)
+    return path.parent / f".{path.name}.{secrets.token_hex(4)}.{tag}{_extension(path)}"
+
+
+def _create_file(path: Path) -> Path:
+    """Create an empty temporary file beside ``path`` (``0o666`` under the umask)."""
+    for _ in range(_TRIES):
+        tmp = temporary_name(path)
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        except FileExistsError:
+            continue
+        os.close(fd)
+        return tmp
+    raise FileExistsError(f"{path.parent}: could not create a temporary file for {path.name}")
+
+
+@contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary file path beside ``path``; rename it onto ``path`` when the block ends.
+
+    Parent folders are created. The yielded file exists and is empty (writers may overwrite or
+    replace it). When the block raises (``KeyboardInterrupt`` included), the temporary file is
+    removed and ``path`` is left as it was.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _create_file(path)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+@contextmanager
+def atomic_dir(path: str | Path) -> Iterator[Path]:
+    """Yield a new temporary folder beside ``path``; move it onto ``path`` when the block ends.
+
+    The folder is named ``.<name>.tmp-<random>`` (``0o777`` under the umask). An existing
+    ``path`` folder is removed just before the rename (a folder cannot be replaced in one
+    step). When the block raises, the temporary folder and everything in it are removed.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    for _ in range(_TRIES):
+        tmp = path.parent / f".{path.name}.tmp-{secrets.token_hex(4)}"
+        try:
+            tmp.mkdir()
+            break
+        except FileExistsError:
+            continue
+    else:
+        raise FileExistsError(f"{path.parent}: could not create a temporary folder for {path.name}")
+    try:
+        yield tmp
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        os.replace(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def write_bytes(path: str | Path, data: bytes) -> Path:
+    """Write ``data`` to ``path`` atomically; returns ``path``."""
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+    return path
+
+
+def write_text(path: str | Path, text: str, encoding: str = "utf-8") -> Path:
+    """Write ``text`` to ``path`` atomically (no newline translation); returns ``path``."""
+    path = Path(path)
+    with atomic_path(path) as tmp, open(tmp, "w", encoding=encoding, newline="") as fh:
+        fh.write(text)
+    return path
+
+
+def write_json(path: str | Path, obj: Any, indent: int | None = 1) -> Path:
+    """Write ``obj`` as JSON (followed by a newline) to ``path`` atomically; returns ``path``."""
+    return write_text(path, json.dumps(obj, indent=indent) + "\n")

@@ -1,0 +1,87 @@
+"""Atomic writes: the target appears whole or not at all, with ordinary file permissions."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+
+import numpy as np
+import pytest
+
+from glioseg.io_atomic import atomic_dir, atomic_path, write_bytes, write_json, write_text
+
+
+@pytest.fixture
+def umask_027():
+    old = os.umask(0o027)
+    try:
+        yield
+    finally:
+        os.umask(old)
+
+
+def _mode(path) -> int:
+    return stat.S_IMODE(os.stat(path).st_mode)
+
+
+def test_success_renames_onto_the_target_with_umask_permissions(tmp_path, umask_027):
+    target = tmp_path / "sub" / "out.bin"
+    with atomic_path(target) as tmp:
+        assert tmp.parent == target.parent and tmp.name.startswith(".out.bin.")
+        assert tmp.is_file() and not target.exists()
+        tmp.write_bytes(b"abc")
+    assert target.read_bytes() == b"abc"
+    assert _mode(target) == 0o640  # 0o666 under umask 027; mkstemp would give 0o600
+    assert sorted(p.name for p in target.parent.iterdir()) == ["out.bin"]
+
+
+def test_error_keeps_the_old_file_and_removes_the_temporary(tmp_path):
+    target = tmp_path / "out.json"
+    target.write_text("old")
+    with pytest.raises(KeyboardInterrupt), atomic_path(target) as tmp:
+        tmp.write_text("half")
+        raise KeyboardInterrupt
+    assert target.read_text() == "old"
+    assert [p.name for p in tmp_path.iterdir()] == ["out.json"]
+
+
+@pytest.mark.parametrize("name, ext", [("a.nii.gz", ".nii.gz"), ("A.NII.GZ", ".NII.GZ"),
+                                       ("x.npy", ".npy"), ("W39_1998.09.19_Segm.nii", ".nii"),
+                                       ("plain", "")])
+def test_temporary_keeps_the_extension_last(tmp_path, name, ext):
+    with atomic_path(tmp_path / name) as tmp:
+        assert tmp.name.endswith(".tmp" + ext)
+
+
+def test_numpy_save_does_not_append_a_second_extension(tmp_path):
+    target = tmp_path / "image.npy"
+    with atomic_path(target) as tmp:
+        np.save(tmp, np.arange(3))
+    np.testing.assert_array_equal(np.load(target), [0, 1, 2])
+    assert [p.name for p in tmp_path.iterdir()] == ["image.npy"]
+
+
+def test_write_helpers(tmp_path, umask_027):
+    assert write_bytes(tmp_path / "b", b"\x00\x01").read_bytes() == b"\x00\x01"
+    assert write_text(tmp_path / "t.csv", "a\r\nb\n").read_bytes() == b"a\r\nb\n"
+    obj = {"x": [1, 2.5], "y": None}
+    path = write_json(tmp_path / "o.json", obj)
+    assert json.loads(path.read_text()) == obj and path.read_text().endswith("\n")
+    assert {_mode(p) for p in tmp_path.iterdir()} == {0o640}
+
+
+def test_atomic_dir_replaces_a_folder_whole(tmp_path, umask_027):
+    target = tmp_path / "case"
+    target.mkdir()
+    (target / "old.txt").write_text("old")
+    with atomic_dir(target) as tmp:
+        assert tmp.name.startswith(".case.tmp-") and tmp.is_dir()
+        (tmp / "new.txt").write_text("new")
+    assert [p.name for p in target.iterdir()] == ["new.txt"]
+    assert _mode(target) == 0o750
+    with pytest.raises(RuntimeError), atomic_dir(target) as tmp:
+        (tmp / "partial.txt").write_text("x")
+        raise RuntimeError("disk full")
+    assert [p.name for p in target.iterdir()] == ["new.txt"]
+    assert [p.name for p in tmp_path.iterdir()] == ["case"]

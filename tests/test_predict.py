@@ -1,0 +1,310 @@
+"""``predict_dir`` / ``glioseg predict`` end to end on tiny NIfTI cases.
+
+The network here is a registered 1x1x1 convolution with hand-set weights: region logit k is
+``10 * zscore(channel c_k)``. Each case is built so that every modality is 1 over the brain
+and 5 in one nested blob (FLAIR: whole tumour, T1ce: tumour core, T1: enhancing tumour), so
+the z-scored value is positive exactly inside the blob whatever the brain's mean and std.
+The expected labels are therefore known voxel by voxel on the input grid without running any
+project code, and the output grid is checked against the input with nibabel directly.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from glioseg.data.labels import MODALITIES
+from glioseg.infer.predict import PredictOptions, load_model, predict_case, predict_dir
+from glioseg.model.card import ModelCard, save_model
+from glioseg.model.registry import ModelConfig, build_model, register_model
+
+torch.set_num_threads(1)
+
+ARCH = "pointwise-test"
+GAIN = 10.0
+# region k (WT, TC, ET) reads modality SOURCE[k]
+SOURCE = ("flair", "t1ce", "t1")
+
+
+class Pointwise(torch.nn.Module):
+    """(B, 4, x, y, z) -> (B, 3, x, y, z) by one 1x1x1 convolution; sizes multiple of 4."""
+
+    divisor = 4
+    divisors = (4, 4, 4)
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.config = cfg
+        self.conv = torch.nn.Conv3d(cfg.in_channels, cfg.out_channels, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not torch.jit.is_tracing():
+            assert all(s % 4 == 0 for s in x.shape[2:]), x.shape  # the window honours divisor
+        return self.conv(x)
+
+
+register_model(ARCH, Pointwise, overwrite=True)
+
+
+def save_pointwise(folder: Path, bias: tuple[float, float, float] = (0, 0, 0),
+                   **card_fields) -> Path:
+    cfg = ModelConfig(arch=ARCH, patch_size=(8, 8, 8))
+    net = build_model(cfg)
+    with torch.no_grad():
+        net.conv.weight.zero_()
+        net.conv.bias.copy_(torch.tensor(bias))
+        for k, m in enumerate(SOURCE):
+            net.conv.weight[k, MODALITIES.index(m)] = GAIN
+    return save_model(folder, net, ModelCard.for_model(net, label_scheme="brats2021",
+                                                       **card_fields))
+
+
+def oblique_affine(spacing: tuple[float, float, float]) -> np.ndarray:
+    """A rotated, translated, anisotropic voxel-to-world matrix."""
+    a, b = 0.3, -0.2
+    rz = np.array([[np.cos(a), -np.sin(a), 0], [np.sin(a), np.cos(a), 0], [0, 0, 1]])
+    rx = np.array([[1, 0, 0], [0, np.cos(b), -np.sin(b)], [0, np.sin(b), np.cos(b)]])
+    aff = np.eye(4)
+    aff[:3, :3] = rz @ rx @ np.diag(spacing)
+    aff[:3, 3] = (-31.5, 12.25, -7.0)
+    return aff
+
+
+def make_case(shape=(21, 19, 15)) -> tuple[np.ndarray, np.ndarray]:
+    """``(4, X, Y, Z)`` image and the expected brats2021 labels ``(X, Y, Z)``.
+
+    The brain box touches the x = 0 face and the y = max face; the tumour touches x = 0.
+    """
+    brain = np.zeros(shape, bool)
+    brain[0:17, 3:, 2:13] = True
+    wt = np.zeros(shape, bool)
+    wt[0:9, 6:15, 4:11] = True
+    tc = np.zeros(shape, bool)
+    tc[0:6, 8:13, 5:10] = True
+    et = np.zeros(shape, bool)
+    et[1:4, 9:12, 6:9] = True
+    blob = {"flair": wt, "t1ce": tc, "t1": et, "t2": wt}
+    image = np.stack([np.where(blob[m], 5.0, 1.0) * brain for m in MODALITIES]).astype(np.float32)
+    expected = np.zeros(shape, np.uint8)
+    expected[wt] = 2
+    expected[tc] = 1
+    expected[et] = 4
+    return image, expected
+
+
+def write_case(root: Path, case_id: str, image: np.ndarray, affine: np.ndarray) -> Path:
+    folder = root / case_id
+    folder.mkdir(parents=True)
+    for m, vol in zip(MODALITIES, image, strict=True):
+        nib.save(nib.Nifti1Image(vol, affine), folder / f"{case_id}_{m}.nii.gz")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return save_pointwise(tmp_path_factory.mktemp("model") / "ckpt")
+
+
+def test_output_on_the_input_grid(ckpt: Path, tmp_path: Path) -> None:
+    image, expected = make_case()
+    affine = oblique_affine((1.2, 0.9, 2.0))
+    write_case(tmp_path / "data", "BraTS2021_00007", image, affine)
+    summary = predict_dir([ckpt], tmp_path / "data", tmp_path / "out", progress=False)
+    assert summary.predicted == ["BraTS2021_00007"] and not summary.failed
+    src = nib.load(tmp_path / "data" / "BraTS2021_00007" / "BraTS2021_00007_flair.nii.gz")
+    out = nib.load(tmp_path / "out" / "BraTS2021_00007.nii.gz")
+    assert out.shape == src.shape
+    np.testing.assert_allclose(out.affine, src.affine, atol=1e-5)
+    np.testing.assert_allclose(out.header.get_zooms(), src.header.get_zooms(), rtol=1e-6)
+    assert nib.aff2axcodes(out.affine) == nib.aff2axcodes(src.affine)
+    assert out.get_data_dtype() == np.uint8
+    np.testing.assert_array_equal(np.asarray(out.dataobj), expected)
+    assert not [p for p in (tmp_path / "out").iterdir() if p.name.startswith(".")]
+
+
+def test_probabilities_and_resampling_card(tmp_path: Path) -> None:
+    # a model working at 1.5 mm: the case (1.2 x 0.9 x 2.0 mm) is resampled there and back.
+    # The bias puts each region's boundary at the middle of the 1 -> 5 intensity step
+    # (z-score of 3 over the brain), so interpolation cannot move it systematically.
+    image, expected = make_case_big()
+    brain = np.any(image != 0, axis=0)
+    values = [image[MODALITIES.index(m)][brain].astype(np.float64) for m in SOURCE]
+    bias = tuple(-GAIN * (3.0 - v.mean()) / v.std() for v in values)
+    ckpt = save_pointwise(tmp_path / "m15", bias=bias, preprocessing={
+        "spacing": [1.5, 1.5, 1.5], "normalisation": "zscore-brain"})
+    affine = oblique_affine((1.2, 0.9, 2.0))
+    write_case(tmp_path / "data", "BraTS2021_00001", image, affine)
+    opts = PredictOptions(probabilities=True)
+    assert predict_dir([ckpt], tmp_path / "data", tmp_path / "out", opts, progress=False).ok
+    out = nib.load(tmp_path / "out" / "BraTS2021_00001.nii.gz")
+    prob = nib.load(tmp_path / "out" / "BraTS2021_00001_probabilities.nii.gz")
+    assert out.shape == expected.shape and prob.shape == (*expected.shape, 3)
+    np.testing.assert_allclose(prob.affine, affine, atol=1e-5)
+    np.testing.assert_allclose(out.affine, affine, atol=1e-5)
+    got = np.asarray(out.dataobj)
+    probs = np.asarray(prob.dataobj)
+    assert probs.min() >= 0 and probs.max() <= 1 and not probs[~brain].any()
+    for k, labels in enumerate(((1, 2, 4), (1, 4), (4,))):  # WT, TC, ET
+        ref = np.isin(expected, labels)
+        pred = np.isin(got, labels)
+        # one-voxel boundary changes of 1.5 mm resampling on boxes 5..26 voxels wide
+        assert 2 * (pred & ref).sum() / (pred.sum() + ref.sum()) > 0.95, labels
+        # the probability map and the labels tell the same story for WT (no nesting union)
+        if k == 0:
+            assert ((probs[..., 0] > 0.5) == pred).mean() > 0.99
+
+
+def make_case_big() -> tuple[np.ndarray, np.ndarray]:
+    """A larger case (tumour regions a few voxels thick after 1.5 mm resampling)."""
+    shape = (40, 44, 22)
+    brain = np.zeros(shape, bool)
+    brain[2:38, 2:42, 1:21] = True
+    wt = np.zeros(shape, bool)
+    wt[6:30, 8:34, 4:17] = True
+    tc = np.zeros(shape, bool)
+    tc[10:26, 12:30, 6:15] = True
+    et = np.zeros(shape, bool)
+    et[13:23, 15:27, 8:13] = True
+    blob = {"flair": wt, "t1ce": tc, "t1": et, "t2": wt}
+    image = np.stack([np.where(blob[m], 5.0, 1.0) * brain for m in MODALITIES]).astype(np.float32)
+    expected = np.zeros(shape, np.uint8)
+    expected[wt] = 2
+    expected[tc] = 1
+    expected[et] = 4
+    return image, expected
+
+
+def _cohort(root: Path, n: int = 3) -> list[str]:
+    image, _ = make_case()
+    ids = [f"BraTS2021_{i:05d}" for i in range(n)]
+    for i, cid in enumerate(ids):
+        write_case(root, cid, image, oblique_affine((1.0, 1.0, 1.0 + 0.5 * i)))
+    return ids
+
+
+def _corrupt(root: Path, case_id: str) -> Path:
+    path = root / case_id / f"{case_id}_flair.nii.gz"
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])  # truncated gzip stream
+    return path
+
+
+def test_bad_case_isolated_and_exit_status(ckpt: Path, tmp_path: Path) -> None:
+    from glioseg.cli import app
+
+    ids = _cohort(tmp_path / "data")
+    _corrupt(tmp_path / "data", ids[1])
+    result = CliRunner().invoke(app, ["predict", "--model", str(ckpt), "--input",
+                                      str(tmp_path / "data"), "--output", str(tmp_path / "out")])
+    assert result.exit_code == 1, result.output
+    assert f"FAILED {ids[1]}" in result.output and "flair" in result.output
+    assert "predicted 2" in result.output and "failed 1" in result.output
+    assert (tmp_path / "out" / f"{ids[0]}.nii.gz").is_file()
+    assert (tmp_path / "out" / f"{ids[2]}.nii.gz").is_file()
+    assert not (tmp_path / "out" / f"{ids[1]}.nii.gz").exists()
+    record = json.loads((tmp_path / "out" / "predict.json").read_text())
+    assert set(record["failed"]) == {ids[1]} and record["predicted"] == [ids[0], ids[2]]
+
+
+def test_resume_skips_done_cases(ckpt: Path, tmp_path: Path) -> None:
+    ids = _cohort(tmp_path / "data")
+    flair = _corrupt(tmp_path / "data", ids[1])
+    out = tmp_path / "out"
+    first = predict_dir([ckpt], tmp_path / "data", out, progress=False)
+    assert first.predicted == [ids[0], ids[2]] and list(first.failed) == [ids[1]]
+    stamps = {c: (out / f"{c}.nii.gz").stat().st_mtime_ns for c in (ids[0], ids[2])}
+    # repair the bad case: a second run predicts only it and leaves the others untouched
+    image, expected = make_case()
+    flair.unlink()
+    nib.save(nib.Nifti1Image(image[MODALITIES.index("flair")], oblique_affine((1, 1, 1.5))),
+             flair)
+    second = predict_dir([ckpt], tmp_path / "data", out, progress=False)
+    assert second.predicted == [ids[1]] and second.skipped == [ids[0], ids[2]] and second.ok
+    assert {c: (out / f"{c}.nii.gz").stat().st_mtime_ns for c in stamps} == stamps
+    np.testing.assert_array_equal(np.asarray(nib.load(out / f"{ids[1]}.nii.gz").dataobj),
+                                  expected)
+    third = predict_dir([ckpt], tmp_path / "data", out, progress=False)
+    assert third.predicted == [] and third.skipped == ids
+    forced = predict_dir([ckpt], tmp_path / "data", out, PredictOptions(overwrite=True),
+                         progress=False)
+    assert forced.predicted == ids
+
+
+def test_missing_sequence(tmp_path: Path) -> None:
+    image, expected = make_case()
+    write_case(tmp_path / "data", "BraTS2021_00003", image, np.eye(4))
+    (tmp_path / "data" / "BraTS2021_00003" / "BraTS2021_00003_t2.nii.gz").unlink()
+    strict = save_pointwise(tmp_path / "strict")
+    summary = predict_dir([strict], tmp_path / "data", tmp_path / "o1", progress=False)
+    msg = summary.failed["BraTS2021_00003"]
+    assert "BraTS2021_00003" in msg and "missing sequence t2" in msg
+    # a card that allows a missing sequence fills it with zeros (T2 is unused by this net)
+    lenient = save_pointwise(tmp_path / "lenient", preprocessing={
+        "spacing": None, "normalisation": "zscore-brain", "missing_modality": "zeros"})
+    assert predict_dir([lenient], tmp_path / "data", tmp_path / "o2", progress=False).ok
+    got = np.asarray(nib.load(tmp_path / "o2" / "BraTS2021_00003.nii.gz").dataobj)
+    np.testing.assert_array_equal(got, expected)
+
+
+def test_et_rule_from_card_and_override(tmp_path: Path) -> None:
+    image, expected = make_case()
+    n_et = int((expected == 4).sum())
+    ckpt = save_pointwise(tmp_path / "m", et_threshold=n_et + 1)
+    net, card = load_model(ckpt)
+    relabelled = np.where(expected == 4, 1, expected)
+    got = predict_case(net, image, card=card, scheme="brats2021")
+    np.testing.assert_array_equal(got, relabelled)  # ET smaller than the card's threshold
+    got = predict_case(net, image, card=card, scheme="brats2020", et_min_voxels=n_et)
+    np.testing.assert_array_equal(got, expected)  # the command line's threshold wins
+    got = predict_case(net, image, card=card, scheme="brats2023", et_min_voxels=n_et)
+    np.testing.assert_array_equal(got, np.where(expected == 4, 3, expected))
+
+
+def test_ensemble_averages_probabilities(ckpt: Path) -> None:
+    # two folds, WT logits z and 0.5 - z (TC, ET off); the average of their sigmoids, by hand,
+    # is above 0.5 in the blob and in the rest of the brain, where each fold alone is not
+    image, _ = make_case()
+    folds = []
+    for a, b in ((1.0, 0.0), (-1.0, 0.5)):
+        net, card = load_model(ckpt)
+        with torch.no_grad():
+            net.conv.weight.zero_()
+            net.conv.weight[0, MODALITIES.index("flair")] = a
+            net.conv.bias.copy_(torch.tensor([b, -20.0, -20.0]))
+        folds.append((net, card))
+    brain = np.any(image != 0, axis=0)
+    flair = image[MODALITIES.index("flair")].astype(np.float64)
+    z = np.where(brain, (flair - flair[brain].mean()) / flair[brain].std(), 0.0)
+    p1, p2 = 1 / (1 + np.exp(-z)), 1 / (1 + np.exp(z - 0.5))
+    p = (p1 + p2) / 2
+    assert np.abs(p[brain] - 0.5).min() > 0.02  # no voxel near the threshold
+    expected = np.where((p > 0.5) & brain, 2, 0)
+    assert not np.array_equal(expected > 0, (p1 > 0.5) & brain)
+    assert not np.array_equal(expected > 0, (p2 > 0.5) & brain)
+    got = predict_case(folds, image, scheme="brats2021")
+    np.testing.assert_array_equal(got, expected)
+
+
+@pytest.mark.parametrize("options", [{"engine": "onnxruntime"}, {"engine": "openvino"},
+                                     {"engine": "torch", "tta": True, "overlap": 0.75}])
+def test_engines_and_tta_give_the_same_labels(ckpt: Path, tmp_path: Path, options) -> None:
+    image, expected = make_case()
+    write_case(tmp_path / "data", "BraTS2021_00005", image, oblique_affine((1, 1, 1)))
+    opts = PredictOptions(batch=2, threads=1, **options)
+    assert predict_dir([ckpt], tmp_path / "data", tmp_path / "out", opts, progress=False).ok
+    got = np.asarray(nib.load(tmp_path / "out" / "BraTS2021_00005.nii.gz").dataobj)
+    np.testing.assert_array_equal(got, expected)
+
+
+def test_truncated_file_message_names_case_and_file(ckpt: Path, tmp_path: Path) -> None:
+    ids = _cohort(tmp_path / "data", n=1)
+    _corrupt(tmp_path / "data", ids[0])
+    summary = predict_dir([ckpt], tmp_path / "data", tmp_path / "out", progress=False)
+    msg = summary.failed[ids[0]]
+    assert msg.startswith(ids[0]) and f"{ids[0]}_flair.nii.gz" in msg
