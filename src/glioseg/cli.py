@@ -356,22 +356,32 @@ def bench_eval_cmd(
         _fail(str(exc))
 
 
+# Options shared by train, finetune and pretrain (one definition, one help text).
+ConfigOpt = Annotated[str | None, typer.Option("--config", help="YAML file or preset (small, "
+                                               "full); default small, or OUT/config.yaml with "
+                                               "--resume.")]
+SetOpt = Annotated[list[str] | None, typer.Option("--set", help="Override, e.g. train.steps=200 "
+                                                  "(repeatable).")]
+ResumeOpt = Annotated[bool, typer.Option(help="Continue the run in OUT (an error if it has no "
+                                         "checkpoint).")]
+NprocOpt = Annotated[int, typer.Option(help="Processes per node (torchrun).")]
+NnodesOpt = Annotated[int, typer.Option(help="Nodes (torchrun, c10d rendezvous).")]
+NodeRankOpt = Annotated[int, typer.Option(help="This node's rank.")]
+RdzvOpt = Annotated[str | None, typer.Option(help="HOST:PORT every node reaches.")]
+
+
 @app.command()
 def train(
     out: Annotated[Path, typer.Option("--out", help="Run folder: checkpoints, metrics, curves.")],
     data: Annotated[Path | None, typer.Option("--data", help="A preprocessed cache, or a raw "
                                               "BraTS folder (preprocessed into OUT/cache).")] = None,
-    config: Annotated[str | None, typer.Option("--config", help="YAML file or preset (small, "
-                                               "full); default small, or OUT/config.yaml with "
-                                               "--resume.")] = None,
-    set_: Annotated[list[str] | None, typer.Option("--set", help="Override, e.g. train.steps=200 "
-                                                   "(repeatable).")] = None,
-    resume: Annotated[bool, typer.Option(help="Continue the run in OUT (an error if it has no "
-                                         "checkpoint).")] = False,
-    nproc: Annotated[int, typer.Option(help="Processes per node (torchrun).")] = 1,
-    nnodes: Annotated[int, typer.Option(help="Nodes (torchrun, c10d rendezvous).")] = 1,
-    node_rank: Annotated[int, typer.Option(help="This node's rank.")] = 0,
-    rdzv_endpoint: Annotated[str | None, typer.Option(help="HOST:PORT every node reaches.")] = None,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    resume: ResumeOpt = False,
+    nproc: NprocOpt = 1,
+    nnodes: NnodesOpt = 1,
+    node_rank: NodeRankOpt = 0,
+    rdzv_endpoint: RdzvOpt = None,
     max_restarts: Annotated[int, typer.Option(help="torchrun restarts of crashed workers (they "
                                               "resume from the last checkpoint).")] = 0,
     spacing: Annotated[float | None, typer.Option(help="Resample raw --data to this isotropic "
@@ -438,12 +448,6 @@ def _launch_training(out: Path, data: Path | None, config: str | None,
         typer.echo(f"step {summary['step']}; run in {out}")
 
 
-_DIST_HELP = {
-    "nproc": "Processes per node (torchrun).",
-    "nnodes": "Nodes (torchrun, c10d rendezvous).",
-}
-
-
 @app.command()
 def finetune(
     from_: Annotated[Path, typer.Option("--from", help="Pretrained model: a run's best/ or "
@@ -460,15 +464,13 @@ def finetune(
     layer_decay: Annotated[float, typer.Option(help="Learning-rate factor per stage towards the "
                                                "input (0: the strategy's default).")] = 0.0,
     new_head: Annotated[bool, typer.Option(help="Start the output heads afresh.")] = False,
-    config: Annotated[str | None, typer.Option("--config", help="YAML file or preset (small, "
-                                               "full); default small.")] = None,
-    set_: Annotated[list[str] | None, typer.Option("--set", help="Override, e.g. "
-                                                   "train.steps=200 (repeatable).")] = None,
-    resume: Annotated[bool, typer.Option(help="Continue the run in OUT.")] = False,
-    nproc: Annotated[int, typer.Option(help=_DIST_HELP["nproc"])] = 1,
-    nnodes: Annotated[int, typer.Option(help=_DIST_HELP["nnodes"])] = 1,
-    node_rank: Annotated[int, typer.Option(help="This node's rank.")] = 0,
-    rdzv_endpoint: Annotated[str | None, typer.Option(help="HOST:PORT every node reaches.")] = None,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    resume: ResumeOpt = False,
+    nproc: NprocOpt = 1,
+    nnodes: NnodesOpt = 1,
+    node_rank: NodeRankOpt = 0,
+    rdzv_endpoint: RdzvOpt = None,
     spacing: Annotated[float | None, typer.Option(help="Resample raw --data to this isotropic "
                                                   "spacing (mm); default: the model card's.")] = None,
 ) -> None:
@@ -517,15 +519,13 @@ def pretrain(
                                               "labels are not needed.")] = None,
     modalities: Annotated[str | None, typer.Option(help="Sequences by name, in input order "
                                                    "(default t1,t1ce,t2,flair).")] = None,
-    config: Annotated[str | None, typer.Option("--config", help="YAML file or preset (small, "
-                                               "full); default small.")] = None,
-    set_: Annotated[list[str] | None, typer.Option("--set", help="Override, e.g. "
-                                                   "train.steps=200 (repeatable).")] = None,
-    resume: Annotated[bool, typer.Option(help="Continue the run in OUT.")] = False,
-    nproc: Annotated[int, typer.Option(help=_DIST_HELP["nproc"])] = 1,
-    nnodes: Annotated[int, typer.Option(help=_DIST_HELP["nnodes"])] = 1,
-    node_rank: Annotated[int, typer.Option(help="This node's rank.")] = 0,
-    rdzv_endpoint: Annotated[str | None, typer.Option(help="HOST:PORT every node reaches.")] = None,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    resume: ResumeOpt = False,
+    nproc: NprocOpt = 1,
+    nnodes: NnodesOpt = 1,
+    node_rank: NodeRankOpt = 0,
+    rdzv_endpoint: RdzvOpt = None,
     spacing: Annotated[float | None, typer.Option(help="Resample raw --data to this isotropic "
                                                   "spacing (mm) when preprocessing.")] = None,
 ) -> None:
