@@ -222,15 +222,24 @@ def import_monai_segresnet(
         deep_supervision=False,
         patch_size=(128, 128, 128),
     )
+    return _import_whole(cfg, state, path, modalities, regions, "brats2020", "monai-segresnet",
+                         canonical)
+
+
+
+def _import_whole(cfg: ModelConfig, state: dict[str, torch.Tensor], path: Path,
+                  modalities: Sequence[str], regions: Sequence[str], label_scheme: str,
+                  kind: str, canonical: bool) -> ImportedModel:
+    """Load a whole MONAI network (SegResNet, SwinUNETR) strictly and give it a card: 1 mm,
+    z-scored inside the brain, the modalities and regions the user named."""
     _check_names(cfg, modalities, regions, path)
     model = _load_strict(cfg, state, path)
     card = ModelCard.for_model(
-        cfg, modalities=tuple(modalities), regions=tuple(regions), label_scheme="brats2020",
+        cfg, modalities=tuple(modalities), regions=tuple(regions), label_scheme=label_scheme,
         preprocessing={"spacing": [1.0, 1.0, 1.0], "normalisation": "zscore-brain"},
-        provenance=_provenance(path, "monai-segresnet"))
+        provenance=_provenance(path, kind))
     imported = ImportedModel(model, dict(model.state_dict()), card)
     return _canonical(imported) if canonical else imported
-
 
 def _check_names(cfg: ModelConfig, modalities: Sequence[str], regions: Sequence[str],
                  path: Path) -> None:
@@ -287,14 +296,8 @@ def import_swinunetr(
         raise ForeignCheckpointError(f"{path}: not a whole SwinUNETR (no out.conv weights); for "
                                      "the self-supervised encoder use kind 'swinvit-ssl'")
     cfg = _swin_config(state, path, int(state["out.conv.conv.weight"].shape[0]))
-    _check_names(cfg, modalities, regions, path)
-    model = _load_strict(cfg, state, path)
-    card = ModelCard.for_model(
-        cfg, modalities=tuple(modalities), regions=tuple(regions), label_scheme="brats2021",
-        preprocessing={"spacing": [1.0, 1.0, 1.0], "normalisation": "zscore-brain"},
-        provenance=_provenance(path, "monai-swinunetr"))
-    imported = ImportedModel(model, dict(model.state_dict()), card)
-    return _canonical(imported) if canonical else imported
+    return _import_whole(cfg, state, path, modalities, regions, "brats2021", "monai-swinunetr",
+                         canonical)
 
 
 def swinvit_ssl_key(key: str) -> str | None:
