@@ -226,7 +226,6 @@ def import_monai_segresnet(
                          canonical)
 
 
-
 def _import_whole(cfg: ModelConfig, state: dict[str, torch.Tensor], path: Path,
                   modalities: Sequence[str], regions: Sequence[str], label_scheme: str,
                   kind: str, canonical: bool) -> ImportedModel:
@@ -240,6 +239,7 @@ def _import_whole(cfg: ModelConfig, state: dict[str, torch.Tensor], path: Path,
         provenance=_provenance(path, kind))
     imported = ImportedModel(model, dict(model.state_dict()), card)
     return _canonical(imported) if canonical else imported
+
 
 def _check_names(cfg: ModelConfig, modalities: Sequence[str], regions: Sequence[str],
                  path: Path) -> None:
