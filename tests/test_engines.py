@@ -58,7 +58,7 @@ def test_sliding_window_same_through_engines(net: torch.nn.Module, onnx_file: Pa
     x = torch.randn(4, 30, 20, 18)
     ref = sliding_window_inference(x, TorchEngine(net, channels_last=False), (16, 16, 16),
                                    batch_size=2, divisor=4)
-    for engine in (TorchEngine(net), OnnxRuntimeEngine(onnx_file, threads=1),
+    for engine in (TorchEngine(net, channels_last=True), OnnxRuntimeEngine(onnx_file, threads=1),
                    OpenVinoEngine(onnx_file, threads=1)):
         got = sliding_window_inference(x, engine, (16, 16, 16), batch_size=2, divisor=4)
         torch.testing.assert_close(got, ref, rtol=0, atol=PARITY_ATOL)

@@ -176,10 +176,10 @@ def test_an_unexpected_error_stays_with_its_case(tmp_path, monkeypatch):
         write_brats_case(tmp_path, "brats2021", i)
     real = inspect_module.examine_case
 
-    def flaky(case, read_voxels=True):
+    def flaky(case, **kwargs):
         if case.case_id == "BraTS2021_00002":
             raise MemoryError("out of memory")
-        return real(case, read_voxels=read_voxels)
+        return real(case, **kwargs)
 
     monkeypatch.setattr(inspect_module, "examine_case", flaky)
     result = _invoke(tmp_path)

@@ -308,3 +308,34 @@ def test_truncated_file_message_names_case_and_file(ckpt: Path, tmp_path: Path) 
     summary = predict_dir([ckpt], tmp_path / "data", tmp_path / "out", progress=False)
     msg = summary.failed[ids[0]]
     assert msg.startswith(ids[0]) and f"{ids[0]}_flair.nii.gz" in msg
+
+
+def test_output_labels_in_the_input_scheme(tmp_path: Path) -> None:
+    # a card trained on BraTS 2023 files (ET = 3) predicting BraTS 2021 cases (ET = 4): the
+    # outputs follow the input's convention, so `glioseg evaluate` reads them as the truth's
+    net, _ = load_model(save_pointwise(tmp_path / "m"))
+    ckpt = save_model(tmp_path / "m23", net, ModelCard.for_model(net, label_scheme="brats2023"))
+    image, expected = make_case()
+    write_case(tmp_path / "data", "BraTS2021_00002", image, oblique_affine((1, 1, 1)))
+    assert predict_dir([ckpt], tmp_path / "data", tmp_path / "o1", progress=False).ok
+    got = np.asarray(nib.load(tmp_path / "o1" / "BraTS2021_00002.nii.gz").dataobj)
+    np.testing.assert_array_equal(got, expected)
+    asked = PredictOptions(scheme="brats2023")
+    assert predict_dir([ckpt], tmp_path / "data", tmp_path / "o2", asked, progress=False).ok
+    got = np.asarray(nib.load(tmp_path / "o2" / "BraTS2021_00002.nii.gz").dataobj)
+    np.testing.assert_array_equal(got, np.where(expected == 4, 3, expected))
+
+
+def test_top_level_api_is_the_inference_api_and_loads_lazily():
+    import subprocess
+    import sys
+
+    import glioseg
+    from glioseg.infer import predict as P
+
+    assert glioseg.load_model is P.load_model and glioseg.predict_case is P.predict_case
+    with pytest.raises(AttributeError, match="no attribute 'nope'"):
+        glioseg.nope  # noqa: B018
+    code = "import sys, glioseg; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"

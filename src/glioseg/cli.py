@@ -52,12 +52,15 @@ def synth(
 def inspect(
     data_dir: Annotated[Path, typer.Argument(help="A BraTS/MSD data folder or one case folder.")],
     quick: Annotated[bool, typer.Option(help="Headers only: skip voxel checks.")] = False,
+    modalities: Annotated[str | None, typer.Option(help="The sequences to use, e.g. t2,t1: a "
+                                                   "case needs only those (default: all "
+                                                   "four).")] = None,
 ) -> None:
     """Discover and validate cases; print a table; exit non-zero if any case is bad."""
     from glioseg.data.inspect import inspect_dir
 
     try:
-        n_bad = inspect_dir(data_dir, read_voxels=not quick)
+        n_bad = inspect_dir(data_dir, read_voxels=not quick, modalities=modalities)
     except ValueError as exc:
         _fail(str(exc))
     if n_bad:
@@ -87,12 +90,17 @@ def preprocess(
     output: Annotated[Path, typer.Option("-o", "--output", help="Cache folder.")],
     spacing: Annotated[float | None, typer.Option(help="Resample to this isotropic spacing (mm).")] = None,
     workers: Annotated[int, typer.Option(help="Parallel processes.")] = 1,
+    modalities: Annotated[str | None, typer.Option(help="The sequences to use, e.g. t2,t1: a "
+                                                   "case needs only those; the others are "
+                                                   "stored as zero channels marked missing "
+                                                   "(default: all four).")] = None,
 ) -> None:
     """Crop to the brain, z-score per modality, optionally resample; write a memory-mappable cache."""
     from glioseg.preprocess.run import preprocess_dir
 
     try:
-        ids = preprocess_dir(data_dir, output, spacing=spacing, workers=workers)
+        ids = preprocess_dir(data_dir, output, spacing=spacing, workers=workers,
+                             modalities=modalities)
     except ValueError as exc:
         _fail(str(exc))
     typer.echo(f"{len(ids)} cases in {output}")
@@ -260,12 +268,12 @@ def export(
 ) -> None:
     """Export the network (dynamic spatial size) and check its outputs match PyTorch's."""
     from glioseg.infer.export import PARITY_ATOL, engine_for_file, export_model, parity
-    from glioseg.infer.predict import _in_channels, load_model, model_roi
+    from glioseg.infer.predict import _in_channels, load_model, model_divisor, model_roi
 
     try:
         net, _ = load_model(model)
         path = export_model(net, output, format, _in_channels(net), example_size=model_roi(net))
-        div = int(getattr(net, "divisor", 1))
+        div = model_divisor(net)
         size = tuple(max(div, 64 // div * div) for _ in range(3))
         diff = parity(net, engine_for_file(path), _in_channels(net), size=size)
     except ValueError as exc:
@@ -400,7 +408,8 @@ def _launch_training(out: Path, data: Path | None, config: str | None,
                      sets: list[str], *, resume: bool = False, nproc: int = 1, nnodes: int = 1,
                      node_rank: int = 0, rdzv_endpoint: str | None = None,
                      max_restarts: int = 0, spacing: float | None = None,
-                     profile: bool = False, profile_steps: int = 4) -> None:
+                     profile: bool = False, profile_steps: int = 4,
+                     modalities: list[str] | None = None) -> None:
     """What ``train``, ``finetune`` and ``pretrain`` share: resolve the config, prepare the
     data, then run here or relaunch this command's workers under torchrun."""
     import subprocess
@@ -414,7 +423,7 @@ def _launch_training(out: Path, data: Path | None, config: str | None,
             saved = out / "config.yaml"
             base = str(saved) if resume and saved.is_file() else "small"
         if data is not None:
-            cache = F.prepare_data(data, out, spacing=spacing)
+            cache = F.prepare_data(data, out, spacing=spacing, modalities=modalities)
             sets.append(f"data.cache_dir={cache.resolve()}")
         cfg = C.load_config(base, sets)
         if not cfg.data.cache_dir:
@@ -495,7 +504,7 @@ def finetune(
         sets = _card_model_overrides(card) + sets
     _launch_training(out, data, config, sets, resume=resume, nproc=nproc,
                      nnodes=nnodes, node_rank=node_rank, rdzv_endpoint=rdzv_endpoint,
-                     spacing=spacing)
+                     spacing=spacing, modalities=mods)
 
 
 _NOT_FROM_CARD = ("in_channels", "out_channels", "deep_supervision", "patch_size",
@@ -539,7 +548,7 @@ def pretrain(
         sets.insert(1, f"data.modalities=[{','.join(mods)}]")
     _launch_training(out, data, config, sets, resume=resume, nproc=nproc,
                      nnodes=nnodes, node_rank=node_rank, rdzv_endpoint=rdzv_endpoint,
-                     spacing=spacing)
+                     spacing=spacing, modalities=mods if modalities else None)
 
 
 @app.command()
@@ -637,12 +646,16 @@ def study_label_efficiency_cmd(
                                                    "(default; 2 with --quick).")] = None,
     steps: Annotated[int | None, typer.Option(help="Step budget of every target run "
                                               "(default 60; 20 with --quick).")] = None,
+    finetune_lr: Annotated[float | None, typer.Option(
+        help="Peak learning rate when fine-tuning a supervised source model (default 1e-4; "
+             "scratch and self-supervised arms keep the preset's).")] = None,
     quick: Annotated[bool, typer.Option(help="A ~2-minute version (small cohorts, short "
                                         "runs).")] = False,
 ) -> None:
     """Label efficiency on a synthetic target site: scratch vs fine-tuned (each strategy) vs
     self-supervised pretraining, with 1-8 labelled cases, equal step budgets; results.csv,
-    summary.md, plots and study.json (render with `glioseg report OUT`)."""
+    summary.md, plots and study.json (render with `glioseg report OUT`). About 25 minutes on a
+    2-core CPU; --quick about 2."""
     from dataclasses import replace
 
     from glioseg.study import StudyPlan, quick_plan, run_study
@@ -660,6 +673,8 @@ def study_label_efficiency_cmd(
         if steps is not None:
             changes["steps"] = steps
             changes["val_every"] = max(1, steps // 4)
+        if finetune_lr is not None:
+            changes["finetune_lr"] = finetune_lr
         if changes:
             plan = replace(plan, **changes)
         doc = run_study(out, plan)
@@ -668,6 +683,39 @@ def study_label_efficiency_cmd(
     typer.echo(doc["verdict"])
     typer.echo(f"wrote {out / 'results.csv'}, {out / 'summary.md'}, {out / 'study.json'} and "
                f"{len(doc['figures'])} figures in {doc['wall_s']:.0f} s")
+
+
+@app.command()
+def demo(
+    out: Annotated[Path, typer.Option("--out", help="Demo folder (re-running resumes it).")] =
+        Path("glioseg-demo"),
+    full: Annotated[bool, typer.Option(help="The 1 mm version with the full preset (for a "
+                                       "GPU; hours on a CPU).")] = False,
+    quick: Annotated[bool, typer.Option(help="A ~30 s version of the plumbing (tiny cohorts, "
+                                        "a few steps; the numbers mean nothing).")] = False,
+    dry_run: Annotated[bool, typer.Option(help="Print the plan and exit.")] = False,
+) -> None:
+    """Synthetic source and target sites -> domain shift -> train on the source -> fine-tune vs
+    scratch on a few target cases -> predict + BraTS metrics -> OUT/report.html (~5 min on 2
+    CPU cores)."""
+    from glioseg.demo import describe_plan, plan_for, run_demo
+
+    try:
+        plan = plan_for(quick=quick, full=full)
+        for line in describe_plan(plan):
+            typer.echo(line)
+        if dry_run:
+            return
+        result = run_demo(out, plan, log=lambda line: typer.echo(line))
+    except ValueError as exc:
+        _fail(str(exc))
+    typer.echo("")
+    typer.echo(result["table"])
+    typer.echo(result["verdict"])
+    typer.echo(f"report: {result['report'].resolve()}  ({result['wall_s']:.0f} s; "
+               f"ran {', '.join(result['ran']) or 'nothing'}"
+               + (f"; skipped {', '.join(result['skipped'])} (done before)"
+                  if result["skipped"] else "") + ")")
 
 
 def main() -> None:  # pragma: no cover - console entry point alias

@@ -157,12 +157,17 @@ def dice(a: np.ndarray, b: np.ndarray) -> float:
     return 1.0 if s == 0 else 2.0 * int(np.logical_and(a, b).sum()) / s
 
 
-def region_dice(packed: np.ndarray, ref_packed: np.ndarray) -> dict[str, float]:
-    """WT/TC/ET Dice of two ``np.packbits`` of ``(3, X, Y, Z)`` bool region masks."""
-    a, b = np.unpackbits(packed), np.unpackbits(ref_packed)
-    n = min(a.size, b.size) // 3  # packbits pads to a whole byte
-    return {reg: round(dice(a[i * n:(i + 1) * n].astype(bool),
-                            b[i * n:(i + 1) * n].astype(bool)), 5)
+def region_dice(packed: np.ndarray, ref_packed: np.ndarray,
+                n_voxels: int) -> dict[str, float]:
+    """WT/TC/ET Dice of two ``np.packbits`` of ``(3, X, Y, Z)`` bool region masks.
+
+    ``n_voxels`` is ``X * Y * Z``: packbits pads the ``3 * n_voxels`` bits to a whole byte,
+    so the region boundaries cannot be read off the packed length.
+    """
+    a = np.unpackbits(packed, count=3 * n_voxels).astype(bool)
+    b = np.unpackbits(ref_packed, count=3 * n_voxels).astype(bool)
+    n = n_voxels
+    return {reg: round(dice(a[i * n:(i + 1) * n], b[i * n:(i + 1) * n]), 5)
             for i, reg in enumerate(REGIONS)}
 
 
@@ -277,6 +282,7 @@ def bench_predict(
         net, card = load_model(ckpt)
         roi = roi or model_roi(net)
         image = np.load(image_path)
+        n_vox = int(np.prod(image.shape[1:]))
         # the brain box on the network's grid (resampled when the card asks for a spacing)
         _, _, geo = preprocess_arrays(image, None, spacing, card_spacing(card))
         crop_shape = tuple(int(s) for s in geo["shape"])
@@ -305,7 +311,7 @@ def bench_predict(
             ref_regions = np.load(tmp / "ref.npy")
             crop_regions = np.load(tmp / "crop.npy")
             if truth is not None:
-                r["dice_truth"] = region_dice(ref_regions, truth)
+                r["dice_truth"] = region_dice(ref_regions, truth, n_vox)
             rows.append(r)
             print(f"  monai-reference:fp32 done: {r['seconds']:.1f} s", flush=True)
         for spec in engines:
@@ -320,10 +326,10 @@ def bench_predict(
             r["flops"] = n_ours * flops_window
             ours = np.load(tmp / "ours.npy")
             if ref_regions is not None and crop_regions is not None:
-                r["dice"] = region_dice(ours, ref_regions)
-                r["dice_crop"] = region_dice(ours, crop_regions)
+                r["dice"] = region_dice(ours, ref_regions, n_vox)
+                r["dice_crop"] = region_dice(ours, crop_regions, n_vox)
             if truth is not None:
-                r["dice_truth"] = region_dice(ours, truth)
+                r["dice_truth"] = region_dice(ours, truth, n_vox)
             rows.append(r)
     ref_s = rows[0]["seconds"] if reference and rows else None
     one_pass = flops_per_voxel * voxels_box

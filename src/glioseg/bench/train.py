@@ -10,8 +10,12 @@ and prints steps/s, patches/s, voxels/s, the data-wait fraction and the peak mem
 the process; CUDA max allocated on GPU). ``--amp`` compares precisions (``bf16,none``).
 
 ``--nproc N`` runs the same measurement under torchrun with N processes (gloo on CPU, NCCL on
-GPU) after the one-process run and prints the scaling efficiency
-``throughput(N) / (N x throughput(1))`` (global patches/s).
+GPU) after a one-process run and prints the scaling efficiency
+``throughput(N) / (N x throughput(1))`` (global patches/s). Both runs give each process the same
+CPU threads (``cores // N`` unless ``train.threads`` is set), so the figure measures what data
+parallelism costs (gradient all-reduce, waiting for the slowest rank, shared memory bandwidth)
+rather than how well one process's intra-op threading uses the cores; plain
+``glioseg bench train`` (no ``--nproc``) gives one process all the cores.
 """
 
 from __future__ import annotations
@@ -149,26 +153,29 @@ def run_local(preset: str, overrides: Sequence[str], amps: Sequence[str], steps:
     return results if info.is_main else []
 
 
-def _launch(nproc: int, args: list[str]) -> list[dict[str, Any]]:
-    """Re-run this benchmark under torchrun with ``nproc`` processes; read rank 0's JSON."""
+def _launch(nproc: int, args: list[str], threads: int) -> list[dict[str, Any]]:
+    """Re-run this benchmark under torchrun with ``nproc`` processes of ``threads`` OpenMP
+    threads each (unless ``OMP_NUM_THREADS`` is set); read rank 0's JSON."""
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "result.json"
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
                f"--nproc-per-node={nproc}", "-m", "glioseg.bench.train", *args,
                "--json", str(out)]
         proc = subprocess.run(cmd, env={**os.environ, "OMP_NUM_THREADS": os.environ.get(
-            "OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))})
+            "OMP_NUM_THREADS", str(threads))})
         if proc.returncode != 0 or not out.is_file():
             raise RuntimeError(f"torchrun with {nproc} processes failed (exit {proc.returncode})")
         return json.loads(out.read_text())
 
 
 def _print(rows: list[dict[str, Any]]) -> None:
-    head = (f"{'procs':>5} {'device':>7} {'amp':>5} {'data':>9} {'steps/s':>8} {'patches/s':>9} "
+    head = (f"{'procs':>5} {'thr':>3} {'device':>7} {'amp':>5} {'data':>9} {'steps/s':>8} "
+            f"{'patches/s':>9} "
             f"{'Mvox/s':>8} {'wait':>6} {'CPU s/step':>10} {'RSS MB':>8} {'CUDA MB':>8}")
     print(head)
     for r in rows:
-        print(f"{r['world_size']:>5} {r['device'][:7]:>7} {r['amp']:>5} {r['source']:>9} "
+        print(f"{r['world_size']:>5} {r['threads']:>3} {r['device'][:7]:>7} {r['amp']:>5} "
+              f"{r['source']:>9} "
               f"{r['steps_per_s']:8.3f} {r['patches_per_s']:9.2f} {r['voxels_per_s'] / 1e6:8.2f} "
               f"{r['data_wait']:6.1%} {r['cpu_s_per_step']:10.2f} {r['peak_rss_mb']:8.0f} {r['cuda_max_allocated_mb']:8.0f}")
 
@@ -203,8 +210,12 @@ def bench_train(
     if cache:
         args += ["--cache", str(cache)]
     if nproc > 1:
-        # the one-process baseline runs as a subprocess too, so both see the same environment
-        rows = _launch(1, args) + _launch(nproc, args)
+        # the one-process baseline runs as a subprocess too, so both see the same environment,
+        # and with the thread share of one of the N processes (see the module docstring)
+        per = max(1, (os.cpu_count() or 1) // nproc)
+        if not any(o.split("=", 1)[0].strip() == "train.threads" for o in overrides):
+            args += ["--set", f"train.threads={per}"]
+        rows = _launch(1, args, per) + _launch(nproc, args, per)
     else:
         rows = run_local(preset, overrides, amps, steps, warmup, cache)
     _print(rows)

@@ -14,11 +14,18 @@ Layouts (detected automatically, see ``LAYOUTS``):
 
 In memory every case becomes one canonical form (``CaseData``): image channels in the order
 ``labels.MODALITIES`` = (t1, t1ce, t2, flair) and internal labels (see ``labels``).
+
+Fewer sequences: a site may have only some of the four (e.g. T2 and T1). ``examine_case``,
+``check_case`` and ``load_case`` take ``modalities`` (default: all four), the sequences to use:
+only those are required, read and checked; the others are ignored even when present. The
+loaded image keeps the canonical 4-channel layout; a channel not used is all zeros and
+``CaseData.modalities`` lists the channels that hold data.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -111,7 +118,11 @@ class Case:
     @property
     def missing(self) -> tuple[str, ...]:
         """Canonical modalities with no file."""
-        return tuple(m for m in L.MODALITIES if m not in self.images)
+        return self.lacks(L.MODALITIES)
+
+    def lacks(self, modalities: Sequence[str]) -> tuple[str, ...]:
+        """Those of ``modalities`` (canonical names) with no file, in ``MODALITIES`` order."""
+        return tuple(m for m in L.MODALITIES if m in modalities and m not in self.images)
 
     @property
     def folder(self) -> Path:
@@ -135,9 +146,11 @@ class CaseData:
 
     Attributes:
         case_id: case id.
-        image: ``(4, X, Y, Z)`` float32, channels in ``MODALITIES`` order, axes as stored.
+        image: ``(4, X, Y, Z)`` float32, channels in ``MODALITIES`` order, axes as stored; a
+            channel not in ``modalities`` is all zeros.
         labels: ``(X, Y, Z)`` uint8 internal labels, or None.
         header: geometry of the image grid (3D shape).
+        modalities: the channels read from files, in ``MODALITIES`` order.
     """
 
     case_id: str
@@ -303,12 +316,25 @@ def discover(data_dir: str | Path) -> list[Case]:
     return sorted(cases, key=lambda c: c.case_id)
 
 
-def _files_of(case: Case) -> list[tuple[str, Path]]:
-    """(role, file) of every file of ``case``: modality names (MSD: ``image``), then ``seg``."""
+def selected_modalities(modalities: str | Sequence[str] | None) -> tuple[str, ...]:
+    """The sequences to use, canonical names in ``MODALITIES`` order (None: all four).
+
+    Raises:
+        LabelError: for an unknown or repeated name (see ``labels.parse_modalities``).
+    """
+    if modalities is None:
+        return L.MODALITIES
+    chosen = L.parse_modalities(modalities)
+    return tuple(m for m in L.MODALITIES if m in chosen)
+
+
+def _files_of(case: Case, modalities: Sequence[str] = L.MODALITIES) -> list[tuple[str, Path]]:
+    """(role, file) of the files of ``case`` to check: the chosen modalities (MSD: ``image``),
+    then ``seg``."""
     if case.layout == "msd":
         files = [("image", next(iter(case.images.values())))] if case.images else []
     else:
-        files = list(case.images.items())
+        files = [(m, p) for m, p in case.images.items() if m in modalities]
     if case.seg is not None:
         files.append(("seg", case.seg))
     return files
@@ -340,13 +366,13 @@ def _check_grid(case: Case, path: Path, header: VolumeHeader,
 
 
 def _check_image_voxels(case: Case, role: str, path: Path, data: np.ndarray,
-                        summary: CaseSummary) -> None:
+                        summary: CaseSummary, modalities: Sequence[str] = L.MODALITIES) -> None:
     if np.issubdtype(data.dtype, np.floating):
         n_bad = int(data.size - np.count_nonzero(np.isfinite(data)))
         if n_bad:
             summary.problems.append(f"{case.case_id}: {path.name}: {n_bad} NaN/inf voxels")
             return
-    channels = ([(m, data[..., i]) for i, m in enumerate(MSD_CHANNELS)]
+    channels = ([(m, data[..., i]) for i, m in enumerate(MSD_CHANNELS) if m in modalities]
                 if case.layout == "msd" else [(role, data)])
     for mod, vol in channels:
         if vol.size and vol.min() == vol.max():
@@ -381,22 +407,27 @@ def _check_seg_voxels(case: Case, path: Path, data: np.ndarray, summary: CaseSum
         summary.warnings.append(f"{case.case_id}: {path.name}: segmentation is empty (no tumour)")
 
 
-def examine_case(case: Case, read_voxels: bool = True) -> CaseSummary:
+def _missing_problems(case: Case, modalities: Sequence[str]) -> list[str]:
+    return [f"{case.case_id}: missing modality {m} (no {case.expected_file(m)} in {case.folder})"
+            for m in case.lacks(modalities)]
+
+
+def examine_case(case: Case, read_voxels: bool = True,
+                 modalities: str | Sequence[str] | None = None) -> CaseSummary:
     """Geometry, label voxel counts, problems and warnings of one case.
 
-    Checks: missing modality, unreadable or truncated files, 4D where 3D is expected (MSD: 4D
+    ``modalities`` (default all four) are the sequences to use: only those must exist and
+    only their files are checked. Checks: missing modality, unreadable or truncated files, 4D where 3D is expected (MSD: 4D
     with 4 channels), shapes or affines that disagree between modalities and segmentation,
     NaN/inf voxels, label values outside the layout's scheme. Every check runs on every file,
     so one problem never hides another. With ``read_voxels=False`` only headers are read
     (fast, but truncated data, NaN and label values go unnoticed).
     """
+    chosen = selected_modalities(modalities)
     summary = CaseSummary(case, warnings=list(case.warnings))
-    summary.problems.extend(
-        f"{case.case_id}: missing modality {m} (no {case.expected_file(m)} in {case.folder})"
-        for m in case.missing
-    )
+    summary.problems.extend(_missing_problems(case, chosen))
     ref: tuple[str, tuple[int, ...], np.ndarray] | None = None
-    for role, path in _files_of(case):
+    for role, path in _files_of(case, chosen):
         try:
             if read_voxels:
                 data, header = load_volume(path, dtype=None)
@@ -421,7 +452,7 @@ def examine_case(case: Case, read_voxels: bool = True) -> CaseSummary:
         if role == "seg":
             _check_seg_voxels(case, path, data, summary)
         else:
-            _check_image_voxels(case, role, path, data, summary)
+            _check_image_voxels(case, role, path, data, summary, chosen)
     return summary
 
 
@@ -432,16 +463,18 @@ def _strip_path(exc: NiftiError, path: Path) -> str:
     return msg[len(prefix):] if msg.startswith(prefix) else msg
 
 
-def check_case(case: Case, read_voxels: bool = True) -> list[str]:
+def check_case(case: Case, read_voxels: bool = True,
+               modalities: str | Sequence[str] | None = None) -> list[str]:
     """Problems that make ``case`` unusable, each naming the case and the file; [] if none.
 
-    See ``examine_case`` for the checks.
+    See ``examine_case`` for the checks and ``modalities``.
     """
-    return examine_case(case, read_voxels).problems
+    return examine_case(case, read_voxels, modalities).problems
 
 
-def _read_images(case: Case) -> list[tuple[str, Path, np.ndarray, VolumeHeader]]:
-    """(modality, file, (X, Y, Z) float32 volume, header) in ``MODALITIES`` order."""
+def _read_images(case: Case, modalities: Sequence[str] = L.MODALITIES
+                 ) -> list[tuple[str, Path, np.ndarray, VolumeHeader]]:
+    """(modality, file, (X, Y, Z) float32 volume, header) of ``modalities``, in that order."""
     if case.layout == "msd":
         path = case.images[L.MODALITIES[0]]
         data, header = load_volume(path, dtype=np.float32)
@@ -450,9 +483,9 @@ def _read_images(case: Case) -> list[tuple[str, Path, np.ndarray, VolumeHeader]]
                             f"(FLAIR, T1w, T1gd, T2w), got shape {data.shape}")
         header = VolumeHeader(header.shape[:3], header.affine, header.spacing,
                               header.orientation, header.dtype)
-        return [(m, path, data[..., MSD_CHANNELS.index(m)], header) for m in L.MODALITIES]
+        return [(m, path, data[..., MSD_CHANNELS.index(m)], header) for m in modalities]
     out = []
-    for m in L.MODALITIES:
+    for m in modalities:
         path = case.images[m]
         data, header = load_volume(path, dtype=np.float32)
         if data.ndim != 3:
@@ -485,23 +518,31 @@ def _read_labels(case: Case, seg_path: Path) -> tuple[np.ndarray, VolumeHeader]:
     return labels, header
 
 
-def load_case(case: Case, with_labels: bool = True) -> CaseData:
+def load_case(case: Case, with_labels: bool = True,
+              modalities: str | Sequence[str] | None = None) -> CaseData:
     """Read a case into the canonical form (channels t1, t1ce, t2, flair; internal labels).
 
+    Args:
+        case: a discovered case.
+        with_labels: read the segmentation when the case has one.
+        modalities: the sequences to read (default all four); the others stay zero channels
+            and need not exist.
+
     Returns:
-        ``CaseData`` with ``image`` ``(4, X, Y, Z)`` float32 in ``MODALITIES`` order and
-        ``labels`` ``(X, Y, Z)`` uint8 internal (None without a seg or ``with_labels=False``).
+        ``CaseData`` with ``image`` ``(4, X, Y, Z)`` float32 in ``MODALITIES`` order (zeros
+        for a channel not read), ``modalities`` the channels read, and ``labels``
+        ``(X, Y, Z)`` uint8 internal (None without a seg or ``with_labels=False``).
 
     Raises:
         CaseError: naming the case and file, for a missing modality, an unreadable file, a
             wrong dimensionality, shapes or affines that disagree, NaN/inf voxels, or label
             values outside the layout's scheme.
     """
-    if case.missing:
-        raise CaseError(f"{case.case_id}: missing modality {', '.join(case.missing)} in "
-                        f"{case.folder}")
+    chosen = selected_modalities(modalities)
+    if case.lacks(chosen):
+        raise CaseError("; ".join(_missing_problems(case, chosen)))
     try:
-        vols = _read_images(case)
+        vols = _read_images(case, chosen)
         _, ref_path, _, ref = vols[0]
         for _, path, data, header in vols[1:]:
             _same_grid(case, ref_path.name, ref, path, data.shape, header)
@@ -515,8 +556,10 @@ def load_case(case: Case, with_labels: bool = True) -> CaseData:
             _same_grid(case, ref_path.name, ref, case.seg, labels.shape, seg_header)
     except NiftiError as exc:
         raise CaseError(f"{case.case_id}: {exc}") from None
-    image = np.stack([v for _, _, v, _ in vols]).astype(np.float32, copy=False)
-    return CaseData(case.case_id, image, labels, ref)
+    image = np.zeros((len(L.MODALITIES), *ref.shape[:3]), dtype=np.float32)
+    for m, _, v, _ in vols:
+        image[L.MODALITIES.index(m)] = v
+    return CaseData(case.case_id, image, labels, ref, chosen)
 
 
 def case_file_name(layout: str, case_id: str, modality: str, ext: str = ".nii.gz") -> str:

@@ -4,10 +4,14 @@ One table row per case (id, layout, modalities, shape, spacing, orientation, lab
 counts, status), then every problem and warning on its own line naming the case, the file
 and what is wrong, then a summary line. One bad case never hides another: every case is
 examined, whatever happened to the ones before it.
+
+With ``modalities`` (``glioseg inspect DIR --modalities t2,t1``) only those sequences are
+required and checked; the table lists a present but unused sequence in parentheses.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 from rich.console import Console
@@ -16,15 +20,18 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from glioseg.data import labels as L
-from glioseg.data.cases import Case, CaseSummary, discover, examine_case
+from glioseg.data.cases import Case, CaseSummary, discover, examine_case, selected_modalities
 
 LABEL_NAMES: dict[int, str] = {L.NCR: "NCR", L.ED: "ED", L.ET: "ET"}
 """Short names of the internal tumour labels, in the order shown."""
 
 
 def examine_all(cases: list[Case], read_voxels: bool = True,
-                console: Console | None = None) -> list[CaseSummary]:
+                console: Console | None = None,
+                modalities: str | Sequence[str] | None = None) -> list[CaseSummary]:
     """``examine_case`` for every case, with a progress bar on a terminal.
+
+    ``modalities``: the sequences to use (default all four; see ``examine_case``).
 
     An unexpected exception in one case becomes a problem of that case, so the others are
     still examined.
@@ -37,7 +44,8 @@ def examine_all(cases: list[Case], read_voxels: bool = True,
         task = progress.add_task("checking cases", total=len(cases))
         for case in cases:
             try:
-                summaries.append(examine_case(case, read_voxels=read_voxels))
+                summaries.append(examine_case(case, read_voxels=read_voxels,
+                                              modalities=modalities))
             except Exception as exc:  # noqa: BLE001 - reported as a problem of this case
                 summaries.append(CaseSummary(case, problems=[
                     f"{case.case_id}: {case.folder}: unexpected error "
@@ -54,8 +62,19 @@ def _fmt_labels(counts: dict[int, int] | None, case: Case, read_voxels: bool) ->
     return " ".join(f"{LABEL_NAMES[k]} {counts[k]}" for k in LABEL_NAMES)
 
 
-def summary_table(summaries: list[CaseSummary], read_voxels: bool = True) -> Table:
-    """A rich table, one row per case."""
+def _fmt_modalities(case: Case, used: Sequence[str]) -> str:
+    """The case's sequences: those used, then the present but unused ones in parentheses."""
+    if case.layout == "msd":
+        return " ".join(used) + " (4D)"
+    text = " ".join(m for m in L.MODALITIES if m in case.images and m in used)
+    unused = [m for m in L.MODALITIES if m in case.images and m not in used]
+    return text + (f" ({' '.join(unused)} unused)" if unused else "")
+
+
+def summary_table(summaries: list[CaseSummary], read_voxels: bool = True,
+                  modalities: str | Sequence[str] | None = None) -> Table:
+    """A rich table, one row per case (``modalities``: the sequences used, default all)."""
+    used = selected_modalities(modalities)
     table = Table(title="cases", title_justify="left", header_style="bold")
     table.add_column("case", no_wrap=True)
     table.add_column("layout", no_wrap=True)
@@ -67,9 +86,7 @@ def summary_table(summaries: list[CaseSummary], read_voxels: bool = True) -> Tab
     table.add_column("status", no_wrap=True)
     for s in summaries:
         c = s.case
-        mods = " ".join(m for m in L.MODALITIES if m in c.images)
-        if c.layout == "msd":
-            mods += " (4D)"
+        mods = _fmt_modalities(c, used).strip()
         if c.seg is not None:
             mods += " seg"
         status = ("[red]BAD[/red]" if s.problems
@@ -87,9 +104,14 @@ def summary_table(summaries: list[CaseSummary], read_voxels: bool = True) -> Tab
     return table
 
 
-def report(summaries: list[CaseSummary], console: Console, read_voxels: bool = True) -> int:
+MISSING_HINT = ("hint: to use cases that have only some sequences, name the ones to use, "
+                "e.g. --modalities t2,t1")
+
+
+def report(summaries: list[CaseSummary], console: Console, read_voxels: bool = True,
+           modalities: str | Sequence[str] | None = None) -> int:
     """Print the table, the problems, the warnings and a summary line; returns the bad count."""
-    console.print(summary_table(summaries, read_voxels))
+    console.print(summary_table(summaries, read_voxels, modalities))
     problems = [p for s in summaries for p in s.problems]
     warnings = [w for s in summaries for w in s.warnings]
     # soft_wrap: one problem per line, never cut, so it can be grepped.
@@ -107,17 +129,23 @@ def report(summaries: list[CaseSummary], console: Console, read_voxels: bool = T
         f"({n_warn} with warnings), {n_bad} bad; {len(problems)} problems[/{colour}]{mode}",
         soft_wrap=True,
     )
+    if modalities is None and any(s.case.lacks(L.MODALITIES) and s.case.images
+                                  for s in summaries):
+        console.print(MISSING_HINT, soft_wrap=True)
     return n_bad
 
 
 def inspect_dir(data_dir: str | Path, read_voxels: bool = True,
-                console: Console | None = None) -> int:
+                console: Console | None = None,
+                modalities: str | Sequence[str] | None = None) -> int:
     """Discover, validate and print every case of ``data_dir``; returns the number of bad cases.
 
     Args:
         data_dir: a data folder in any layout ``glioseg.data.cases.discover`` knows.
         read_voxels: False reads headers only (fast; misses truncated data, NaN, label values).
         console: where to print (default: standard output).
+        modalities: the sequences to use (e.g. ``"t2,t1"``); a case needs only those. Default:
+            all four.
 
     Raises:
         CaseError: if ``data_dir`` does not exist or holds no case.
@@ -126,6 +154,7 @@ def inspect_dir(data_dir: str | Path, read_voxels: bool = True,
         console = Console()
         if not console.is_terminal:  # a file or a pipe: do not squeeze the table to 80 columns
             console = Console(width=max(console.width, 180))
+    selected_modalities(modalities)  # an unknown name fails before any case is read
     cases = discover(data_dir)
-    summaries = examine_all(cases, read_voxels=read_voxels)
-    return report(summaries, console, read_voxels)
+    summaries = examine_all(cases, read_voxels=read_voxels, modalities=modalities)
+    return report(summaries, console, read_voxels, modalities)

@@ -19,12 +19,23 @@ Regions (channels in this order everywhere): WT = {1, 2, 3}, TC = {1, 3}, ET = {
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
 MODALITIES: tuple[str, ...] = ("t1", "t1ce", "t2", "flair")
 """Canonical modality names and the channel order of every image array in the project."""
+
+MODALITY_ALIASES: dict[str, str] = {
+    "t1": "t1", "t1n": "t1", "t1w": "t1", "t1native": "t1", "nativet1": "t1", "t1pre": "t1",
+    "t1ce": "t1ce", "t1c": "t1ce", "t1gd": "t1ce", "t1post": "t1ce", "t1wce": "t1ce",
+    "t1contrast": "t1ce", "t1cegd": "t1ce",
+    "t2": "t2", "t2w": "t2",
+    "flair": "flair", "t2f": "flair", "t2flair": "flair",
+}
+"""Sequence names of the published layouts and common spellings (lower case, letters and
+digits only) -> canonical modality name."""
 
 REGIONS: tuple[str, ...] = ("WT", "TC", "ET")
 """Region channel order of every region array and of the model's output."""
@@ -137,3 +148,29 @@ def labels_from_regions(regions: np.ndarray) -> np.ndarray:
 def file_regions(labels: np.ndarray, scheme: str) -> np.ndarray:
     """File labels in ``scheme`` -> regions ``(3, ...)`` bool; checks the values first."""
     return regions_from_labels(to_internal(labels, scheme))
+
+
+def parse_modalities(names: str | Sequence[str]) -> tuple[str, ...]:
+    """Canonical modality names of ``names``, in the order given.
+
+    Args:
+        names: a comma list (``"t2,t1"``) or a sequence of names; published spellings are
+            accepted (``t1n``, ``t1c``, ``t2w``, ``t2f``, ``T1Gd``, ``FLAIR``...).
+
+    Raises:
+        LabelError: for an empty list, an unknown name or a name given twice.
+    """
+    items = names.split(",") if isinstance(names, str) else list(names)
+    items = [n.strip() for n in items if n.strip()]
+    if not items:
+        raise LabelError(f"no modality named; choose among {', '.join(MODALITIES)}")
+    out = []
+    for name in items:
+        key = "".join(ch for ch in name.lower() if ch.isalnum())
+        if key not in MODALITY_ALIASES:
+            raise LabelError(f"unknown modality {name!r}; known: {', '.join(MODALITIES)}")
+        out.append(MODALITY_ALIASES[key])
+    repeated = sorted({m for m in out if out.count(m) > 1})
+    if repeated:
+        raise LabelError(f"modality {', '.join(repeated)} named twice in {', '.join(items)}")
+    return tuple(out)

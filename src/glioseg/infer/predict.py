@@ -54,7 +54,7 @@ class PredictOptions:
     threshold: float = 0.5  # region probability threshold
     et_min_voxels: int | None = None  # ET rule; None = the card's value (else 0 = off)
     min_component: int = 0  # smallest whole-tumour component kept (voxels); 0 = keep all
-    scheme: str | None = None  # output label scheme; None = the card's (else the input's)
+    scheme: str | None = None  # output label scheme; None = the input's (else the card's)
     probabilities: bool = False  # also write <case>_probabilities.nii.gz (X,Y,Z,3), see below
     overwrite: bool = False  # predict cases whose output already exists
     threads: int | None = None  # CPU threads of the engine; None = torch's setting
@@ -323,6 +323,21 @@ class PredictSummary:
         return not self.failed
 
 
+def output_scheme(asked: str | None, case_scheme: str | None, card: Any) -> str | None:
+    """Label scheme of a case's output: the one asked for, else the input's, else the card's.
+
+    The input's convention comes before the card's: a model trained on BraTS 2023 files
+    (labels 1/2/3) that segments BraTS 2021 cases writes 1/2/4, as the cases' own files.
+    """
+    from glioseg.data.labels import SCHEMES
+
+    if asked:
+        return asked
+    if case_scheme in SCHEMES:
+        return case_scheme
+    return getattr(card, "label_scheme", None)
+
+
 def output_paths(out_dir: Path, case_id: str) -> tuple[Path, Path]:
     """``(<case_id>.nii.gz, <case_id>_probabilities.nii.gz)`` in ``out_dir``."""
     return out_dir / f"{case_id}.nii.gz", out_dir / f"{case_id}_probabilities.nii.gz"
@@ -356,8 +371,9 @@ def predict_dir(
     Args:
         model_paths: checkpoints (folders or ``.safetensors``); several are ensembled.
         input_path: a data folder or one case folder, any layout ``discover`` knows.
-        output_dir: gets ``<case_id>.nii.gz`` (labels in ``options.scheme``, else the card's
-            ``label_scheme``, else the case's own scheme; uint8, the input's grid and affine), optionally
+        output_dir: gets ``<case_id>.nii.gz`` (labels in ``options.scheme``, else the case's
+            own scheme, so that ``glioseg evaluate`` reads them in the reference's convention,
+            else the card's ``label_scheme``; uint8, the input's grid and affine), optionally
             ``<case_id>_probabilities.nii.gz`` (``(X, Y, Z, 3)`` WT, TC, ET; see
             ``probabilities_for_file``), and
             ``predict.json`` (options, checkpoints, per-case status).
@@ -396,8 +412,8 @@ def predict_dir(
                 assert predictor is not None
                 image, header = load_for_model(case, predictor.modalities, allow)
                 probs = predictor.probabilities(image, header.spacing)
-                scheme = opts.scheme or getattr(predictor.card, "label_scheme", None)
-                labels = predictor.labels(probs, scheme or case.label_scheme)
+                labels = predictor.labels(probs, output_scheme(opts.scheme, case.label_scheme,
+                                                               predictor.card))
                 labels_path, prob_path = output_paths(out_dir, case.case_id)
                 if opts.probabilities:
                     save_volume(prob_path, probabilities_for_file(probs), header.affine,

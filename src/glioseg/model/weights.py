@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from glioseg.data.labels import MODALITY_ALIASES
 from glioseg.model.card import (
     ModelCard,
     WeightsMismatchError,
@@ -39,15 +40,6 @@ from glioseg.model.card import (
 )
 
 log = logging.getLogger(__name__)
-
-_ALIASES = {
-    "t1": "t1", "t1n": "t1", "t1w": "t1", "t1native": "t1", "nativet1": "t1", "t1pre": "t1",
-    "t1ce": "t1ce", "t1c": "t1ce", "t1gd": "t1ce", "t1post": "t1ce", "t1wce": "t1ce",
-    "t1contrast": "t1ce", "t1cegd": "t1ce",
-    "t2": "t2", "t2w": "t2",
-    "flair": "flair", "t2f": "flair", "t2flair": "flair",
-}
-
 
 _REGION_ALIASES = {
     "wt": "WT", "wholetumor": "WT", "wholetumour": "WT", "whole": "WT",
@@ -67,7 +59,7 @@ def canonical_modality(name: str) -> str:
     """Project name of a sequence: ``T1Gd``/``t1c``/``T1-CE`` -> ``t1ce``, ``T2F``/``FLAIR`` ->
     ``flair``, ``T1N`` -> ``t1``, ``T2W`` -> ``t2``; unknown names are lower-cased as they are."""
     key = "".join(ch for ch in name.lower() if ch.isalnum())
-    return _ALIASES.get(key, name.strip().lower())
+    return MODALITY_ALIASES.get(key, name.strip().lower())
 
 
 @dataclass

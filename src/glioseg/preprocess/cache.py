@@ -2,15 +2,28 @@
 
 Layout (format ``glioseg-cache/1``)::
 
-    CACHE/dataset.json            {"format", "modalities", "spacing" (list or null), "cases", "source"}
+    CACHE/dataset.json            {"format", "modalities" (channel order, always MODALITIES),
+                                   "selected_modalities", "spacing" (list or null), "cases",
+                                   "source"}
     CACHE/<case_id>/image.npy     (4, X, Y, Z) float32 C-order, cropped, z-scored, 0 outside brain
     CACHE/<case_id>/labels.npy    (X, Y, Z) uint8 internal labels 0..3 (absent without a seg)
     CACHE/<case_id>/locations.npz keys "1", "2", "3": (N, 3) int32 voxel coords, N <= 10,000
-    CACHE/<case_id>/meta.json     case_id, layout, original_affine and the geometry of
+    CACHE/<case_id>/meta.json     case_id, layout, original_affine, modalities (the channels
+                                  holding data) and the geometry of
                                   ``glioseg.preprocess.pure.preprocess_arrays``
 
 A case folder is written under ``.<case_id>.tmp-*`` and renamed into place, so a case folder
 that exists is complete; ``dataset.json`` is written last.
+
+Fewer sequences (``glioseg preprocess --modalities t2,t1``): ``image.npy`` keeps its four
+channels in ``MODALITIES`` order, and a sequence not used is stored as a channel of zeros
+(its z-score entry is ``[0, 1]``). ``meta.json`` ``"modalities"`` lists, in ``MODALITIES``
+order, the channels that hold data, and ``dataset.json`` ``"selected_modalities"`` the
+sequences the cache was built with (a cache built before these keys existed holds all four).
+One layout for every cache keeps training's selection of channels by name
+(``data.modalities`` -> channel indices) unchanged; the zero channels cost disk, not
+correctness, because ``require_modalities`` refuses a case whose channel holds no data
+instead of feeding zeros to a model as if they were an image.
 """
 
 from __future__ import annotations
@@ -18,6 +31,7 @@ from __future__ import annotations
 import json
 import shutil
 import zlib
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -160,6 +174,11 @@ class CachedCase:
         return np.load(p, mmap_mode="r") if self.meta.get("has_labels") else None
 
     @property
+    def modalities(self) -> tuple[str, ...]:
+        """The channels that hold data, in ``MODALITIES`` order (all four for older caches)."""
+        return tuple(self.meta.get("modalities", MODALITIES))
+
+    @property
     def shape(self) -> tuple[int, int, int]:
         """Spatial shape ``(X, Y, Z)`` of the cached arrays."""
         return tuple(self.meta["shape"])  # type: ignore[return-value]
@@ -174,6 +193,29 @@ class CachedCase:
 
     def __repr__(self) -> str:
         return f"CachedCase({self.case_id!r}, shape={self.shape})"
+
+
+def require_modalities(cases: Sequence[CachedCase], modalities: Sequence[str]) -> None:
+    """Refuse cases whose cache holds no data for one of ``modalities``.
+
+    Args:
+        cases: cached cases (anything with ``case_id``, ``path`` and ``modalities``).
+        modalities: canonical sequence names a consumer (training, a model) needs.
+
+    Raises:
+        CacheError: naming each case (up to 5) and the sequences it lacks.
+    """
+    lacking = [(c, [m for m in modalities if m not in getattr(c, "modalities", MODALITIES)])
+               for c in cases]
+    lacking = [(c, miss) for c, miss in lacking if miss]
+    if not lacking:
+        return
+    lines = "; ".join(f"{c.case_id} has no {', '.join(miss)} (cached with "
+                      f"{', '.join(getattr(c, 'modalities', MODALITIES))} in {c.path})" for c, miss in lacking[:5])
+    more = f"; and {len(lacking) - 5} more cases" if len(lacking) > 5 else ""
+    raise CacheError(f"{len(lacking)} cached cases lack a chosen sequence "
+                     f"({', '.join(modalities)}): {lines}{more}; choose the sequences every case "
+                     "has (data.modalities / --modalities) or leave these cases out")
 
 
 def read_dataset_json(cache_dir: Path) -> dict[str, Any]:
@@ -200,6 +242,10 @@ def read_dataset_json(cache_dir: Path) -> dict[str, Any]:
         raise CacheError(f"{path}: modalities {info.get('modalities')} are not {list(MODALITIES)}")
     if not isinstance(info.get("cases"), list):
         raise CacheError(f"{path}: 'cases' must be a list of case ids")
+    selected = info.get("selected_modalities", list(MODALITIES))
+    if not isinstance(selected, list) or not selected or not set(selected) <= set(MODALITIES):
+        raise CacheError(f"{path}: selected_modalities {selected!r} must be a non-empty list "
+                         f"of {list(MODALITIES)}")
     return info
 
 
@@ -212,6 +258,10 @@ def _check_case(folder: Path) -> dict[str, Any]:
         meta = json.loads((folder / "meta.json").read_text())
     except ValueError as exc:
         raise CacheError(f"{folder / 'meta.json'}: not valid JSON ({exc})") from None
+    present = meta.get("modalities", list(MODALITIES))
+    if not isinstance(present, list) or not set(present) <= set(MODALITIES):
+        raise CacheError(f"{folder / 'meta.json'}: modalities {present!r} must be a list of "
+                         f"{list(MODALITIES)}")
     shape = tuple(meta.get("shape", ()))
     try:
         ishape, idtype, ifortran = _npy_header(folder / "image.npy")

@@ -20,7 +20,8 @@ other ``*.json``           tables (study results, ...)
 =========================  ===========================================================
 
 Sub-folders (e.g. a demo folder holding several runs) become sub-sections. Missing parts are
-simply absent. The HTML embeds every figure as a base64 PNG and needs no network; the Markdown
+simply absent. An optional ``.report.json`` at the root leaves paths out, orders sub-sections
+and titles them (``SPEC_FILE``; ``glioseg demo`` writes one). The HTML embeds every figure as a base64 PNG and needs no network; the Markdown
 links figures by relative path (figures drawn for the report go to ``report_figures/``).
 """
 
@@ -29,6 +30,7 @@ from __future__ import annotations
 import base64
 import csv
 import datetime as dt
+import fnmatch
 import html
 import json
 import os
@@ -276,6 +278,17 @@ class _Builder:
     def __init__(self, root: Path) -> None:
         self.root = root
         self.generated: dict[str, bytes] = {}  # report_figures/<name> -> PNG
+        self.spec = read_spec(root)
+
+    def skipped(self, path: Path) -> bool:
+        """Whether ``.report.json``'s ``skip`` globs match ``path`` (relative to the root)."""
+        rel = self.rel(path)
+        return any(fnmatch.fnmatchcase(rel, pat) for pat in self.spec["skip"])
+
+    def ordered(self, subdirs: list[Path]) -> list[Path]:
+        """Sub-folders named in ``.report.json``'s ``order`` first, in that order."""
+        order = {name: i for i, name in enumerate(self.spec["order"])}
+        return sorted(subdirs, key=lambda p: (order.get(self.rel(p), len(order)), p.name))
 
     def rel(self, path: Path) -> str:
         return path.relative_to(self.root).as_posix()
@@ -459,10 +472,12 @@ class _Builder:
         """Section of ``folder`` and its sub-folders; None when nothing in it is renderable."""
         entries = sorted(folder.iterdir(), key=lambda p: p.name)
         files = {p.name: p for p in entries if p.is_file() and not p.name.startswith(".")
-                 and not (folder == self.root and p.name in OUTPUTS)}
-        subdirs = [p for p in entries if p.is_dir() and not p.name.startswith(".")
-                   and p.name not in (FIG_DIR, "__pycache__")]
+                 and not (folder == self.root and p.name in OUTPUTS) and not self.skipped(p)}
+        subdirs = self.ordered([p for p in entries if p.is_dir() and not p.name.startswith(".")
+                                and p.name not in (FIG_DIR, "__pycache__")
+                                and not self.skipped(p)])
         title = "Overview" if folder == self.root else self.rel(folder)
+        title = self.spec["titles"].get(self.rel(folder), title)
         anchor = "s-" + (re.sub(r"[^A-Za-z0-9]+", "-", self.rel(folder)).strip("-") or "root")
         sec = Section(title, anchor, level)
         for handler in self.HANDLERS:
@@ -480,6 +495,26 @@ class _Builder:
         if not renderable and not sec.children and folder != self.root:
             return None
         return sec
+
+
+SPEC_FILE = ".report.json"
+"""Optional file at the root of a run folder shaping its report: ``{"skip": [globs of paths
+relative to the root, files or folders left out], "order": [sub-folder paths rendered first,
+in this order], "titles": {sub-folder path: section title}}`` (``glioseg demo`` writes one)."""
+
+
+def read_spec(root: Path) -> dict[str, Any]:
+    """``root/.report.json`` with defaults for missing keys; an unreadable file is ignored."""
+    spec: dict[str, Any] = {"skip": [], "order": [], "titles": {}}
+    try:
+        loaded = json.loads((root / SPEC_FILE).read_text())
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
+        return spec
+    if isinstance(loaded, dict):
+        for key, kind in (("skip", list), ("order", list), ("titles", dict)):
+            if isinstance(loaded.get(key), kind):
+                spec[key] = loaded[key]
+    return spec
 
 
 def environment_blocks() -> list[Block]:

@@ -11,7 +11,8 @@ A worker always resumes from the run folder's last checkpoint when there is one 
 matches (so torchrun ``--max-restarts`` brings a crashed run back by itself); the steps and the
 records of ``metrics.jsonl`` continue from the checkpoint's step.
 
-Validation: the last ``data.n_val`` cases of the cache (sorted ids) are held out; every
+Validation: ``data.n_val`` labelled cases are held out at random (seeded by ``train.seed``,
+see ``split_cases``; or every case of ``data.val_cache``); every
 ``train.val_every`` steps each rank predicts its share of them and the region Dice is averaged
 over all cases with an all-reduce.
 """
@@ -21,7 +22,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -32,6 +32,7 @@ import torch
 from tqdm import tqdm
 
 from glioseg import config as C
+from glioseg.io_atomic import write_json, write_text
 from glioseg.train import checkpoint as ckpt
 from glioseg.train import distributed as D
 from glioseg.train import loop as L
@@ -291,8 +292,11 @@ def select_cases(cfg: C.Config, cases: Sequence[Any],
     ``data.cases`` restricts the cache to those ids (an unknown id is an error naming it);
     ``val_cases`` (the labelled cases of ``data.val_cache``) replaces the random hold-out.
     Pretraining (``train.task=genesis``) trains on every chosen case, labelled or not, and does
-    not validate. Validation cases are views restricted to ``data.modalities``.
+    not validate. Validation cases are views restricted to ``data.modalities``. A chosen case
+    whose cache holds no data for one of ``data.modalities`` is an error naming it.
     """
+    from glioseg.preprocess.cache import require_modalities
+
     wanted = list(cfg.data.cases)
     if wanted:
         by_id = {c.case_id: c for c in cases}
@@ -304,15 +308,18 @@ def select_cases(cfg: C.Config, cases: Sequence[Any],
     if cfg.train.task == "genesis":
         if not cases:
             raise TrainError(f"{cfg.data.cache_dir}: no case to pretrain on")
+        require_modalities(cases, cfg.data.modalities)
         return [CaseView(c, blank_labels=True) for c in cases], []
     channels = channel_indices(cfg.data.modalities)
     if val_cases is not None:
         train = [c for c in cases if c.meta.get("has_labels")]
         if not train:
             raise TrainError("the chosen cases have no labels: nothing to train on")
-        val = [CaseView(c, channels) for c in val_cases if c.meta.get("has_labels")]
-        return train, val
+        val_used = [c for c in val_cases if c.meta.get("has_labels")]
+        require_modalities(train + val_used, cfg.data.modalities)
+        return train, [CaseView(c, channels) for c in val_used]
     train, val = split_cases(cases, cfg.data.n_val, cfg.train.seed)
+    require_modalities(train + val, cfg.data.modalities)
     return train, [CaseView(c, channels) for c in val]
 
 
@@ -382,9 +389,7 @@ class MetricsLog:
         elif path.exists():
             keep = [line for line in path.read_text().splitlines()
                     if line.strip() and json.loads(line).get("step", 0) <= resume_step]
-            tmp = path.with_name(f".{path.name}.tmp")
-            tmp.write_text("".join(line + "\n" for line in keep))
-            os.replace(tmp, path)
+            write_text(path, "".join(line + "\n" for line in keep))
         self._f = open(path, "a")
 
     def write(self, record: Mapping[str, Any]) -> None:
@@ -592,10 +597,10 @@ def write_load_report(run_dir: Path, cfg: C.Config, comp: Components) -> None:
     if cfg.transfer.strategy == "gradual":
         text += " (gradual: stages unfreeze from the head by learning-rate gates)"
     tqdm.write(text)
-    (run_dir / "load_report.txt").write_text(text + "\n")
-    data = {"init_from": cfg.transfer.init_from, "strategy": cfg.transfer.strategy,
-            **dataclasses.asdict(report)}
-    (run_dir / "load_report.json").write_text(json.dumps(data, indent=1) + "\n")
+    write_text(run_dir / "load_report.txt", text + "\n")
+    write_json(run_dir / "load_report.json",
+               {"init_from": cfg.transfer.init_from, "strategy": cfg.transfer.strategy,
+                **dataclasses.asdict(report)})
 
 
 def genesis_batch(batch: L.Batch, seed: int, rank: int, step: int,
@@ -707,9 +712,12 @@ def is_cache(path: str | Path) -> bool:
 
 
 def prepare_data(data: str | Path, run_dir: str | Path, spacing: float | None = None,
-                 workers: int = 1, wait_s: float = 7200.0) -> Path:
+                 workers: int = 1, wait_s: float = 7200.0,
+                 modalities: Sequence[str] | None = None) -> Path:
     """The cache to train on: ``data`` itself when it is a cache, else ``RUN_DIR/cache``
     built from the raw data folder (``glioseg.preprocess.run.preprocess_dir``; resumable).
+    ``modalities``: the sequences the cases must have (a site with fewer sequences); None
+    needs all four.
 
     Under torchrun only rank 0 preprocesses; the other ranks wait for its ``dataset.json``.
     """
@@ -724,7 +732,7 @@ def prepare_data(data: str | Path, run_dir: str | Path, spacing: float | None = 
         from glioseg.preprocess.run import preprocess_dir
 
         run_dir.mkdir(parents=True, exist_ok=True)
-        preprocess_dir(data, cache, spacing=spacing, workers=workers)
+        preprocess_dir(data, cache, spacing=spacing, workers=workers, modalities=modalities)
         return cache
     t0 = time.monotonic()
     while not is_cache(cache):
