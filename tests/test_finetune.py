@@ -162,3 +162,25 @@ def test_cli_finetune_takes_the_architecture_from_the_card(cache: Path, source_r
     assert "1 adapted" in res.output and "0 newly initialised" in res.output
     card = load_card(tmp_path / "ft" / "last")
     assert card.modalities == ("t2", "flair") and card.config.base_width == 4
+
+
+def test_cli_finetune_trains_on_the_source_patch_size_unless_told(cache: Path, source_run: Path,
+                                                                  tmp_path: Path):
+    from test_train import SIZE
+    from typer.testing import CliRunner
+
+    from glioseg.cli import app
+
+    assert SIZE != C.load_config("small").patch_size[0]  # the card, not the preset, decides
+    sets = [a for s in TINY if not s.startswith(("model.", "data.patch_size"))
+            for a in ("--set", s)]
+    base = ["finetune", "--from", str(source_run / "best"), "--data", str(cache), *sets,
+            "--set", "train.steps=1"]
+    res = CliRunner().invoke(app, [*base, "--out", str(tmp_path / "ft")])
+    assert res.exit_code == 0, res.output
+    assert C.load_config(str(tmp_path / "ft" / "config.yaml")).patch_size == (SIZE,) * 3
+    other = 2 * SIZE
+    res = CliRunner().invoke(app, [*base, "--out", str(tmp_path / "ft2"),
+                                   "--set", f"data.patch_size=[{other},{other},{other}]"])
+    assert res.exit_code == 0, res.output
+    assert C.load_config(str(tmp_path / "ft2" / "config.yaml")).patch_size == (other,) * 3
