@@ -15,6 +15,7 @@ import torch
 
 from glioseg.data.labels import MODALITIES
 from glioseg.preprocess import cache as PC
+from glioseg.train import fit as F
 
 SIZE = 16
 
@@ -166,3 +167,30 @@ def test_whole_volume_validation_of_an_odd_sized_volume():
         expected = 2 * (a & b).sum() / (a.sum() + b.sum())
         assert got[f"dice_{name}"] == pytest.approx(expected)
     assert got["n_cases"] == 1
+
+
+def _cache_with_spacings(folder: Path, spacings: list[list[float]],
+                         resampled: list[float] | None = None) -> Path:
+    ids = []
+    for i, sp in enumerate(spacings):
+        cid = f"CASE_{i:03d}"
+        image = np.zeros((4, 8, 8, 8), np.float32)
+        PC.write_case(folder, cid, image, np.zeros((8, 8, 8), np.uint8),
+                      {"case_id": cid, "layout": "brats2023", "shape": [8] * 3, "spacing": sp})
+        ids.append(cid)
+    PC.atomic_write_json(folder / "dataset.json", {"format": PC.CACHE_FORMAT,
+                                                   "modalities": list(MODALITIES),
+                                                   "spacing": resampled, "cases": ids,
+                                                   "source": "test"})
+    return folder
+
+
+def test_card_spacing_is_the_grid_the_model_learnt_on(tmp_path: Path):
+    # data already at 2 mm, not resampled: the card must still say 2 mm, or prediction on
+    # 1 mm data would feed the model images at half its scale
+    same = _cache_with_spacings(tmp_path / "a", [[2.0, 2.0, 2.0]] * 2)
+    assert F._cache_spacing(str(same)) == [2.0, 2.0, 2.0]
+    mixed = _cache_with_spacings(tmp_path / "b", [[2.0, 2.0, 2.0], [1.0, 1.0, 1.0]])
+    assert F._cache_spacing(str(mixed)) is None
+    resampled = _cache_with_spacings(tmp_path / "c", [[1.5] * 3] * 2, resampled=[1.5] * 3)
+    assert F._cache_spacing(str(resampled)) == [1.5, 1.5, 1.5]

@@ -473,12 +473,20 @@ def _model_card(cfg: C.Config, comp: Components, step: int, metrics: Mapping[str
 
 
 def _cache_spacing(cache_dir: str) -> Any:
+    """The voxel size (mm, 3 floats) the model learns at, for its card: the cache's resampling
+    spacing, else the one spacing all its cases share (data already at e.g. 2 mm), so that
+    prediction resamples other data to it; None when the cases differ (native grids)."""
     try:
-        from glioseg.preprocess.cache import read_dataset_json
+        from glioseg.preprocess.cache import open_cache, read_dataset_json
 
-        return read_dataset_json(Path(cache_dir)).get("spacing")
-    except (ValueError, OSError):
+        spacing = read_dataset_json(Path(cache_dir)).get("spacing")
+        if spacing is not None:
+            return spacing
+        found = {tuple(round(float(v), 3) for v in c.meta["spacing"])
+                 for c in open_cache(cache_dir, validate=False)}
+    except (ValueError, OSError, KeyError, TypeError):
         return None
+    return list(found.pop()) if len(found) == 1 else None
 
 
 @dataclass
