@@ -76,19 +76,13 @@ def oblique_affine(spacing: tuple[float, float, float]) -> np.ndarray:
     return aff
 
 
-def make_case(shape=(21, 19, 15)) -> tuple[np.ndarray, np.ndarray]:
-    """``(4, X, Y, Z)`` image and the expected brats2021 labels ``(X, Y, Z)``.
-
-    The brain box touches the x = 0 face and the y = max face; the tumour touches x = 0.
-    """
-    brain = np.zeros(shape, bool)
-    brain[0:17, 3:, 2:13] = True
-    wt = np.zeros(shape, bool)
-    wt[0:9, 6:15, 4:11] = True
-    tc = np.zeros(shape, bool)
-    tc[0:6, 8:13, 5:10] = True
-    et = np.zeros(shape, bool)
-    et[1:4, 9:12, 6:9] = True
+def _case_from_boxes(shape: tuple[int, int, int], *boxes: tuple[slice, ...]
+                     ) -> tuple[np.ndarray, np.ndarray]:
+    """``(4, X, Y, Z)`` image and expected brats2021 labels ``(X, Y, Z)`` from four boxes:
+    brain, WT, TC, ET; each region is bright (5 vs 1) in the sequence that shows it."""
+    brain, wt, tc, et = (np.zeros(shape, bool) for _ in range(4))
+    for mask, box in zip((brain, wt, tc, et), boxes, strict=True):
+        mask[box] = True
     blob = {"flair": wt, "t1ce": tc, "t1": et, "t2": wt}
     image = np.stack([np.where(blob[m], 5.0, 1.0) * brain for m in MODALITIES]).astype(np.float32)
     expected = np.zeros(shape, np.uint8)
@@ -96,6 +90,15 @@ def make_case(shape=(21, 19, 15)) -> tuple[np.ndarray, np.ndarray]:
     expected[tc] = 1
     expected[et] = 4
     return image, expected
+
+
+def make_case(shape=(21, 19, 15)) -> tuple[np.ndarray, np.ndarray]:
+    """``(4, X, Y, Z)`` image and the expected brats2021 labels ``(X, Y, Z)``.
+
+    The brain box touches the x = 0 face and the y = max face; the tumour touches x = 0.
+    """
+    return _case_from_boxes(shape, np.s_[0:17, 3:, 2:13], np.s_[0:9, 6:15, 4:11],
+                            np.s_[0:6, 8:13, 5:10], np.s_[1:4, 9:12, 6:9])
 
 
 def write_case(root: Path, case_id: str, image: np.ndarray, affine: np.ndarray) -> Path:
@@ -162,22 +165,8 @@ def test_probabilities_and_resampling_card(tmp_path: Path) -> None:
 
 def make_case_big() -> tuple[np.ndarray, np.ndarray]:
     """A larger case (tumour regions a few voxels thick after 1.5 mm resampling)."""
-    shape = (40, 44, 22)
-    brain = np.zeros(shape, bool)
-    brain[2:38, 2:42, 1:21] = True
-    wt = np.zeros(shape, bool)
-    wt[6:30, 8:34, 4:17] = True
-    tc = np.zeros(shape, bool)
-    tc[10:26, 12:30, 6:15] = True
-    et = np.zeros(shape, bool)
-    et[13:23, 15:27, 8:13] = True
-    blob = {"flair": wt, "t1ce": tc, "t1": et, "t2": wt}
-    image = np.stack([np.where(blob[m], 5.0, 1.0) * brain for m in MODALITIES]).astype(np.float32)
-    expected = np.zeros(shape, np.uint8)
-    expected[wt] = 2
-    expected[tc] = 1
-    expected[et] = 4
-    return image, expected
+    return _case_from_boxes((40, 44, 22), np.s_[2:38, 2:42, 1:21], np.s_[6:30, 8:34, 4:17],
+                            np.s_[10:26, 12:30, 6:15], np.s_[13:23, 15:27, 8:13])
 
 
 def _cohort(root: Path, n: int = 3) -> list[str]:
