@@ -98,3 +98,93 @@ def test_export_command(net: torch.nn.Module, tmp_path: Path, fmt: str) -> None:
     got = engine_for_file(target, threads=1)(torch.ones(1, 4, 8, 16, 8))
     torch.testing.assert_close(got, _reference(net, torch.ones(1, 4, 8, 16, 8)), rtol=0,
                                atol=PARITY_ATOL)
+
+
+def _mean_filter_net() -> torch.nn.Module:
+    """Region k = 3x3x3 mean of input channel k > 0.5 (logit = mean - 0.5), by construction."""
+    net = torch.nn.Sequential(torch.nn.Conv3d(4, 4, 3, padding=1), torch.nn.LeakyReLU(0.01),
+                              torch.nn.Conv3d(4, 3, 1))
+    with torch.no_grad():
+        net[0].weight.zero_()
+        net[0].bias.zero_()
+        for c in range(4):
+            net[0].weight[c, c] = 1.0 / 27.0
+        net[2].weight.zero_()
+        for k in range(3):
+            net[2].weight[k, k] = 1.0
+        net[2].bias.fill_(-0.5)
+    return net.eval()
+
+
+def _nested_spheres(centre: tuple[int, int, int], seed: int) -> np.ndarray:
+    """``(4, 32, 32, 32)`` float32: channels 0-2 balls of radius 11, 8, 5 (1 inside), noise."""
+    rng = np.random.default_rng(seed)
+    grid = np.indices((32, 32, 32))
+    r2 = sum((g - c) ** 2 for g, c in zip(grid, centre, strict=True))
+    x = rng.normal(0.0, 0.05, (4, 32, 32, 32)).astype(np.float32)
+    for k, radius in enumerate((11, 8, 5)):
+        x[k] += (r2 <= radius**2).astype(np.float32)
+    return x
+
+
+def _dice(a: np.ndarray, b: np.ndarray) -> float:
+    return 2.0 * float(np.logical_and(a, b).sum()) / float(a.sum() + b.sum())
+
+
+INT8_MIN_DICE = 0.98
+"""Per-region Dice of int8 labels vs fp32 labels accepted on the easy nested-spheres input."""
+
+
+def test_int8_engines_agree_with_fp32_labels(tmp_path: Path) -> None:
+    from scipy.ndimage import uniform_filter
+
+    from glioseg.infer.export import calibration_windows, export_int8
+
+    net = _mean_filter_net()
+    x = _nested_spheres((15, 16, 17), seed=0)
+    # independent reference: scipy's mean filter (zeros outside, as the convolution's padding)
+    truth = np.stack([uniform_filter(x[k], 3, mode="constant") > 0.5 for k in range(3)])
+    # calibrated on another volume (other centre, other noise): never the predicted input
+    windows = calibration_windows(_nested_spheres((18, 14, 16), seed=1), (24, 24, 24), n=4)
+    assert windows.shape == (4, 4, 24, 24, 24)
+    path = export_int8(net, tmp_path / "int8.onnx", windows)
+    assert not [p for p in tmp_path.iterdir() if p.name != "int8.onnx"]  # no fp32 file left
+    import onnx
+
+    ops = {n.op_type for n in onnx.load(str(path)).graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops
+    fp32_path = export_model(net, tmp_path / "fp32.onnx", "onnx", example_size=(32, 32, 32))
+    fp32 = OnnxRuntimeEngine(fp32_path, threads=1)
+    with pytest.raises(EngineError, match="no quantisation"):  # never f32 under the name int8
+        OpenVinoEngine(fp32_path, precision="int8", threads=1)
+    ref = fp32(torch.from_numpy(x[None]))[0].numpy() > 0
+    assert all(_dice(ref[k], truth[k]) > 0.999 for k in range(3))
+    ov = OpenVinoEngine(path, precision="int8", threads=1)
+    for engine in (OnnxRuntimeEngine(path, threads=1), ov):
+        got = engine(torch.from_numpy(x[None]))[0].numpy() > 0
+        for k in range(3):
+            assert _dice(got[k], ref[k]) >= INT8_MIN_DICE, (type(engine).__name__, k)
+    # OpenVINO really executes integer convolutions (not dequantised f32 weights)
+    runtime = next(iter(ov._compiled.values())).get_runtime_model()
+    infos = [op.get_rt_info() for op in runtime.get_ops()]
+    conv = {i["runtimePrecision"].astype(str) for i in infos
+            if "layerType" in i and i["layerType"].astype(str) == "Convolution"}
+    assert conv == {"u8"}, conv
+
+
+def test_calibration_windows(tmp_path: Path) -> None:
+    from glioseg.infer.export import calibration_windows, quantize_onnx
+
+    vol = np.arange(4 * 10 * 6 * 8, dtype=np.float32).reshape(4, 10, 6, 8)
+    w = calibration_windows(vol, (4, 8, 8), n=5, seed=3)
+    assert w.shape == (5, 4, 4, 8, 8)
+    # each window is a block of the volume, zero-padded where the ROI is larger (y: 6 < 8)
+    for win in w:
+        i = int(np.argwhere(vol[0] == win[0, 0, 0, 0])[0][0])
+        np.testing.assert_array_equal(win[:, :, :6], vol[:, i:i + 4])
+        assert not win[:, :, 6:].any()
+    np.testing.assert_array_equal(w, calibration_windows(vol, (4, 8, 8), n=5, seed=3))
+    with pytest.raises(ExportError, match="not found"):
+        quantize_onnx(tmp_path / "absent.onnx", tmp_path / "q.onnx", w)
+    with pytest.raises(EngineError, match="precision"):
+        OpenVinoEngine(tmp_path / "absent.onnx", precision="fp16")

@@ -70,27 +70,39 @@ def test_region_dice_by_hand() -> None:
     assert got == {"WT": 0.8, "TC": 0.0, "ET": 1.0}
 
 
-def test_bench_predict_reports_every_figure(tmp_path: Path, capsys) -> None:
-    from glioseg.bench.predict import bench_predict
+def _tiny_case(root: Path, case_id: str, seed: int) -> Path:
+    """A 30 x 26 x 18 four-sequence BraTS 2021 case with an edema block."""
     from glioseg.data.labels import MODALITIES
+
+    rng = np.random.default_rng(seed)
+    folder = root / case_id
+    folder.mkdir(parents=True)
+    brain = np.zeros((30, 26, 18), bool)
+    brain[2:28, 3:25, 1:17] = True
+    for m in MODALITIES:
+        vol = (rng.uniform(1, 2, brain.shape) * brain).astype(np.float32)
+        nib.save(nib.Nifti1Image(vol, np.eye(4)), folder / f"{case_id}_{m}.nii.gz")
+    seg = np.zeros(brain.shape, np.uint8)
+    seg[10:20, 10:20, 5:12] = 2
+    nib.save(nib.Nifti1Image(seg, np.eye(4)), folder / f"{case_id}_seg.nii.gz")
+    return folder
+
+
+def _tiny_model(tmp_path: Path) -> Path:
     from glioseg.model.card import ModelCard, save_model
     from glioseg.model.registry import build_model, preset
 
     torch.manual_seed(0)
     net = build_model(preset("small", base_width=4, max_width=8, n_stages=2,
                              patch_size=(16, 16, 16)))
-    ckpt = save_model(tmp_path / "m", net, ModelCard.for_model(net, label_scheme="brats2021"))
-    rng = np.random.default_rng(0)
-    folder = tmp_path / "data" / "BraTS2021_00001"
-    folder.mkdir(parents=True)
-    brain = np.zeros((30, 26, 18), bool)
-    brain[2:28, 3:25, 1:17] = True
-    for m in MODALITIES:
-        vol = (rng.uniform(1, 2, brain.shape) * brain).astype(np.float32)
-        nib.save(nib.Nifti1Image(vol, np.eye(4)), folder / f"BraTS2021_00001_{m}.nii.gz")
-    seg = np.zeros(brain.shape, np.uint8)
-    seg[10:20, 10:20, 5:12] = 2
-    nib.save(nib.Nifti1Image(seg, np.eye(4)), folder / "BraTS2021_00001_seg.nii.gz")
+    return save_model(tmp_path / "m", net, ModelCard.for_model(net, label_scheme="brats2021"))
+
+
+def test_bench_predict_reports_every_figure(tmp_path: Path, capsys) -> None:
+    from glioseg.bench.predict import bench_predict
+
+    ckpt = _tiny_model(tmp_path)
+    folder = _tiny_case(tmp_path / "data", "BraTS2021_00001", seed=0)
     out = tmp_path / "bench.json"
     bench_predict(model=ckpt, engines=["torch:fp32"], case_dir=folder, output=out)
     printed = capsys.readouterr().out
@@ -106,3 +118,25 @@ def test_bench_predict_reports_every_figure(tmp_path: Path, capsys) -> None:
     assert set(ours["dice"]) == {"WT", "TC", "ET"} and set(ours["dice_truth"]) == {"WT", "TC", "ET"}
     # brain box 26 x 22 x 16: 3 x 2 x 1 windows of 16 at overlap 0.5 (26: 0, 5, 10; 22: 0, 6)
     assert result["brain_box"] == [26, 22, 16] and ours["windows"] == 3 * 2 * 1
+
+
+def test_bench_int8_rows_compare_with_fp32(tmp_path: Path, capsys) -> None:
+    from glioseg.bench.predict import bench_predict
+
+    ckpt = _tiny_model(tmp_path)
+    folder = _tiny_case(tmp_path / "data", "BraTS2021_00001", seed=0)
+    calib = _tiny_case(tmp_path / "calib", "BraTS2021_00002", seed=1)
+    with pytest.raises(ValueError, match="benchmarked case"):
+        bench_predict(model=ckpt, engines=["onnxruntime:int8"], case_dir=folder,
+                      reference=False, calibration=folder)
+    out = tmp_path / "bench.json"
+    bench_predict(model=ckpt, engines=["onnxruntime:fp32", "onnxruntime:int8"], case_dir=folder,
+                  reference=False, calibration=calib, output=out)
+    assert "vs same engine fp32" in capsys.readouterr().out
+    result = json.loads(out.read_text())
+    assert result["calibration_case"] == "BraTS2021_00002"
+    fp32, int8 = result["rows"]
+    assert (fp32["spec"], int8["spec"]) == ("onnxruntime:fp32", "onnxruntime:int8")
+    assert "dice_fp32" not in fp32 and set(int8["dice_fp32"]) == {"WT", "TC", "ET"}
+    assert all(0.0 <= d <= 1.0 for d in int8["dice_fp32"].values())
+    assert int8["seconds"] > 0 and int8["calibration_case"] == "BraTS2021_00002"

@@ -161,15 +161,16 @@ def shift(
     from glioseg.analysis.shift_run import run_shift
 
     try:
-        net, spacing = None, None
+        net, spacing, mods = None, None, None
         if model is not None:
             from glioseg.model.card import load_model
 
             net, card = load_model(model)
             spacing = (getattr(card, "preprocessing", None) or {}).get("spacing")
+            mods = list(card.modalities)
         doc = run_shift(source, target, output, model=net, spacing=spacing,
                         n_permutations=permutations, seed=seed, alpha=alpha,
-                        model_path=None if model is None else str(model))
+                        model_path=None if model is None else str(model), modalities=mods)
     except ValueError as exc:
         _fail(str(exc))
     typer.echo(doc["verdict"])
@@ -300,15 +301,22 @@ def bench_predict_cmd(
     reference: Annotated[bool, typer.Option(help="Run the MONAI reference.")] = True,
     output: Annotated[Path | None, typer.Option("-o", "--output", help="Write the figures as "
                                                 "JSON here.")] = None,
+    calibration: Annotated[Path | None, typer.Option(help="Case folder int8 engines are "
+                                                     "calibrated on, not the benchmarked case "
+                                                     "(default: another synthetic case).")
+                           ] = None,
 ) -> None:
-    """Seconds per full-size case per engine vs MONAI's sliding window; Dice agreement; floor."""
+    """Seconds per full-size case per engine vs MONAI's sliding window; Dice agreement; floor.
+
+    Engines: torch:fp32|bf16, onnxruntime:fp32|int8, openvino:fp32|bf16|int8.
+    """
     from glioseg.bench.predict import bench_predict
 
     try:
         bench_predict(model=model, preset_name=preset,
                       engines=[e.strip() for e in engines.split(",") if e.strip()],
                       case_dir=case, overlap=overlap, roi=_parse_roi(roi), batch=batch,
-                      reference=reference, output=output)
+                      reference=reference, output=output, calibration=calibration)
     except ValueError as exc:
         _fail(str(exc))
 

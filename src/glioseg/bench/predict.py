@@ -10,7 +10,12 @@ For one four-sequence case (a synthetic 240x240x155 1 mm case unless one is give
   and Gaussian mode on the uncropped z-scored volume (PyTorch fp32, batch 1), also alone in
   its process;
 - agreement: WT/TC/ET Dice between each engine's regions (probability > 0.5) and the
-  reference's;
+  reference's, and for bf16/int8 rows with the same engine's fp32 row;
+- int8 (``onnxruntime:int8``, ``openvino:int8``): the exported ONNX graph quantised statically
+  (QDQ, ``glioseg.infer.export.export_int8``), calibrated on ``INT8_WINDOWS`` fixed-seed random
+  windows of a calibration case that is never the benchmarked one: ``--calibration CASE``, by
+  default case 1 of the same synthetic cohort (the benchmarked synthetic case is case 0);
+  quantisation is part of the setup time;
 - the floor: network FLOPs per case (``torch.utils.flop_counter``, times the windows run)
   over this CPU's measured dense GFLOP/s (a large matmul, same threads and dtype).
 
@@ -69,9 +74,36 @@ def _monai_windows(image_shape: tuple[int, ...], roi: tuple[int, ...], overlap: 
     return n
 
 
+def _int8_engines(predictor, models: list, calib_path: str, calib_spacing: list[float],
+                  engine: str, workdir: Path) -> list:
+    """int8 engines of ``engine`` for ``models``, calibrated on the calibration case."""
+    from glioseg.data.labels import MODALITIES
+    from glioseg.infer.engines import EngineError, OnnxRuntimeEngine, OpenVinoEngine
+    from glioseg.infer.export import calibration_windows, export_int8
+    from glioseg.infer.predict import _in_channels
+    from glioseg.preprocess.pure import preprocess_arrays
+
+    if engine not in ("onnxruntime", "openvino"):
+        raise EngineError(f"int8 runs on the onnxruntime and openvino engines, not {engine!r}")
+    pre, _, _ = preprocess_arrays(np.load(calib_path), None, calib_spacing, predictor.spacing)
+    pre = pre[[MODALITIES.index(m) for m in predictor.modalities]]
+    windows = calibration_windows(pre, predictor.roi)
+    out = []
+    for i, m in enumerate(models):
+        path = export_int8(m, workdir / f"model{i}.int8.onnx", windows, _in_channels(m))
+        out.append(OnnxRuntimeEngine(path) if engine == "onnxruntime"
+                   else OpenVinoEngine(path, precision="int8"))
+    return out
+
+
 def _engine_run(spec: str, ckpt: str, image_path: str, spacing: list[float],
-                roi: tuple[int, int, int], overlap: float, batch: int, out_path: str) -> dict:
-    """Child process: time one ``engine:dtype`` on the case; save its regions to ``out_path``."""
+                roi: tuple[int, int, int], overlap: float, batch: int, out_path: str,
+                calib_path: str | None = None, calib_spacing: list[float] | None = None) -> dict:
+    """Child process: time one ``engine:dtype`` on the case; save its regions to ``out_path``.
+
+    ``int8`` quantises the network on windows of the calibration case (``calib_path``, a
+    ``(4, X, Y, Z)`` float32 ``.npy`` at ``calib_spacing``), never on the timed case.
+    """
     import torch
 
     from glioseg.infer.predict import CasePredictor, PredictOptions, load_model
@@ -81,9 +113,16 @@ def _engine_run(spec: str, ckpt: str, image_path: str, spacing: list[float],
     model, card = load_model(ckpt)
     image = np.load(image_path)
     t0 = time.perf_counter()
-    opts = PredictOptions(engine=engine, dtype=dtype or "fp32", roi=roi, overlap=overlap,
-                          batch=batch)
+    int8 = dtype == "int8"
+    # int8: a PyTorch predictor (no export) whose engines are then replaced by int8 ones
+    opts = PredictOptions(engine="torch" if int8 else engine, dtype="fp32" if int8 else
+                          (dtype or "fp32"), roi=roi, overlap=overlap, batch=batch)
     predictor = CasePredictor([(model, card)], opts)
+    if int8:
+        if calib_path is None or calib_spacing is None:
+            raise ValueError("int8 needs a calibration case")
+        predictor.engines = _int8_engines(predictor, [model], calib_path, calib_spacing, engine,
+                                          Path(predictor._tmp.name))
     div = predictor.divisor
     for e in predictor.engines:  # warm-up: primitive creation / compilation, batch shape
         e(torch.zeros((batch, len(predictor.modalities), *roi)))
@@ -171,14 +210,26 @@ def region_dice(packed: np.ndarray, ref_packed: np.ndarray,
             for i, reg in enumerate(REGIONS)}
 
 
-def measured_gflops(dtype: str = "fp32", n: int = 2048, repeats: int = 5) -> float:
-    """Best dense matmul GFLOP/s of this CPU with torch's threads (``fp32`` or ``bf16``)."""
+def measured_gflops(dtype: str = "fp32", max_n: int = 2048, repeats: int = 5,
+                    budget_s: float = 0.5) -> float:
+    """Best dense matmul GFLOP/s of this CPU with torch's threads (``fp32`` or ``bf16``).
+
+    The matrix size doubles from 256 up to ``max_n`` while one product stays under
+    ``budget_s`` / 8, so an emulated dtype (bf16 without AVX-512 BF16: ~1 GFLOP/s) is measured
+    in about a second instead of minutes.
+    """
     import torch
 
     dt = torch.bfloat16 if dtype == "bf16" else torch.float32
-    a = torch.randn(n, n).to(dt)
-    b = torch.randn(n, n).to(dt)
-    torch.mm(a, b)
+    n = 256
+    while True:
+        a = torch.randn(n, n).to(dt)
+        b = torch.randn(n, n).to(dt)
+        t0 = time.perf_counter()
+        torch.mm(a, b)
+        if n >= max_n or 8 * (time.perf_counter() - t0) > budget_s:
+            break
+        n *= 2
     best = float("inf")
     for _ in range(repeats):
         t0 = time.perf_counter()
@@ -215,6 +266,31 @@ def _verdict(rows: list[dict[str, Any]], trained: bool) -> None:
     if not trained:
         print("note: random weights give probabilities near 0.5 everywhere, so Dice agreement "
               "says little; pass --model with a trained checkpoint")
+
+
+def _prepare_calibration(calibration: Path | None, case_id: str, card, in_channels: int,
+                         tmp: Path) -> tuple[Path, list[float], str]:
+    """(calibration image (4, X, Y, Z) ``.npy``, its spacing, its case id) for int8.
+
+    ``calibration`` is a case folder; None: case 1 of the synthetic cohort whose case 0 is the
+    default benchmark case (a different case, so the quantisation never sees the timed one).
+    A calibration case with the benchmarked case's id (``case_id``) is refused.
+    """
+    from glioseg.data.cases import discover
+    from glioseg.infer.predict import card_modalities, load_for_model
+
+    if calibration is None:
+        from glioseg.data.synthetic import write_cohort
+
+        calibration = write_cohort(tmp / "calib", n_cases=1, layout="brats2021", seed=0,
+                                   spacing=1.0, start=1)[0]
+    case = discover(calibration)[0]
+    if case.case_id == case_id:
+        raise ValueError(f"{calibration}: calibration case {case.case_id} is the benchmarked "
+                         f"case; int8 must be calibrated on another case")
+    image, header = load_for_model(case, card_modalities(card, in_channels), False)
+    np.save(tmp / "calib.npy", image)
+    return tmp / "calib.npy", list(header.spacing), case.case_id
 
 
 def _prepare(model: Path | None, preset_name: str, case_dir: Path | None, tmp: Path):
@@ -262,10 +338,16 @@ def bench_predict(
     batch: int = 1,
     reference: bool = True,
     output: Path | None = None,
+    calibration: Path | None = None,
 ) -> dict[str, Any]:
-    """Run the benchmark, print a table, optionally write JSON; returns the figures."""
+    """Run the benchmark, print a table, optionally write JSON; returns the figures.
+
+    ``calibration``: the case folder int8 engines are calibrated on (default: another case of
+    the synthetic cohort; see the module docstring).
+    """
     import torch
 
+    from glioseg.infer.export import INT8_WINDOWS
     from glioseg.infer.predict import (
         _in_channels,
         card_spacing,
@@ -274,6 +356,7 @@ def bench_predict(
         model_roi,
     )
     from glioseg.preprocess.pure import preprocess_arrays
+    from glioseg.train.loop import native_bf16_cpu
 
     engines = engines or ["torch:fp32"]
     with tempfile.TemporaryDirectory(prefix="glioseg-bench-") as tmp_name:
@@ -300,7 +383,8 @@ def bench_predict(
         print(f"FLOPs per window {flops_window / 1e9:.1f} G; ours {n_ours} windows = "
               f"{n_ours * flops_window / 1e12:.2f} TFLOP; one pass over the brain box "
               f"{flops_per_voxel * voxels_box / 1e12:.2f} TFLOP; matmul peak "
-              f"{gflops['fp32']:.0f} GFLOP/s fp32, {gflops['bf16']:.0f} GFLOP/s bf16")
+              f"{gflops['fp32']:.0f} GFLOP/s fp32, {gflops['bf16']:.0f} GFLOP/s bf16 "
+              f"({'native' if native_bf16_cpu() else 'emulated: no AVX-512 BF16 / AMX'})")
         rows: list[dict[str, Any]] = []
         ref_regions = crop_regions = None
         truth = np.load(tmp / "truth.npy") if (tmp / "truth.npy").is_file() else None
@@ -314,10 +398,16 @@ def bench_predict(
                 r["dice_truth"] = region_dice(ref_regions, truth, n_vox)
             rows.append(r)
             print(f"  monai-reference:fp32 done: {r['seconds']:.1f} s", flush=True)
+        calib: tuple[Path, list[float], str] | None = None
+        if any(s.partition(":")[2] == "int8" for s in engines):
+            calib = _prepare_calibration(calibration, case_id, card, cin, tmp)
+            print(f"int8 calibration: {INT8_WINDOWS} windows of case {calib[2]}", flush=True)
+        fp32_regions: dict[str, np.ndarray] = {}
         for spec in engines:
             try:
                 r = _in_child(_engine_run, spec, str(ckpt), str(image_path), spacing, roi,
-                              overlap, batch, str(tmp / "ours.npy"))
+                              overlap, batch, str(tmp / "ours.npy"),
+                              str(calib[0]) if calib else None, calib[1] if calib else None)
             except Exception as exc:  # one engine missing must not stop the others
                 print(f"  {spec}: failed: {exc}", flush=True)
                 continue
@@ -325,6 +415,13 @@ def bench_predict(
             r["windows"] = n_ours
             r["flops"] = n_ours * flops_window
             ours = np.load(tmp / "ours.npy")
+            eng, _, dt = spec.partition(":")
+            if dt in ("", "fp32"):
+                fp32_regions[eng] = ours
+            elif eng in fp32_regions:
+                r["dice_fp32"] = region_dice(ours, fp32_regions[eng], n_vox)
+            if calib is not None and dt == "int8":
+                r["calibration_case"] = calib[2]
             if ref_regions is not None and crop_regions is not None:
                 r["dice"] = region_dice(ours, ref_regions, n_vox)
                 r["dice_crop"] = region_dice(ours, crop_regions, n_vox)
@@ -345,24 +442,26 @@ def bench_predict(
               f"{r['floor_s']:>9.1f}{r['one_pass_floor_s']:>9.1f}{r['peak_rss_mb']:>9.0f}"
               f"{r['setup_s']:>9.1f}")
     print("floor s: this row's network FLOPs (windows x FLOPs per window) / measured matmul "
-          "GFLOP/s of its dtype; 1-pass s: one pass over the brain box, no overlap; peak MB: "
-          "the process's peak resident memory (VmHWM), Python and libraries included.")
+          "GFLOP/s of its dtype (int8 rows: fp32's); 1-pass s: one pass over the brain box, "
+          "no overlap; peak MB: the process's peak resident memory (VmHWM), Python and libraries included.")
 
     def _fmt(d: dict[str, float] | None) -> str:
         return "/".join(f"{d[k]:.4f}" for k in REGIONS) if d else "-"
 
     print(f"{'Dice WT/TC/ET':<22}{'vs reference':>22}{'vs MONAI on crop':>22}"
-          f"{'vs ground truth':>22}")
+          f"{'vs same engine fp32':>22}{'vs ground truth':>22}")
     for r in rows:
         print(f"{r['spec']:<22}{_fmt(r.get('dice')):>22}{_fmt(r.get('dice_crop')):>22}"
-              f"{_fmt(r.get('dice_truth')):>22}")
+              f"{_fmt(r.get('dice_fp32')):>22}{_fmt(r.get('dice_truth')):>22}")
     print("vs reference: MONAI on the uncropped volume (the issue's agreement figure); vs MONAI "
-          "on crop: MONAI's sliding window on the same brain box our engines see.")
+          "on crop: MONAI's sliding window on the same brain box our engines see; vs same "
+          "engine fp32: this engine's fp32 row earlier in --engines (bf16/int8 rows).")
     _verdict(rows, trained)
     result = {
         "case": case_id, "shape": list(image.shape[1:]), "brain_box": list(crop_shape),
         "roi": list(roi), "overlap": overlap, "batch": batch, "trained": trained,
         "threads": torch.get_num_threads(), "flops_per_window": flops_window,
+        "calibration_case": calib[2] if calib else None,
         "flops_one_pass_box": flops_per_voxel * voxels_box, "gflops": gflops, "rows": rows,
     }
     if output is not None:

@@ -11,6 +11,11 @@ tensor, which is what ``sliding_window_inference`` takes:
 - ``OpenVinoEngine``: an ONNX or OpenVINO IR file compiled by OpenVINO for the CPU, in f32 or
   bf16 (OpenVINO's default on CPUs with AVX-512 BF16; check accuracy), one compiled model per
   input shape (sliding windows all share one shape, so usually one or two compilations).
+
+int8 (``onnxruntime`` and ``openvino``): the engine is given the QDQ-quantised ONNX file from
+``glioseg.infer.export.export_int8``; ONNX Runtime fuses it into integer convolutions,
+OpenVINO reads the Q/DQ pairs as FakeQuantize and runs those convolutions in int8, everything
+else in f32.
 """
 
 from __future__ import annotations
@@ -23,6 +28,12 @@ import torch
 
 ENGINES: tuple[str, ...] = ("torch", "onnxruntime", "openvino")
 DTYPES: tuple[str, ...] = ("fp32", "bf16", "fp16")
+ENGINE_DTYPES: dict[str, tuple[str, ...]] = {
+    "torch": ("fp32", "bf16", "fp16"),
+    "onnxruntime": ("fp32", "int8"),
+    "openvino": ("fp32", "bf16", "int8"),
+}
+"""The dtypes each engine runs (int8: a QDQ-quantised ONNX file, see the module docstring)."""
 
 
 class EngineError(ValueError):
@@ -124,7 +135,9 @@ class OpenVinoEngine:
 
     Args:
         path: ``.onnx`` or OpenVINO IR ``.xml`` file.
-        precision: ``fp32`` (``INFERENCE_PRECISION_HINT=f32``) or ``bf16``.
+        precision: ``fp32`` (``INFERENCE_PRECISION_HINT=f32``), ``bf16``, or ``int8`` (``path``
+            is a QDQ-quantised ONNX file; the quantised operations run in int8, the others
+            with the f32 hint).
         threads: inference threads (default: torch's thread count).
     """
 
@@ -133,14 +146,21 @@ class OpenVinoEngine:
     def __init__(self, path: str | Path, precision: str = "fp32", threads: int | None = None) -> None:
         import openvino as ov
 
-        if precision not in ("fp32", "bf16"):
-            raise EngineError(f"OpenVINO precision must be fp32 or bf16, got {precision!r}")
+        if precision not in ENGINE_DTYPES["openvino"]:
+            raise EngineError(f"OpenVINO precision must be one of "
+                              f"{', '.join(ENGINE_DTYPES['openvino'])}, got {precision!r}")
         if not Path(path).is_file():
             raise EngineError(f"{path}: model file not found")
         self.core = ov.Core()
         self.model = self.core.read_model(str(path))
+        if precision == "int8" and not any(
+                op.get_type_name() in ("FakeQuantize", "FakeConvert")
+                for op in self.model.get_ops()):
+            # without Q/DQ pairs OpenVINO would run this graph in f32 under the name int8
+            raise EngineError(f"{path}: int8 needs a quantised (QDQ) model file, as written by "
+                              f"glioseg.infer.export.export_int8; this one has no quantisation")
         self.config = {
-            "INFERENCE_PRECISION_HINT": "f32" if precision == "fp32" else "bf16",
+            "INFERENCE_PRECISION_HINT": "bf16" if precision == "bf16" else "f32",
             "INFERENCE_NUM_THREADS": _threads(threads),
             "PERFORMANCE_HINT": "LATENCY",
         }

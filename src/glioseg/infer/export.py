@@ -4,11 +4,19 @@ ONNX is exported with the TorchScript exporter (``dynamo=False``, opset 17; the 
 needs ``onnxscript``) with dynamic batch and spatial axes. OpenVINO IR is converted from that
 ONNX graph (``openvino.convert_model``) and keeps the dynamic shape; the OpenVINO engine fixes
 the shape per compilation. Files are written under a temporary name, then renamed.
+
+int8: ``quantize_onnx`` statically quantises the fp32 ONNX graph with ONNX Runtime
+(``quantize_static``, QDQ format: uint8 activations, int8 weights per output channel, MinMax
+calibration). The QDQ file runs in ONNX Runtime (fused into integer kernels) and in OpenVINO
+(read as FakeQuantize, executed in int8). Calibration windows come from a case that is NOT the
+one being predicted (``calibration_windows``: fixed-seed random windows of a preprocessed
+calibration case), so the quantisation ranges never see the test case.
 """
 
 from __future__ import annotations
 
 import io
+import logging
 import os
 import tempfile
 import warnings
@@ -93,6 +101,121 @@ def export_model(
         os.replace(tmp_xml.with_suffix(".bin"), path.with_suffix(".bin"))
         os.replace(tmp_xml, path)
     return path
+
+
+INT8_WINDOWS = 8
+"""Calibration windows used by default for int8 quantisation."""
+
+
+def calibration_windows(volume: np.ndarray, roi: Sequence[int], n: int = INT8_WINDOWS,
+                        seed: int = 0) -> np.ndarray:
+    """``n`` windows at random positions of a preprocessed volume (fixed seed).
+
+    Args:
+        volume: ``(C, X, Y, Z)`` float32, preprocessed as the network sees it (brain box,
+            z-scored, on the model's grid); zero-padded at the end where smaller than ``roi``.
+        roi: window ``(x, y, z)``.
+        n: number of windows.
+        seed: seed of the ``np.random.Generator`` drawing the window corners.
+
+    Returns:
+        ``(n, C, *roi)`` float32.
+    """
+    if volume.ndim != 4:
+        raise ExportError(f"calibration volume must be (C, X, Y, Z), got shape {volume.shape}")
+    if n < 1:
+        raise ExportError(f"need at least one calibration window, got {n}")
+    roi = tuple(int(r) for r in roi)
+    pad = [(0, 0)] + [(0, max(0, r - s)) for s, r in zip(volume.shape[1:], roi, strict=True)]
+    vol = np.pad(np.asarray(volume, np.float32), pad)
+    rng = np.random.default_rng(seed)
+    out = np.empty((n, vol.shape[0], *roi), np.float32)
+    for i in range(n):
+        lo = [int(rng.integers(0, s - r + 1)) for s, r in zip(vol.shape[1:], roi, strict=True)]
+        out[i] = vol[(slice(None), *(slice(a, a + r) for a, r in zip(lo, roi, strict=True)))]
+    return out
+
+
+def quantize_onnx(src: str | Path, dst: str | Path, windows: np.ndarray,
+                  per_channel: bool = True) -> Path:
+    """Statically quantise an fp32 ONNX file to int8 (QDQ), calibrated on ``windows``.
+
+    Args:
+        src: fp32 ``.onnx`` (from ``export_model``).
+        dst: the int8 ``.onnx`` to write (atomically).
+        windows: ``(n, C, x, y, z)`` float32 calibration inputs, one network call each.
+        per_channel: int8 weights with one scale per output channel (else per tensor).
+
+    Returns:
+        ``dst``.
+    """
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    src, dst = Path(src), Path(dst)
+    if not src.is_file():
+        raise ExportError(f"{src}: ONNX file not found")
+    windows = np.asarray(windows, np.float32)
+    if windows.ndim != 5 or len(windows) == 0:
+        raise ExportError(f"calibration windows must be (n, C, x, y, z), got {windows.shape}")
+    import onnx
+
+    input_name = onnx.load(str(src), load_external_data=False).graph.input[0].name
+
+    class _Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self._it = iter(windows)
+
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            w = next(self._it, None)
+            return None if w is None else {input_name: w[None]}
+
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=dst.parent, prefix=".quant.") as tmp:
+        pre, out = Path(tmp) / "pre.onnx", Path(tmp) / "model.onnx"
+        # ONNX Runtime's recommended preparation: graph optimisation folds the exporter's
+        # Identity nodes into initialisers (so convolution biases are quantised too) and
+        # shape inference marks every tensor quantisable
+        quant_pre_process(str(src), str(pre), skip_symbolic_shape=True)
+        root = logging.getLogger()
+        level = root.level
+        root.setLevel(logging.ERROR)  # the quantiser logs advice on the root logger
+        try:
+            quantize_static(
+                str(pre), str(out), _Reader(), quant_format=QuantFormat.QDQ,
+                activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                per_channel=per_channel, calibrate_method=CalibrationMethod.MinMax,
+            )
+        finally:
+            root.setLevel(level)
+        os.replace(out, dst)
+    return dst
+
+
+def export_int8(model: torch.nn.Module, path: str | Path, windows: np.ndarray,
+                in_channels: int = 4) -> Path:
+    """Export ``model`` to ONNX and quantise it to int8 (QDQ) on ``windows`` (see above).
+
+    Args:
+        model: network ``(B, C, x, y, z)`` -> logits.
+        path: the int8 ``.onnx`` to write.
+        windows: ``(n, C, x, y, z)`` float32 calibration inputs (``calibration_windows``).
+        in_channels: C.
+    """
+    path = Path(path)
+    path = path if path.suffix == ".onnx" else path.with_suffix(".onnx")
+    fp32 = export_model(model, path.with_name(path.stem + ".fp32.onnx"), "onnx", in_channels,
+                        example_size=tuple(windows.shape[2:]))
+    try:
+        return quantize_onnx(fp32, path, windows)
+    finally:
+        fp32.unlink(missing_ok=True)
 
 
 def engine_for_file(path: str | Path, precision: str = "fp32", threads: int | None = None):
