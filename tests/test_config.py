@@ -10,7 +10,7 @@ from glioseg import config as C
 
 def test_defaults_and_presets_load():
     cfg = C.load_config()
-    assert cfg.train.amp == "bf16" and cfg.optim.name == "adamw"
+    assert cfg.train.amp == "auto" and cfg.optim.name == "adamw"
     # data.patch_size unset: taken from the model config
     assert cfg.patch_size == tuple(cfg.model.patch_size)
     small = C.load_config("small")

@@ -5,7 +5,7 @@ hold values only, nested as the dataclasses are::
 
     data:  {cache_dir: ..., patch_size: [64, 64, 64], batch_size: 2, ...}
     optim: {name: adamw, lr: 0.001, ...}
-    train: {steps: 1000, amp: bf16, ...}
+    train: {steps: 1000, amp: auto, ...}
     model: {arch: unet3d, base_width: 16, ...}      # glioseg.model.registry.ModelConfig
 
 ``load_config(path_or_preset, ["train.steps=200", "data.patch_size=[48,48,48]"])`` starts from
@@ -102,6 +102,24 @@ class OptimConfig:
 
 
 @dataclass(frozen=True)
+class LossConfig:
+    """The segmentation loss: soft Dice + BCE over the WT/TC/ET regions (``train.task:
+    segment``), summed over the deep-supervision scales (``glioseg.train.losses``)."""
+
+    dice_weight: float = 1.0
+    """Weight of the soft Dice term."""
+    bce_weight: float = 1.0
+    """Weight of the binary cross-entropy term."""
+    batch_dice: bool = False
+    """Soft Dice over the whole batch as one volume per region (nnU-Net's batch Dice; steadier
+    with small lesions and large batches) instead of per sample."""
+    target_downsampling: Literal["nearest", "maxpool"] = "nearest"
+    """How the region targets are brought to the coarser deep-supervision scales: one voxel
+    per block (nnU-Net) or ``maxpool`` (a coarse voxel is set when any of its block is, so small
+    lesions never vanish from the coarse targets)."""
+
+
+@dataclass(frozen=True)
 class TrainConfig:
     """The training loop."""
 
@@ -113,9 +131,11 @@ class TrainConfig:
     """Write ``last.pt`` every this many steps (and at the last step)."""
     log_every: int = 10
     """Append the mean training loss to ``metrics.jsonl`` every this many steps."""
-    amp: Literal["bf16", "fp16", "none"] = "bf16"
-    """Autocast dtype: bf16 needs no loss scaling and runs on CPUs with AVX-512 BF16 and on
-    Ampere+ GPUs; fp16 (with a GradScaler) for older GPUs; none for float32."""
+    amp: Literal["auto", "bf16", "fp16", "none"] = "auto"
+    """Autocast dtype: bf16 needs no loss scaling and is fast on CPUs with AVX-512 BF16 / AMX
+    and on Ampere+ GPUs; fp16 (with a GradScaler) for older GPUs; none for float32; auto: bf16
+    where it is native, fp16 on GPUs without bf16, float32 on other CPUs (where bf16 is
+    emulated and measured 50x slower)."""
     compile: bool = False
     """``torch.compile`` the model (GPU runs; on CPU it needs a C++ compiler and minutes)."""
     channels_last: bool = True
@@ -173,6 +193,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     model: ModelConfig = field(default_factory=_default_model)
     transfer: TransferConfig = field(default_factory=TransferConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
 
     def __post_init__(self) -> None:
         # The input channels follow data.modalities; a restoration model outputs one channel
@@ -222,6 +243,9 @@ def _validate(cfg: Config) -> None:
          f"must be names among {', '.join(MODALITIES)}"),
         (len(set(d.modalities)) == len(d.modalities), "data.modalities", "has a repeated name"),
         (0.0 <= cfg.transfer.layer_decay <= 1.0, "transfer.layer_decay", "must be in [0, 1]"),
+        (cfg.loss.dice_weight >= 0 and cfg.loss.bce_weight >= 0
+         and cfg.loss.dice_weight + cfg.loss.bce_weight > 0, "loss.dice_weight",
+         "and loss.bce_weight must be >= 0, not both 0"),
     ]
     for ok, key, what in checks:
         if not ok:

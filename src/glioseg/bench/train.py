@@ -118,7 +118,8 @@ def measure(
         stats[2:] /= info.world_size  # wait fraction, time and CPU s per step: rank means
     params = sum(p.numel() for p in comp.model.parameters())
     return {
-        "world_size": info.world_size, "device": str(info.device), "amp": amp,
+        "world_size": info.world_size, "device": str(info.device),
+        "amp": L.resolve_amp(amp, info.device),
         "source": "loader" if cache else "synthetic", "patch": list(patch), "batch": b,
         "params": params, "threads": torch.get_num_threads(),
         "steps_per_s": steps / float(stats[3]),
@@ -202,8 +203,8 @@ def bench_train(
     if steps < 1 or warmup < 0:
         raise ValueError(f"steps ({steps}) must be >= 1 and warmup ({warmup}) >= 0")
     for amp in amps:
-        if amp not in ("bf16", "fp16", "none"):
-            raise ValueError(f"--amp {amp!r}: expected bf16, fp16 or none")
+        if amp not in ("auto", "bf16", "fp16", "none"):
+            raise ValueError(f"--amp {amp!r}: expected auto, bf16, fp16 or none")
     args = [preset, "--steps", str(steps), "--warmup", str(warmup), "--amp", ",".join(amps)]
     for o in overrides:
         args += ["--set", o]
