@@ -141,3 +141,50 @@ def test_single_process_world():
     assert (info.rank, info.world_size, info.is_main, info.distributed) == (0, 1, True, False)
     assert D.all_reduce_mean(2.5) == 2.5
     assert D.all_gather_objects("x") == ["x"]
+
+
+def test_torchrun_command_single_and_multi_node():
+    one = F.torchrun_command(["--out", "r"], nproc=2, max_restarts=3)
+    assert one[1:] == ["-m", "torch.distributed.run", "--nproc-per-node=2", "--max-restarts=3",
+                       "--standalone", "-m", "glioseg", "train", "--out", "r"]
+    two = F.torchrun_command(["--out", "r"], nproc=4, nnodes=2, node_rank=1,
+                             rdzv_endpoint="node0:29500", run_id="brats")
+    assert two[5:10] == ["--nnodes=2", "--node-rank=1", "--rdzv-backend=c10d",
+                         "--rdzv-endpoint=node0:29500", "--rdzv-id=brats"]
+    assert "--standalone" not in two
+    for bad in ({"nnodes": 2}, {"nnodes": 2, "rdzv_endpoint": "h:1", "node_rank": 2},
+                {"nproc": 0}):
+        kwargs = {"nproc": 2, **bad}
+        try:
+            F.torchrun_command([], **kwargs)
+        except F.TrainError:
+            continue
+        raise AssertionError(f"{kwargs} accepted")
+
+
+def test_pretrain_under_torchrun_two_ranks(tmp_path: Path):
+    """``glioseg pretrain --nproc 2``: the Models Genesis run (no deep supervision, so all heads
+    but the last are unused) through torchrun's launcher on two gloo ranks, to the end."""
+    import json
+    import subprocess
+    import sys
+
+    from test_train import TINY as TRAIN_TINY
+    from test_train import _tiny_cache
+
+    cache = _tiny_cache(tmp_path / "cache", n=2)
+    run = tmp_path / "pre"
+    # three stages: two heads, of which pretraining (no deep supervision) uses only the last
+    sets = [a for s in [*TRAIN_TINY, "model.n_stages=3", "train.steps=3", "train.ckpt_every=3"]
+            for a in ("--set", s)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    out = subprocess.run([sys.executable, "-m", "glioseg", "pretrain", "--data", str(cache),
+                          "--out", str(run), "--nproc", "2", *sets], env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    assert torch.load(run / "last.pt", weights_only=True)["step"] == 3
+    card = json.loads((run / "last" / "card.json").read_text())
+    assert card["provenance"]["method"] == "models-genesis"
+    # only rank 0 logs: each step once
+    steps = [json.loads(x)["step"] for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3]

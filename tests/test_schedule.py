@@ -64,6 +64,35 @@ def test_lr_factor_warmup_then_decay():
     assert lr_factor(60, 110, warmup_steps=10, kind="cosine") == pytest.approx(0.5)
     assert lr_factor(60, 110, warmup_steps=10, kind="constant") == 1.0
     assert lr_factor(110, 110, warmup_steps=0, kind="poly") == 0.0
-    assert lr_factor(4, 5, warmup_steps=50) == pytest.approx(5 / 50)  # shorter than warm-up
+    # shorter than its warm-up: the ramp over steps 0-3 (w = 4), the peak at the last step
+    assert [lr_factor(s, 5, warmup_steps=50) for s in range(5)] == pytest.approx(
+        [0.25, 0.5, 0.75, 1.0, 1.0])
+    assert lr_factor(5, 5, warmup_steps=50) == 0.0  # LambdaLR's step after the last
     with pytest.raises(ValueError, match="unknown schedule"):
         lr_factor(20, 110, 10, kind="step")
+
+
+def test_training_scheduler_follows_lr_factor():
+    """The run's scheduler (``fit.make_scheduler``) gives peak x ``lr_factor`` at every step."""
+    import torch
+
+    from glioseg import config as C
+    from glioseg.train import fit as F
+    from glioseg.train.schedule import lr_factor
+
+    cfg = C.load_config("small", ["train.steps=30", "optim.warmup_steps=5", "optim.lr=0.01",
+                                  "optim.schedule=cosine"])
+    opt = F.make_optimizer(cfg.optim, [torch.nn.Parameter(torch.zeros(1))])
+    sched = F.make_scheduler(cfg, opt)
+    got = []
+    for _ in range(30):
+        got.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert got == pytest.approx([0.01 * lr_factor(s, 30, 5, "cosine") for s in range(30)])
+    assert got[4] == pytest.approx(0.01) and got[0] == pytest.approx(0.002)
+    import dataclasses
+
+    bad = C.replace(cfg, optim=dataclasses.replace(cfg.optim, schedule="step"))
+    with pytest.raises(F.TrainError, match="unknown schedule"):
+        F.make_scheduler(bad, opt)

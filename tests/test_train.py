@@ -194,3 +194,36 @@ def test_card_spacing_is_the_grid_the_model_learnt_on(tmp_path: Path):
     assert F._cache_spacing(str(mixed)) is None
     resampled = _cache_with_spacings(tmp_path / "c", [[1.5] * 3] * 2, resampled=[1.5] * 3)
     assert F._cache_spacing(str(resampled)) == [1.5, 1.5, 1.5]
+
+
+def test_profile_writes_a_chrome_trace_and_splits_the_step(tmp_path: Path, capsys):
+    from glioseg import config as C
+    from glioseg.train.profile import SECTIONS, profile_training
+
+    cache = _tiny_cache(tmp_path / "cache", n=2)
+    cfg = C.load_config("small", [*TINY, f"data.cache_dir={cache}"])
+    res = profile_training(cfg, tmp_path / "run", steps=2, warmup=1, top=5)
+    trace = json.loads(Path(res["trace"]).read_text())
+    names = {e.get("name") for e in trace["traceEvents"]}
+    assert set(SECTIONS) <= names  # the step sections appear in the trace as ranges
+    assert any("conv" in n.lower() for n in names if n)
+    # the sections are disjoint parts of the profiled wall time
+    assert all(res[s] > 0 for s in SECTIONS) and sum(res[s] for s in SECTIONS) <= res["total"]
+    assert len(res["top"]) == 5 and all(t >= 0 and n >= 1 for _, t, n in res["top"])
+    assert [t for _, t, _ in res["top"]] == sorted((t for _, t, _ in res["top"]), reverse=True)
+    printed = capsys.readouterr().out
+    assert "Chrome trace:" in printed and "backward" in printed
+
+
+def test_metrics_log_survives_a_torn_last_line(tmp_path: Path):
+    """SIGKILL during a write leaves half a line: resume drops it and what is after the step."""
+    path = tmp_path / "metrics.jsonl"
+    path.write_text('{"step": 1, "loss": 1.0}\n{"step": 2, "loss": 0.9}\n{"step": 3, "lo')
+    assert [r["step"] for r in F.parse_metrics(path)] == [1, 2]
+    log = F.MetricsLog(path, resume_step=1)
+    log.write({"step": 2, "loss": 0.8})
+    log.close()
+    assert F.parse_metrics(path) == [{"step": 1, "loss": 1.0}, {"step": 2, "loss": 0.8}]
+    path.write_text('{"step": 1}\nnot json\n{"step": 3}\n')
+    with pytest.raises(F.TrainError, match="line 2"):
+        F.parse_metrics(path)

@@ -103,27 +103,15 @@ def make_optimizer(cfg: C.OptimConfig, params: Any) -> torch.optim.Optimizer:
                            momentum=cfg.momentum)
 
 
-def lr_factor(step: int, total: int, warmup: int, kind: str) -> float:
-    """Multiplier of the peak learning rate at ``step`` (0-based): linear warmup over
-    ``warmup`` steps, then poly (nnU-Net, exponent 0.9), cosine or constant over the rest."""
-    from glioseg.train.schedule import poly_lr, warmup_cosine_lr
-
-    warmup = min(warmup, total - 1)
-    if step < warmup:
-        return (step + 1) / warmup
-    if kind == "poly":
-        return poly_lr(min(step - warmup, total - warmup), total - warmup, 1.0)
-    if kind == "cosine":
-        return warmup_cosine_lr(min(step, total), total, 1.0, warmup)
-    if kind == "constant":
-        return 1.0
-    raise TrainError(f"optim.schedule={kind!r} is not poly, cosine or constant")
-
-
 def make_scheduler(cfg: C.Config, optimizer: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LambdaLR:
     """Warmup then decay as a ``LambdaLR`` (its state is the step: checkpoints restore it)."""
+    from glioseg.train.schedule import lr_factor
+
     o, total = cfg.optim, cfg.train.steps
-    lr_factor(0, total, o.warmup_steps, o.schedule)  # fail now on a bad schedule name
+    try:
+        lr_factor(0, total, o.warmup_steps, o.schedule)  # fail now on a bad schedule
+    except ValueError as exc:
+        raise TrainError(f"optim: {exc}") from None
     if not any(g.get("gated") for g in optimizer.param_groups):
         return torch.optim.lr_scheduler.LambdaLR(
             optimizer, lambda step: lr_factor(step, total, o.warmup_steps, o.schedule))
@@ -141,11 +129,14 @@ def make_scheduler(cfg: C.Config, optimizer: torch.optim.Optimizer) -> torch.opt
 def make_loss(cfg: C.Config) -> L.LossFn:
     """Soft Dice + BCE over the regions, summed over the deep-supervision scales when the model
     returns several (``glioseg.train.losses``)."""
-    from glioseg.train.losses import DeepSupervisionLoss, DiceBCELoss
+    from glioseg.train.losses import make_region_loss
 
     if cfg.train.task == "genesis":
         return restoration_loss
-    return DeepSupervisionLoss(DiceBCELoss())
+    lo = cfg.loss
+    # the deep-supervision wrapper also takes one tensor (models without deep supervision)
+    return make_region_loss(True, dice_weight=lo.dice_weight, bce_weight=lo.bce_weight,
+                            batch_dice=lo.batch_dice, target_downsampling=lo.target_downsampling)
 
 
 def restoration_loss(output: Any, target: torch.Tensor) -> torch.Tensor:
@@ -230,9 +221,10 @@ def wrap(comp: Components, cfg: C.Config, info: D.DistInfo) -> None:
         from torch.nn.parallel import DistributedDataParallel as DDP
 
         ids = [info.device.index] if info.device.type == "cuda" else None
-        # Deep supervision: the coarsest head has loss weight 0 (nnU-Net), so its parameters
-        # get no gradient; DDP must be told, or it waits for them forever.
-        net = DDP(net, device_ids=ids, find_unused_parameters=cfg.model.deep_supervision)
+        # Some heads get no gradient: with deep supervision the coarsest (loss weight 0, as
+        # nnU-Net), without it (e.g. Models Genesis pretraining) all but the full-resolution
+        # one. DDP must be told, or it waits for their gradients forever.
+        net = DDP(net, device_ids=ids, find_unused_parameters=True)
     if cfg.train.compile:
         net = torch.compile(net)  # type: ignore[assignment]
     comp.net = net
@@ -387,9 +379,8 @@ class MetricsLog:
             if path.exists():
                 path.unlink()
         elif path.exists():
-            keep = [line for line in path.read_text().splitlines()
-                    if line.strip() and json.loads(line).get("step", 0) <= resume_step]
-            write_text(path, "".join(line + "\n" for line in keep))
+            keep = [r for r in parse_metrics(path) if r.get("step", 0) <= resume_step]
+            write_text(path, "".join(json.dumps(r) + "\n" for r in keep))
         self._f = open(path, "a")
 
     def write(self, record: Mapping[str, Any]) -> None:
@@ -400,12 +391,28 @@ class MetricsLog:
         self._f.close()
 
 
+def parse_metrics(path: Path) -> list[dict[str, Any]]:
+    """The records of a ``metrics.jsonl`` file. The file is appended line by line, so a run
+    killed mid-write can leave its last line torn: that line is dropped; a bad line before the
+    last is an error naming the file and line."""
+    lines = [x for x in path.read_text().splitlines() if x.strip()]
+    records = []
+    for i, line in enumerate(lines):
+        try:
+            records.append(json.loads(line))
+        except ValueError:
+            if i == len(lines) - 1:
+                break
+            raise TrainError(f"{path}: line {i + 1} is not a JSON record") from None
+    return records
+
+
 def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
     """The records of ``RUN_DIR/metrics.jsonl``."""
     path = Path(run_dir) / "metrics.jsonl"
     if not path.is_file():
         raise TrainError(f"{run_dir}: no metrics.jsonl (not a training run folder?)")
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return parse_metrics(path)
 
 
 class Logger:

@@ -89,10 +89,10 @@ def _profile(cfg: C.Config, run_dir: Path, info: D.DistInfo, steps: int, warmup:
     total = time.perf_counter() - t0
     trace = run_dir / "profile" / f"trace_rank{info.rank}.json"
     _export_trace(prof, trace)
-    sort_key = "self_cuda_time_total" if info.device.type == "cuda" else "self_cpu_time_total"
+    # GPU kernels are "device" time (the older "cuda" names are gone from FunctionEventAvg)
+    sort_key = "self_device_time_total" if info.device.type == "cuda" else "self_cpu_time_total"
     averages = prof.key_averages()
-    rows = sorted(averages, key=lambda e: getattr(e, sort_key.replace("_total", "_total"), 0),
-                  reverse=True)
+    rows = sorted(averages, key=lambda e: getattr(e, sort_key), reverse=True)
     top_ops = [(e.key, getattr(e, sort_key) / 1e6, e.count) for e in rows
                if e.key not in SECTIONS and not e.key.startswith("ProfilerStep")][:top]
     split = {name: timer.totals.get(name, 0.0) for name in SECTIONS}

@@ -80,23 +80,24 @@ def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
 
 
 def lr_factor(step: int, total_steps: int, warmup_steps: int = 0, kind: str = "poly") -> float:
-    """Multiplier of the peak learning rate at ``step`` (for ``torch.optim.lr_scheduler.LambdaLR``).
+    """Multiplier of the peak learning rate at ``step`` (for ``torch.optim.lr_scheduler.LambdaLR``;
+    the training run's schedule).
 
-    Linear warm-up ``(step + 1) / warmup_steps`` for the first ``warmup_steps``, then ``poly``
-    (:func:`poly_lr` over the remaining steps), ``cosine`` (:func:`warmup_cosine_lr` down to 0)
-    or ``constant`` (1). A run no longer than its warm-up only ramps up (then stays at 1).
+    Linear warm-up ``(step + 1) / w`` for the first ``w = min(warmup_steps, total_steps - 1)``
+    steps, then ``poly`` (:func:`poly_lr` over the remaining steps), ``cosine``
+    (:func:`warmup_cosine_lr` down to 0) or ``constant`` (1). A run no longer than its warm-up
+    ramps up over all but its last step, so it still reaches the peak.
     """
     _check(step, total_steps)
     if warmup_steps < 0:
         raise ValueError(f"warmup_steps must be >= 0, got {warmup_steps}")
-    if step < warmup_steps:
-        return (step + 1) / warmup_steps
-    if warmup_steps >= total_steps:  # a run shorter than its warm-up: the ramp, then the peak
-        return 1.0
+    if kind not in ("poly", "cosine", "constant"):
+        raise ValueError(f"unknown schedule {kind!r}; use 'poly', 'cosine' or 'constant'")
+    warmup = min(warmup_steps, total_steps - 1)
+    if step < warmup:
+        return (step + 1) / warmup
     if kind == "poly":
-        return poly_lr(step - warmup_steps, total_steps - warmup_steps, 1.0)
+        return poly_lr(step - warmup, total_steps - warmup, 1.0)
     if kind == "cosine":
-        return warmup_cosine_lr(step, total_steps, 1.0, warmup_steps, 0.0)
-    if kind == "constant":
-        return 1.0
-    raise ValueError(f"unknown schedule {kind!r}; use 'poly', 'cosine' or 'constant'")
+        return warmup_cosine_lr(step, total_steps, 1.0, warmup, 0.0)
+    return 1.0
