@@ -235,7 +235,7 @@ def test_interrupted_write_leaves_no_case(two_cases: Path, tmp_path: Path, monke
     monkeypatch.setattr(C, "sample_locations", crash)
     with pytest.raises(PreprocessFailed, match="BraTS2021_00000.*disk full"):
         preprocess_dir(two_cases, out)
-    assert sorted(p.name for p in out.iterdir()) == ["dataset.json"]
+    assert sorted(p.name for p in out.iterdir()) == ["dataset.json", "preprocess.json"]
     assert json.loads((out / "dataset.json").read_text())["cases"] == []
     monkeypatch.undo()
     assert len(preprocess_dir(two_cases, out)) == 2
@@ -262,6 +262,13 @@ def test_parallel_workers_and_resampling(two_cases: Path, tmp_path: Path):
         assert c.meta["shape"] == [int(round(n / 2)) for n in c.meta["cropped_shape"]]
     with pytest.raises(C.CacheError, match="spacing"):
         preprocess_dir(two_cases, out, spacing=None)
+    # killed before dataset.json was written: the finished cases still fix the settings
+    (out / "dataset.json").unlink()
+    with pytest.raises(C.CacheError, match="spacing"):
+        preprocess_dir(two_cases, out, spacing=None)
+    with pytest.raises(C.CacheError, match="sequences"):
+        preprocess_dir(two_cases, out, spacing=2.0, modalities="t2,t1")
+    assert len(preprocess_dir(two_cases, out, spacing=2.0)) == 2
 
 
 def test_cache_round_trip_to_the_original_files(synth_cohort: list[Path], tmp_path: Path):

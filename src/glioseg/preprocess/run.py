@@ -12,6 +12,7 @@ each case's ``meta.json`` lists the channels that hold data (see ``glioseg.prepr
 
 from __future__ import annotations
 
+import json
 import sys
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -67,22 +68,35 @@ def _worker(case: Case, cache_dir: Path, spacing: float | None,
     return case.case_id, None
 
 
+SETTINGS = "preprocess.json"
+"""Written before the first case: the settings every case of the cache is built with, so a
+run killed before ``dataset.json`` still refuses to be resumed with other settings."""
+
+
 def _check_existing(cache_dir: Path, spacing: float | None, modalities: Sequence[str]) -> None:
     """Refuse to add cases at another spacing or with other sequences to an existing cache
-    (one that holds no case yet, e.g. after a run whose every case failed, may change)."""
-    want = None if spacing is None else [float(spacing)] * 3
-    if (cache_dir / "dataset.json").is_file():
-        info = C.read_dataset_json(cache_dir)
-        if not info["cases"]:
-            return
-        if info.get("spacing") != want:
-            raise C.CacheError(f"{cache_dir}: cache was built with spacing {info.get('spacing')}, "
-                               f"not {want}; use another output folder")
-        had = list(info.get("selected_modalities", MODALITIES))
-        if had != list(modalities):
+    (one that holds no finished case yet, e.g. after a run whose every case failed, may change);
+    then record this run's settings in ``SETTINGS``."""
+    want = {"spacing": None if spacing is None else [float(spacing)] * 3,
+            "selected_modalities": list(modalities)}
+    has_cases = any(C.case_is_complete(d) for d in cache_dir.iterdir() if d.is_dir())
+    recorded = None
+    for name in (SETTINGS, "dataset.json"):
+        if has_cases and (cache_dir / name).is_file():
+            recorded = C.read_dataset_json(cache_dir) if name == "dataset.json" else \
+                json.loads((cache_dir / name).read_text())
+            break
+    if recorded is not None:
+        if recorded.get("spacing") != want["spacing"]:
+            raise C.CacheError(f"{cache_dir}: cache was built with spacing "
+                               f"{recorded.get('spacing')}, not {want['spacing']}; use another "
+                               "output folder")
+        had = list(recorded.get("selected_modalities", MODALITIES))
+        if had != want["selected_modalities"]:
             raise C.CacheError(f"{cache_dir}: cache was built with the sequences "
                                f"{','.join(had)}, not {','.join(modalities)}; use another "
                                "output folder")
+    C.atomic_write_json(cache_dir / SETTINGS, want)
 
 
 def preprocess_dir(
