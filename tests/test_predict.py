@@ -20,7 +20,13 @@ import torch
 from typer.testing import CliRunner
 
 from glioseg.data.labels import MODALITIES
-from glioseg.infer.predict import PredictOptions, load_model, predict_case, predict_dir
+from glioseg.infer.predict import (
+    PredictError,
+    PredictOptions,
+    load_model,
+    predict_case,
+    predict_dir,
+)
 from glioseg.model.card import ModelCard, save_model
 from glioseg.model.registry import ModelConfig, build_model, register_model
 
@@ -126,6 +132,13 @@ def test_output_on_the_input_grid(ckpt: Path, tmp_path: Path) -> None:
     np.testing.assert_allclose(out.affine, src.affine, atol=1e-5)
     np.testing.assert_allclose(out.header.get_zooms(), src.header.get_zooms(), rtol=1e-6)
     assert nib.aff2axcodes(out.affine) == nib.aff2axcodes(src.affine)
+    # the header geometry as the input's: both transforms and their codes (nibabel's default
+    # for a new image is sform 2 "aligned", qform 0 "unknown"; not the writer's own 1/1)
+    for code in ("sform_code", "qform_code"):
+        assert int(out.header[code]) == int(src.header[code]), code
+    assert (int(src.header["sform_code"]), int(src.header["qform_code"])) == (2, 0)
+    np.testing.assert_allclose(out.header.get_qform(), src.header.get_qform(), atol=1e-5)
+    np.testing.assert_allclose(out.header.get_sform(), src.header.get_sform(), atol=1e-5)
     assert out.get_data_dtype() == np.uint8
     np.testing.assert_array_equal(np.asarray(out.dataobj), expected)
     assert not [p for p in (tmp_path / "out").iterdir() if p.name.startswith(".")]
@@ -328,3 +341,14 @@ def test_top_level_api_is_the_inference_api_and_loads_lazily():
     code = "import sys, glioseg; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_a_model_without_region_outputs_is_refused(tmp_path: Path) -> None:
+    """A restoration (self-supervised) card is not thresholded as if it gave WT/TC/ET."""
+    ckpt = save_pointwise(tmp_path / "ssl", regions=("restore_t1", "restore_t1ce",
+                                                     "restore_t2"))
+    image, _ = make_case()
+    write_case(tmp_path / "data", "BraTS2021_00009", image, np.eye(4))
+    with pytest.raises(PredictError, match="restore_t1.*fine-tune it first"):
+        predict_dir([ckpt], tmp_path / "data", tmp_path / "out", progress=False)
+    assert not (tmp_path / "out" / "BraTS2021_00009.nii.gz").exists()

@@ -24,6 +24,7 @@ loaded image keeps the canonical 4-channel layout; a channel not used is all zer
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -481,8 +482,7 @@ def _read_images(case: Case, modalities: Sequence[str] = L.MODALITIES
         if data.ndim != 4 or data.shape[3] != len(MSD_CHANNELS):
             raise CaseError(f"{case.case_id}: {path.name}: expected a 4D image with 4 channels "
                             f"(FLAIR, T1w, T1gd, T2w), got shape {data.shape}")
-        header = VolumeHeader(header.shape[:3], header.affine, header.spacing,
-                              header.orientation, header.dtype)
+        header = dataclasses.replace(header, shape=header.shape[:3])
         return [(m, path, data[..., MSD_CHANNELS.index(m)], header) for m in modalities]
     out = []
     for m in modalities:

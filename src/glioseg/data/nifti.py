@@ -29,6 +29,9 @@ class VolumeHeader:
         spacing: voxel size in mm of the three spatial axes.
         orientation: axis codes, e.g. ``('L', 'P', 'S')`` for BraTS.
         dtype: stored data type name.
+        sform_code, qform_code: the NIfTI codes of the two transforms (e.g. 1 scanner, 2
+            aligned), written back unchanged on a result.
+        qform: the 4x4 qform matrix (None: the same as ``affine``).
     """
 
     shape: tuple[int, ...]
@@ -36,6 +39,9 @@ class VolumeHeader:
     spacing: tuple[float, float, float]
     orientation: tuple[str, str, str]
     dtype: str
+    sform_code: int = 1
+    qform_code: int = 1
+    qform: np.ndarray | None = None
 
 
 def _header_of(img) -> VolumeHeader:
@@ -49,6 +55,9 @@ def _header_of(img) -> VolumeHeader:
         spacing=zooms,  # type: ignore[arg-type]
         orientation=tuple(nib.aff2axcodes(affine)),  # type: ignore[arg-type]
         dtype=str(img.get_data_dtype()),
+        sform_code=int(img.header["sform_code"]),
+        qform_code=int(img.header["qform_code"]),
+        qform=np.asarray(img.header.get_qform(), dtype=np.float64),
     )
 
 
@@ -98,14 +107,18 @@ def save_volume(
     data: np.ndarray,
     affine: np.ndarray,
     dtype: type | str | None = None,
+    like: VolumeHeader | None = None,
 ) -> Path:
     """Write ``data`` as NIfTI atomically (temporary file in the same folder, then rename).
 
     Args:
         path: destination (``.nii`` or ``.nii.gz``); parent folders are created.
         data: array to write (3D or 4D).
-        affine: 4x4 voxel-to-world matrix; sform and qform are both set to it (code 1).
+        affine: 4x4 voxel-to-world matrix; sform and qform are both set to it (code 1) unless
+            ``like`` is given.
         dtype: on-disk dtype (default: ``data.dtype``).
+        like: the header of the input a result belongs to: its sform and qform (matrices and
+            codes) are written instead, so the result has the input's exact header geometry.
     """
     import nibabel as nib
 
@@ -115,8 +128,13 @@ def save_volume(
     if dtype is not None:
         arr = arr.astype(dtype, copy=False)
     img = nib.Nifti1Image(arr, np.asarray(affine, dtype=np.float64))
-    img.set_sform(img.affine, code=1)
-    img.set_qform(img.affine, code=1)
+    if like is None:
+        img.set_sform(img.affine, code=1)
+        img.set_qform(img.affine, code=1)
+    else:
+        img.set_sform(np.asarray(like.affine, dtype=np.float64), code=like.sform_code)
+        qform = like.affine if like.qform is None else like.qform
+        img.set_qform(np.asarray(qform, dtype=np.float64), code=like.qform_code)
     img.header.set_data_dtype(arr.dtype)
     img.header.set_xyzt_units("mm", "sec")
     if not path.name.lower().endswith((".nii", ".nii.gz")):

@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from glioseg.data.labels import MODALITIES
+from glioseg.data.labels import MODALITIES, REGIONS
 
 ET_MIN_VOXELS_DEFAULT = 0
 """ET rule threshold used when neither the card nor the command line gives one (rule off)."""
@@ -139,6 +139,10 @@ def build_engine(model: torch.nn.Module, options: PredictOptions, workdir: Path,
         raise EngineError(f"unknown engine {options.engine!r}; known: torch, onnxruntime, openvino")
     if options.device != "cpu" and options.engine == "openvino":
         raise EngineError("the openvino engine runs on the CPU only")
+    if options.dtype == "int8":
+        raise EngineError("int8 needs a network quantised on calibration cases; `glioseg bench "
+                          "predict --engines openvino:int8,onnxruntime:int8` measures it, "
+                          "`glioseg predict` runs fp32 or bf16")
     from glioseg.infer.export import export_model
 
     roi = options.roi or model_roi(model)
@@ -167,6 +171,13 @@ class CasePredictor:
         if options.batch < 1:
             raise PredictError(f"--batch must be >= 1, got {options.batch}")
         self.options = options
+        for i, (_, c) in enumerate(models, start=1):
+            regions = tuple(getattr(c, "regions", REGIONS))
+            if regions != tuple(REGIONS):
+                raise PredictError(
+                    f"checkpoint {i} outputs {', '.join(regions)}, not the {'/'.join(REGIONS)} "
+                    "region probabilities prediction thresholds (a self-supervised or other-task "
+                    "model?); fine-tune it first: glioseg finetune --from MODEL ...")
         first_model, self.card = models[0]
         self.modalities = card_modalities(self.card, _in_channels(first_model))
         self.spacing = card_spacing(self.card)
@@ -417,8 +428,8 @@ def predict_dir(
                 labels_path, prob_path = output_paths(out_dir, case.case_id)
                 if opts.probabilities:
                     save_volume(prob_path, probabilities_for_file(probs), header.affine,
-                                np.float32)
-                save_volume(labels_path, labels, header.affine, np.uint8)
+                                np.float32, like=header)
+                save_volume(labels_path, labels, header.affine, np.uint8, like=header)
             except KeyboardInterrupt:
                 raise
             except Exception as exc:  # one bad case must not stop the others
