@@ -239,3 +239,27 @@ def test_run_shift_with_stand_in_model(tmp_path: Path) -> None:
     enc = doc["tests"]["encoder"]["overall"]
     assert enc["n_features"] == 8 and enc["n_source"] == 4
     assert "encoder features: MMD^2" in doc["verdict"]
+
+
+def test_cli_with_a_checkpoint_on_two_sequences(tmp_path: Path) -> None:
+    """``--model`` with a real card-bearing checkpoint trained on (flair, t2): the encoder sees
+    those channels by name, in the card's order (not all four)."""
+    from glioseg.model.card import ModelCard, save_model
+    from glioseg.model.registry import ModelConfig, build_model
+
+    torch.manual_seed(0)
+    net = build_model(ModelConfig(in_channels=2, base_width=4, max_width=8, n_stages=2,
+                                  patch_size=(8, 8, 8)))
+    ckpt = save_model(tmp_path / "m", net, ModelCard.for_model(net, modalities=("flair", "t2"),
+                                                              label_scheme="brats2021"))
+    rng = np.random.default_rng(2)
+    src = _write_cohort(tmp_path / "src", 4, rng)
+    tgt = _write_cohort(tmp_path / "tgt", 4, rng, flair_skew=1.5)
+    out = tmp_path / "out"
+    result = CliRunner().invoke(app, ["shift", "--source", str(src), "--target", str(tgt),
+                                      "-o", str(out), "--permutations", "50",
+                                      "--model", str(ckpt)])
+    assert result.exit_code == 0, result.output
+    doc = json.loads((out / "shift.json").read_text())
+    # pooled features of the two encoder stages: 4 + 8 channels
+    assert doc["tests"]["encoder"]["overall"]["n_features"] == 12

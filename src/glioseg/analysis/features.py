@@ -176,6 +176,7 @@ def cohort_features(
     patch_size: int = 64,
     n_patches: int = 4,
     desc: str = "cases",
+    modalities: Sequence[str] | None = None,
 ) -> list[CaseFeatures]:
     """Features of every case under ``data_dir`` (any layout ``glioseg.data.cases`` knows).
 
@@ -187,6 +188,8 @@ def cohort_features(
             None keeps each case's grid.
         n_sample, patch_size, n_patches: see ``intensity_features`` / ``encoder_features``.
         desc: progress-bar label.
+        modalities: the model's input sequences by name, in its order (its card's); None: the
+            four in canonical order.
 
     Raises:
         CaseError / FeatureError: naming the case, for unreadable or empty cases.
@@ -203,6 +206,8 @@ def cohort_features(
             from glioseg.preprocess.pure import preprocess_arrays
 
             pre, _, _ = preprocess_arrays(data.image, None, data.header.spacing, spacing)
+            if modalities is not None:  # the channels the encoder was trained on, by name
+                pre = pre[[MODALITIES.index(m) for m in modalities]]
             feats.encoder = encoder_features(model, pre, rng, patch_size, n_patches)
         out.append(feats)
     return out

@@ -114,6 +114,7 @@ def run_shift(
     patch_size: int = 64,
     n_patches: int = 4,
     model_path: str | None = None,
+    modalities: list[str] | None = None,
 ) -> dict[str, Any]:
     """Domain-shift analysis of ``target_dir`` against ``source_dir``; writes ``out_dir``.
 
@@ -126,6 +127,7 @@ def run_shift(
         alpha: significance level. n_sample: voxels kept per case for histograms.
         patch_size, n_patches: brain patches fed to the encoder per case.
         model_path: recorded in ``shift.json``.
+        modalities: the model's input sequences in its order (its card's); None: all four.
 
     Returns:
         The ``shift.json`` content.
@@ -134,7 +136,7 @@ def run_shift(
     rng_src, rng_tgt, rng_test = (np.random.default_rng(s)
                                   for s in np.random.SeedSequence(seed).spawn(3))
     kw = dict(model=model, spacing=spacing, n_sample=n_sample, patch_size=patch_size,
-              n_patches=n_patches)
+              n_patches=n_patches, modalities=modalities)
     src = cohort_features(source_dir, rng_src, desc="source", **kw)  # type: ignore[arg-type]
     tgt = cohort_features(target_dir, rng_tgt, desc="target", **kw)  # type: ignore[arg-type]
     result = analyse_features(src, tgt, rng_test, n_permutations, alpha)
