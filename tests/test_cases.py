@@ -319,6 +319,15 @@ def test_nan_and_inf_voxels(tmp_path):
     assert C.check_case(_one(tmp_path), read_voxels=False) == []  # headers alone cannot tell
 
 
+@pytest.mark.parametrize("bad, words", [(np.nan, "NaN/inf in segmentation"),
+                                         (1.5, "non-integer label values [1.5]")])
+def test_float_segmentation_with_nan_or_fractions(tmp_path, bad, words):
+    seg = example_seg("brats2021").astype(np.float32)
+    seg[2, 1, 0] = bad
+    write_brats_case(tmp_path, "brats2021", 1, seg=seg, seg_dtype=np.float32)
+    _assert_problem(_one(tmp_path), "BraTS2021_00001_seg.nii.gz", [words])
+
+
 def test_unreadable_file(tmp_path):
     folder = write_brats_case(tmp_path, "brats2020", 1, ext=".nii")
     garbage(folder / "BraTS20_Training_001_t1ce.nii")

@@ -184,6 +184,29 @@ def test_labels_nested_and_present():
         n_all += present == {0, 1, 2, 3}
         assert case.stats["has_et"] == (L.ET in present)
     assert n_all >= 7  # ~10 % of cases have no enhancing tumour
+    # the cohort holds the cases BraTS has too: without enhancing tumour, multifocal
+    assert any(not c.stats["has_et"] for c in cases)
+    assert any(c.stats["n_lesions"] >= 2 for c in cases)
+
+
+def test_sub_regions_are_nested():
+    """Necrosis inside an enhancing rim inside edema, measured on the 6-neighbour shells at
+    2 mm: what surrounds the necrosis is enhancing tumour (closed rings), what surrounds the
+    core is mostly edema."""
+    from scipy import ndimage
+
+    face = ndimage.generate_binary_structure(3, 1)
+
+    def around(mask: np.ndarray, labels: np.ndarray) -> np.ndarray:
+        return labels[ndimage.binary_dilation(mask, face) & ~mask]
+
+    for i in range(3):
+        case = S.generate_case(21, i, "source", 2.0)
+        lab = case.labels
+        core = np.isin(lab, (L.NCR, L.ET))
+        assert (around(core, lab) == L.ED).mean() > 0.5, i
+        if case.stats["has_et"] and not case.stats["open_ring"]:
+            assert (around(lab == L.NCR, lab) == L.ET).mean() > 0.9, i
 
 
 def test_whole_tumour_volume_matches_draw_and_range():
