@@ -3,8 +3,7 @@ with batch 2b on the same patches.
 
 The real training path is used: the small preset's 3D U-Net (shrunk), its deep-supervision
 Dice + BCE loss, its SGD-Nesterov optimiser and warm-up schedule, gradient clipping, and
-``glioseg.train.fit.wrap`` for the DDP wrapper (``find_unused_parameters`` for the zero-weight
-coarsest head).
+``glioseg.train.fit.wrap`` for the DDP wrapper.
 
 Why they must agree: the loss is a per-sample mean (soft Dice per sample and channel, BCE over
 voxels and samples, equal shard sizes) and the model has no cross-sample layer (InstanceNorm

@@ -584,7 +584,7 @@ def plot(
 def bench_train_cmd(
     config: Annotated[str, typer.Option("--config", help="Preset or YAML: model and patch.")] = "small",
     set_: Annotated[list[str] | None, typer.Option("--set", help="Config override (repeatable).")] = None,
-    amp: Annotated[str, typer.Option(help="Comma list of precisions: bf16, fp16, none.")] = "bf16,none",
+    amp: Annotated[str, typer.Option(help="Comma list of precisions: auto, bf16, fp16, none.")] = "bf16,none",
     steps: Annotated[int, typer.Option(help="Timed steps.")] = 20,
     warmup: Annotated[int, typer.Option(help="Untimed steps first.")] = 3,
     cache: Annotated[Path | None, typer.Option(help="Also time the real loader on this cache.")] = None,

@@ -221,10 +221,12 @@ def wrap(comp: Components, cfg: C.Config, info: D.DistInfo) -> None:
         from torch.nn.parallel import DistributedDataParallel as DDP
 
         ids = [info.device.index] if info.device.type == "cuda" else None
-        # Some heads get no gradient: with deep supervision the coarsest (loss weight 0, as
-        # nnU-Net), without it (e.g. Models Genesis pretraining) all but the full-resolution
-        # one. DDP must be told, or it waits for their gradients forever.
-        net = DDP(net, device_ids=ids, find_unused_parameters=True)
+        # Without deep supervision (e.g. Models Genesis pretraining) every head but the
+        # full-resolution one is unused, and DDP must be told or it waits for their gradients
+        # forever. With it every head is in the graph (the coarsest with loss weight 0, as
+        # nnU-Net, still gets its zero gradient), and the search would cost a graph traversal
+        # per step.
+        net = DDP(net, device_ids=ids, find_unused_parameters=not cfg.model.deep_supervision)
     if cfg.train.compile:
         net = torch.compile(net)  # type: ignore[assignment]
     comp.net = net
