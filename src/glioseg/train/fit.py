@@ -221,12 +221,12 @@ def wrap(comp: Components, cfg: C.Config, info: D.DistInfo) -> None:
         from torch.nn.parallel import DistributedDataParallel as DDP
 
         ids = [info.device.index] if info.device.type == "cuda" else None
-        # Without deep supervision (e.g. Models Genesis pretraining) every head but the
-        # full-resolution one is unused, and DDP must be told or it waits for their gradients
-        # forever. With it every head is in the graph (the coarsest with loss weight 0, as
-        # nnU-Net, still gets its zero gradient), and the search would cost a graph traversal
-        # per step.
-        net = DDP(net, device_ids=ids, find_unused_parameters=not cfg.model.deep_supervision)
+        # Some heads never get a gradient: with deep supervision the coarsest (loss weight 0,
+        # left out of the loss as nnU-Net does), without it (Models Genesis pretraining) all but
+        # the full-resolution one; DDP must be told or it waits for them (both cases tested).
+        # (DDP may still warn that it found no unused parameters: the two-rank tests of both
+        # cases fail without the flag.)
+        net = DDP(net, device_ids=ids, find_unused_parameters=True)
     if cfg.train.compile:
         net = torch.compile(net)  # type: ignore[assignment]
     comp.net = net
