@@ -142,3 +142,22 @@ def test_cli_card_prints_the_card(tmp_path):
     assert "unet3d" in result.output and "steps=10" in result.output
     missing = CliRunner().invoke(app, ["card", str(tmp_path / "nope")])
     assert missing.exit_code == 1
+
+
+def test_cli_card_records_the_et_threshold(tmp_path):
+    from typer.testing import CliRunner
+
+    from glioseg.cli import app
+    from glioseg.infer.predict import card_et_min_voxels
+
+    model = build_model(tiny())
+    save_model(tmp_path, model, make_card(model))
+    before = (tmp_path / "model.safetensors").read_bytes()
+    result = CliRunner().invoke(app, ["card", str(tmp_path), "--et-threshold", "200"])
+    assert result.exit_code == 0, result.output
+    card = load_card(tmp_path)
+    assert card.et_threshold == 200 and card_et_min_voxels(card) == 200
+    assert (tmp_path / "model.safetensors").read_bytes() == before  # weights untouched
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+    bad = CliRunner().invoke(app, ["card", str(tmp_path), "--et-threshold", "-1"])
+    assert bad.exit_code == 1 and load_card(tmp_path).et_threshold == 200

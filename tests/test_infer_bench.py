@@ -140,3 +140,13 @@ def test_bench_int8_rows_compare_with_fp32(tmp_path: Path, capsys) -> None:
     assert "dice_fp32" not in fp32 and set(int8["dice_fp32"]) == {"WT", "TC", "ET"}
     assert all(0.0 <= d <= 1.0 for d in int8["dice_fp32"].values())
     assert int8["seconds"] > 0 and int8["calibration_case"] == "BraTS2021_00002"
+
+
+def test_default_engines_time_bf16_only_where_native():
+    from glioseg.bench.predict import default_engines
+
+    assert default_engines(False) == ["torch:fp32", "onnxruntime:fp32", "openvino:fp32",
+                                      "onnxruntime:int8", "openvino:int8"]
+    assert default_engines(True) == ["torch:fp32", "torch:bf16", "onnxruntime:fp32",
+                                     "openvino:fp32", "openvino:bf16", "onnxruntime:int8",
+                                     "openvino:int8"]

@@ -291,8 +291,9 @@ def bench_predict_cmd(
                                                "untrained network of --preset).")] = None,
     preset: Annotated[str, typer.Option(help="Network preset when no --model: small or "
                                         "full.")] = "full",
-    engines: Annotated[str, typer.Option(help="Comma list of engine:dtype to time.")] =
-        "torch:fp32,torch:bf16,onnxruntime:fp32,openvino:fp32,openvino:bf16",
+    engines: Annotated[str | None, typer.Option(help="Comma list of engine:dtype to time "
+                                                "(default: every engine in fp32 and int8, and "
+                                                "bf16 where this CPU has it natively).")] = None,
     case: Annotated[Path | None, typer.Option(help="A case folder (default: a synthetic "
                                               "240x240x155 case).")] = None,
     overlap: Annotated[float, typer.Option(help="Window overlap (ours and MONAI's).")] = 0.5,
@@ -314,7 +315,8 @@ def bench_predict_cmd(
 
     try:
         bench_predict(model=model, preset_name=preset,
-                      engines=[e.strip() for e in engines.split(",") if e.strip()],
+                      engines=None if engines is None else
+                      [e.strip() for e in engines.split(",") if e.strip()],
                       case_dir=case, overlap=overlap, roi=_parse_roi(roi), batch=batch,
                       reference=reference, output=output, calibration=calibration)
     except ValueError as exc:
@@ -605,12 +607,22 @@ def bench_train_cmd(
 def card(
     checkpoint: Annotated[Path, typer.Argument(help="Model folder, model.safetensors or card.json.")],
     as_json: Annotated[bool, typer.Option("--json", help="Print the card's JSON as stored.")] = False,
+    et_threshold: Annotated[int | None, typer.Option(help="Record the ET rule threshold "
+                                                     "(voxels; e.g. chosen on validation "
+                                                     "cases) in the card; predict uses it.")
+                            ] = None,
 ) -> None:
     """Print a model's card: architecture, inputs, outputs, preprocessing, training, provenance."""
-    from glioseg.model.card import load_card
+    from glioseg.model.card import CARD_NAME, load_card, resolve_paths, save_card
 
     try:
         model_card = load_card(checkpoint)
+        if et_threshold is not None:
+            if et_threshold < 0:
+                _fail(f"--et-threshold must be >= 0, got {et_threshold}")
+            model_card = model_card.replace(et_threshold=et_threshold)
+            path = checkpoint if checkpoint.name == CARD_NAME else resolve_paths(checkpoint)[1]
+            save_card(path, model_card)
     except ValueError as exc:
         _fail(str(exc))
     typer.echo(model_card.to_json() if as_json else model_card.summary(), nl=not as_json)

@@ -268,6 +268,18 @@ def _verdict(rows: list[dict[str, Any]], trained: bool) -> None:
               "says little; pass --model with a trained checkpoint")
 
 
+def default_engines(native_bf16: bool) -> list[str]:
+    """Every engine in fp32 and int8, plus the bf16 rows where bf16 is native: emulated bf16
+    (no AVX-512 BF16 / AMX) runs PyTorch tens of times slower than fp32, a row not worth its
+    minutes; name it in ``--engines`` to time it anyway."""
+    rows = ["torch:fp32", "onnxruntime:fp32", "openvino:fp32", "onnxruntime:int8",
+            "openvino:int8"]
+    if native_bf16:
+        rows[1:1] = ["torch:bf16"]
+        rows.insert(4, "openvino:bf16")
+    return rows
+
+
 def _prepare_calibration(calibration: Path | None, case_id: str, card, in_channels: int,
                          tmp: Path) -> tuple[Path, list[float], str]:
     """(calibration image (4, X, Y, Z) ``.npy``, its spacing, its case id) for int8.
@@ -358,7 +370,7 @@ def bench_predict(
     from glioseg.preprocess.pure import preprocess_arrays
     from glioseg.train.loop import native_bf16_cpu
 
-    engines = engines or ["torch:fp32"]
+    engines = engines or default_engines(native_bf16_cpu())
     with tempfile.TemporaryDirectory(prefix="glioseg-bench-") as tmp_name:
         tmp = Path(tmp_name)
         ckpt, image_path, spacing, case_id, trained = _prepare(model, preset_name, case_dir, tmp)
