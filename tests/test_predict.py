@@ -236,6 +236,17 @@ def test_resume_skips_done_cases(ckpt: Path, tmp_path: Path) -> None:
     forced = predict_dir([ckpt], tmp_path / "data", out, PredictOptions(overwrite=True),
                          progress=False)
     assert forced.predicted == ids
+    # other settings never resume into the same folder: skipped cases would mix two results
+    with pytest.raises(PredictError, match=r"other settings \(threshold 0.5 -> 0.3\)"):
+        predict_dir([ckpt], tmp_path / "data", out, PredictOptions(threshold=0.3),
+                    progress=False)
+    other = save_pointwise(tmp_path / "other")
+    with pytest.raises(PredictError, match="models"):
+        predict_dir([other], tmp_path / "data", out, progress=False)
+    again = predict_dir([other], tmp_path / "data", out, PredictOptions(overwrite=True),
+                        progress=False)
+    assert again.predicted == ids
+    assert json.loads((out / "predict.json").read_text())["models"] == [str(other)]
 
 
 def test_missing_sequence(tmp_path: Path) -> None:

@@ -155,6 +155,38 @@ def build_engine(model: torch.nn.Module, options: PredictOptions, workdir: Path,
     return OpenVinoEngine(path, precision=options.dtype, threads=options.threads)
 
 
+RESULT_OPTIONS = ("engine", "device", "dtype", "roi", "overlap", "tta", "threshold",
+                  "et_min_voxels", "min_component", "scheme")
+"""The options that change the labels: a folder predicted with others is not resumed."""
+
+
+def _check_same_settings(out_dir: Path, model_paths: Sequence[str | Path],
+                         opts: PredictOptions) -> None:
+    """Refuse to add to ``out_dir`` predictions made with other models or options (its
+    ``predict.json``), so that skipping finished cases never mixes two settings."""
+    record = out_dir / "predict.json"
+    if not record.is_file():
+        return
+    try:
+        before = json.loads(record.read_text())
+    except ValueError:
+        raise PredictError(f"{record}: unreadable; use another --output or --overwrite") from None
+    now = opts.to_dict()
+    diffs = []
+    models = [str(Path(m).resolve()) for m in model_paths]
+    if [str(Path(m).resolve()) for m in before.get("models", [])] != models:
+        diffs.append(f"models {before.get('models')} -> {[str(m) for m in model_paths]}")
+    for key in RESULT_OPTIONS:
+        old = before.get("options", {}).get(key)
+        new = list(now[key]) if isinstance(now[key], tuple) else now[key]
+        if old != new:
+            diffs.append(f"{key} {old!r} -> {new!r}")
+    if diffs:
+        raise PredictError(f"{out_dir} holds predictions made with other settings ("
+                           f"{'; '.join(diffs)}); use another --output, or --overwrite to "
+                           "predict every case again")
+
+
 class CasePredictor:
     """One or several checkpoints (folds) ready to predict cases.
 
@@ -403,6 +435,8 @@ def predict_dir(
     out_dir = Path(output_dir)
     cases = discover(input_path)
     models = [load_model(p) for p in model_paths]
+    if not opts.overwrite:
+        _check_same_settings(out_dir, model_paths, opts)
     summary = PredictSummary()
     todo = []
     for case in cases:
@@ -414,6 +448,21 @@ def predict_dir(
             todo.append(case)
     predictor = CasePredictor(models, opts) if todo else None
     allow = card_allows_missing(predictor.card) if predictor else False
+
+    def record() -> None:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        _write_json(out_dir / "predict.json", {
+            "models": [str(p) for p in model_paths],
+            "input": str(input_path),
+            "options": opts.to_dict(),
+            "predicted": summary.predicted,
+            "skipped": summary.skipped,
+            "failed": summary.failed,
+            "seconds": summary.seconds,
+        })
+
+    if todo:  # the settings on disk before the first file, for a resume after a kill
+        record()
     bar = tqdm(todo, desc="cases", unit="case", disable=not progress)
     try:
         for case in bar:
@@ -441,14 +490,5 @@ def predict_dir(
     finally:
         if predictor is not None:
             predictor.close()
-    out_dir.mkdir(parents=True, exist_ok=True)
-    _write_json(out_dir / "predict.json", {
-        "models": [str(p) for p in model_paths],
-        "input": str(input_path),
-        "options": opts.to_dict(),
-        "predicted": summary.predicted,
-        "skipped": summary.skipped,
-        "failed": summary.failed,
-        "seconds": summary.seconds,
-    })
+    record()
     return summary
