@@ -5,6 +5,7 @@ unfreezing by learning-rate gates, Models Genesis pretraining whose encoder tran
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from test_train import TINY, _tiny_cache
@@ -184,3 +185,86 @@ def test_cli_finetune_trains_on_the_source_patch_size_unless_told(cache: Path, s
                                    "--set", f"data.patch_size=[{other},{other},{other}]"])
     assert res.exit_code == 0, res.output
     assert C.load_config(str(tmp_path / "ft2" / "config.yaml")).patch_size == (other,) * 3
+
+
+def _two_sequence_site(root: Path, n: int = 2) -> Path:
+    """Raw BraTS 2021 cases with only T2 and FLAIR files (and segmentations)."""
+    from datafiles import write_brats_case
+
+    rng = np.random.default_rng(2)
+    seg = np.zeros((18, 16, 14), np.uint8)
+    seg[6:12, 5:11, 4:10] = 2
+    seg[8:10, 7:9, 6:8] = 4
+    for i in range(n):
+        images = {m: (100 + 10 * rng.normal(size=seg.shape)).astype(np.float32)
+                  for m in ("t2", "flair")}
+        write_brats_case(root, "brats2021", index=i, images=images, seg=seg,
+                         skip=("t1", "t1ce"))
+    return root
+
+
+def test_data_modalities_of_a_cache_and_of_a_raw_folder(cache: Path, tmp_path: Path):
+    from glioseg.preprocess.run import preprocess_dir
+
+    raw = _two_sequence_site(tmp_path / "raw")
+    assert F.data_modalities(raw)[0] == ["t2", "flair"]
+    preprocess_dir(raw, tmp_path / "c2", modalities="flair,t2")
+    mods, where = F.data_modalities(tmp_path / "c2")
+    assert mods == ["t2", "flair"] and "selected_modalities" in where
+    assert F.data_modalities(cache)[0] == ["t1", "t1ce", "t2", "flair"]  # an older cache: all
+    # the source's sequences (its order) when the data has them all, else the data's
+    assert F.finetune_modalities(["flair", "t1ce"], ["t1", "t1ce", "t2", "flair"]) == \
+        ["flair", "t1ce"]
+    assert F.finetune_modalities(["t1", "t1ce", "t2", "flair"], ["t2", "flair"]) == \
+        ["t2", "flair"]
+
+
+def test_cli_finetune_reads_the_sequences_from_the_data(source_run: Path, tmp_path: Path):
+    from typer.testing import CliRunner
+
+    from glioseg.cli import app
+    from glioseg.preprocess.run import preprocess_dir
+
+    assert load_card(source_run / "best").modalities == ("t1", "t1ce", "t2", "flair")
+    site = tmp_path / "site"
+    preprocess_dir(_two_sequence_site(tmp_path / "raw"), site, modalities="t2,flair")
+    sets = [a for s in TINY if not s.startswith("model.") for a in ("--set", s)]
+    res = CliRunner().invoke(app, ["finetune", "--from", str(source_run / "best"),
+                                   "--data", str(site), "--out", str(tmp_path / "ft"), *sets,
+                                   "--set", "train.steps=1", "--set", "data.n_val=0"])
+    assert res.exit_code == 0, res.output
+    assert "sequences: t2, flair, read from the data" in res.output
+    assert "input sequences differ" in res.output  # the printed load report says so
+    assert C.load_config(str(tmp_path / "ft" / "config.yaml")).data.modalities == ("t2", "flair")
+    report = json.loads((tmp_path / "ft" / "load_report.json").read_text())
+    assert report["adapted"] == ["encoder.stages.0.convs.0.conv.weight"]
+    card = load_card(tmp_path / "ft" / "last")
+    assert card.modalities == ("t2", "flair") and card.config.in_channels == 2
+
+
+@pytest.mark.parametrize("command", ["finetune", "pretrain"])
+def test_finetune_and_pretrain_pass_max_restarts_to_torchrun(command: str, cache: Path,
+                                                             source_run: Path, tmp_path: Path,
+                                                             monkeypatch: pytest.MonkeyPatch):
+    import subprocess
+
+    from typer.testing import CliRunner
+
+    from glioseg.cli import app
+
+    launched = []
+    monkeypatch.setattr(subprocess, "run", lambda cmd, *a, **k: launched.append(cmd)
+                        or subprocess.CompletedProcess(cmd, 0))
+    extra = ["--from", str(source_run / "best")] if command == "finetune" else []
+    out = tmp_path / "run"
+    res = CliRunner().invoke(app, [command, *extra, "--data", str(cache), "--out", str(out),
+                                   "--nproc", "2", "--max-restarts", "3"])
+    assert res.exit_code == 0, res.output
+    (cmd,) = launched
+    assert "--max-restarts=3" in cmd and "--nproc-per-node=2" in cmd
+    assert cmd[cmd.index("glioseg") + 1] == "train"  # the workers run the shared training
+    cfg = C.load_config(str(out / "launch.yaml"))
+    if command == "pretrain":
+        assert cfg.train.task == "genesis"
+    else:
+        assert cfg.transfer.init_from == str((source_run / "best").resolve())

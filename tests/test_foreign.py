@@ -123,6 +123,57 @@ def test_swinvit_ssl_encoder(tmp_path):
             torch.testing.assert_close(a, b, **TOL)
 
 
+def _fc_names(key: str) -> str:
+    return key.replace(".mlp.linear1.", ".mlp.fc1.").replace(".mlp.linear2.", ".mlp.fc2.")
+
+
+@pytest.mark.parametrize("layout", ["whole-ddp", "swin_vit", "encoder"])
+def test_swinvit_ssl_encoder_under_wrapper_prefixes(tmp_path, layout):
+    """The Swin encoder under the prefixes MONAI's recipes meet: a whole SwinUNETR saved from
+    DDP (``module.swinViT.*`` beside its CNN encoder/decoder), the research pretraining's
+    ``swin_vit.*`` (which the BTCV/BraTS fine-tuning scripts rename to ``swinViT``), and an
+    encoder wrapped by a pretext model (``module.encoder.*``)."""
+    net = small_swin(in_channels=1)
+    if layout == "whole-ddp":
+        state = {f"module.{k}": v for k, v in net.state_dict().items()}
+    elif layout == "swin_vit":
+        state = {f"swin_vit.{_fc_names(k)}": v for k, v in net.swinViT.state_dict().items()}
+        state["rotation_head.weight"] = torch.zeros(4, 8)
+    else:
+        state = {f"module.encoder.{_fc_names(k)}": v for k, v in net.swinViT.state_dict().items()}
+        state["module.contrastive_head.weight"] = torch.zeros(16, 8)
+    torch.save({"epoch": 1, "state_dict": state}, tmp_path / "model_swinvit.pt")
+    imported = import_checkpoint(tmp_path / "model_swinvit.pt", "swinvit-ssl")
+    n_swin = len(net.swinViT.state_dict())
+    assert sorted(imported.state_dict) == sorted(f"swinViT.{k}" for k in net.swinViT.state_dict())
+    assert len(imported.card.provenance["skipped"]) == len(state) - n_swin
+    one = build_model(imported.card.config)
+    report = load_adapted(one, imported.state_dict, imported.card)
+    assert not [k for k in report.new if k.startswith("swinViT.")] and report.unused == []
+    x = torch.randn(1, 1, 32, 32, 32)
+    with torch.no_grad():
+        ref = net.swinViT(x, True)
+        for a, b in zip(one.eval().forward_features(x), ref, strict=True):
+            torch.testing.assert_close(a, b, **TOL)
+
+
+def test_swinvit_ssl_keys_and_two_encoders_in_one_file(tmp_path):
+    from glioseg.transfer.foreign import swinvit_ssl_key
+
+    assert swinvit_ssl_key("swin_vit.layers1.0.blocks.0.mlp.fc1.weight") == \
+        "swinViT.layers1.0.blocks.0.mlp.linear1.weight"
+    assert swinvit_ssl_key("encoder.swinViT.patch_embed.proj.bias") == \
+        "swinViT.patch_embed.proj.bias"
+    assert swinvit_ssl_key("encoder1.layer.conv1.conv.weight") is None  # SwinUNETR's CNN branch
+    assert swinvit_ssl_key("swinViT.layersX.weight") is None
+    enc = small_swin(in_channels=1).swinViT.state_dict()
+    state = {**{f"module.{k}": v for k, v in enc.items()},
+             **{f"swin_vit.{k}": v for k, v in enc.items()}}
+    torch.save({"state_dict": state}, tmp_path / "two.pt")
+    with pytest.raises(ForeignCheckpointError, match="two encoders"):
+        import_swinvit_ssl(tmp_path / "two.pt")
+
+
 def nnunet_checkpoint(tmp_path, transpose_forward=(0, 1, 2)):
     from dynamic_network_architectures.architectures.unet import PlainConvUNet
 

@@ -386,6 +386,8 @@ NprocOpt = Annotated[int, typer.Option(help="Processes per node (torchrun).")]
 NnodesOpt = Annotated[int, typer.Option(help="Nodes (torchrun, c10d rendezvous).")]
 NodeRankOpt = Annotated[int, typer.Option(help="This node's rank.")]
 RdzvOpt = Annotated[str | None, typer.Option(help="HOST:PORT every node reaches.")]
+MaxRestartsOpt = Annotated[int, typer.Option(help="torchrun restarts of crashed workers (they "
+                                              "resume from the last checkpoint).")]
 
 
 @app.command()
@@ -400,8 +402,7 @@ def train(
     nnodes: NnodesOpt = 1,
     node_rank: NodeRankOpt = 0,
     rdzv_endpoint: RdzvOpt = None,
-    max_restarts: Annotated[int, typer.Option(help="torchrun restarts of crashed workers (they "
-                                              "resume from the last checkpoint).")] = 0,
+    max_restarts: MaxRestartsOpt = 0,
     spacing: Annotated[float | None, typer.Option(help="Resample raw --data to this isotropic "
                                                   "spacing (mm) when preprocessing.")] = None,
     profile: Annotated[bool, typer.Option(help="Profile a few steps instead of training.")] = False,
@@ -479,7 +480,9 @@ def finetune(
                                           "discriminative.")] = "full",
     modalities: Annotated[str | None, typer.Option(help="The new site's sequences by name, in "
                                                    "input order, e.g. t2,t1 (default: the "
-                                                   "pretrained model's).")] = None,
+                                                   "pretrained model's when the data has them "
+                                                   "all, else the data's, adapted by "
+                                                   "name).")] = None,
     layer_decay: Annotated[float, typer.Option(help="Learning-rate factor per stage towards the "
                                                "input (0: the strategy's default).")] = 0.0,
     new_head: Annotated[bool, typer.Option(help="Start the output heads afresh.")] = False,
@@ -490,18 +493,17 @@ def finetune(
     nnodes: NnodesOpt = 1,
     node_rank: NodeRankOpt = 0,
     rdzv_endpoint: RdzvOpt = None,
+    max_restarts: MaxRestartsOpt = 0,
     spacing: Annotated[float | None, typer.Option(help="Resample raw --data to this isotropic "
                                                   "spacing (mm); default: the model card's.")] = None,
 ) -> None:
     """Fine-tune a pretrained model on a new site: loads what fits by name and shape, maps
     input sequences by name, prints the load report, trains with the chosen strategy."""
     from glioseg.model.card import load_card
-    from glioseg.model.weights import canonical_modality
 
     try:
         card = load_card(from_)
-        mods = ([canonical_modality(m) for m in modalities.split(",") if m.strip()]
-                if modalities else list(card.modalities))
+        mods = _finetune_modalities(card, modalities, data, resume)
         if spacing is None and data is not None and not (data / "dataset.json").is_file():
             sp = (card.preprocessing or {}).get("spacing")
             spacing = float(sp[0]) if sp else None
@@ -509,12 +511,35 @@ def finetune(
         _fail(str(exc))
     sets = [f"transfer.init_from={from_.resolve()}", f"transfer.strategy={strategy}",
             f"transfer.layer_decay={layer_decay}", f"transfer.new_head={new_head}",
-            f"data.modalities=[{','.join(mods)}]", *(set_ or [])]
+            *([f"data.modalities=[{','.join(mods)}]"] if mods else []), *(set_ or [])]
     if not resume:
         sets = _card_model_overrides(card) + sets
     _launch_training(out, data, config, sets, resume=resume, nproc=nproc,
                      nnodes=nnodes, node_rank=node_rank, rdzv_endpoint=rdzv_endpoint,
-                     spacing=spacing, modalities=mods)
+                     max_restarts=max_restarts, spacing=spacing, modalities=mods)
+
+
+def _finetune_modalities(card: object, modalities: str | None, data: Path | None,
+                         resume: bool) -> list[str] | None:
+    """The fine-tuning run's sequences: ``--modalities``; else read from ``--data``
+    (``glioseg.train.fit.finetune_modalities``: the card's when the data has them all, else
+    the data's, saying so); else the card's, or None on ``--resume`` (the run's config keeps
+    its own)."""
+    from glioseg.model.weights import canonical_modality
+    from glioseg.train import fit as F
+
+    if modalities:
+        return [canonical_modality(m) for m in modalities.split(",") if m.strip()]
+    source = [canonical_modality(m) for m in card.modalities]  # type: ignore[attr-defined]
+    if data is None:
+        return None if resume else source
+    available, where = F.data_modalities(data)
+    mods = F.finetune_modalities(source, available)
+    if mods != source:
+        typer.echo(f"sequences: {', '.join(mods)}, read from the data ({where}); the pretrained "
+                   f"model takes {', '.join(source)}: its input filters are adapted by name "
+                   "(see the load report; --modalities chooses others)")
+    return mods
 
 
 _NOT_FROM_CARD = ("in_channels", "out_channels", "deep_supervision", "patch_size",
@@ -550,6 +575,7 @@ def pretrain(
     nnodes: NnodesOpt = 1,
     node_rank: NodeRankOpt = 0,
     rdzv_endpoint: RdzvOpt = None,
+    max_restarts: MaxRestartsOpt = 0,
     spacing: Annotated[float | None, typer.Option(help="Resample raw --data to this isotropic "
                                                   "spacing (mm) when preprocessing.")] = None,
 ) -> None:
@@ -563,7 +589,8 @@ def pretrain(
         sets.insert(1, f"data.modalities=[{','.join(mods)}]")
     _launch_training(out, data, config, sets, resume=resume, nproc=nproc,
                      nnodes=nnodes, node_rank=node_rank, rdzv_endpoint=rdzv_endpoint,
-                     spacing=spacing, modalities=mods if modalities else None)
+                     max_restarts=max_restarts, spacing=spacing,
+                     modalities=mods if modalities else None)
 
 
 @app.command()

@@ -189,6 +189,10 @@ def load_adapted(
     report = LoadReport()
     if cfg is not None and source_card.arch != cfg.arch:
         report.notes.append(f"source architecture {source_card.arch!r}, target {cfg.arch!r}")
+    if not _same_order(source_card.modalities, target_modalities):
+        report.notes.append(
+            f"input sequences differ: the source takes {', '.join(source_card.modalities)}, "
+            f"this model {', '.join(target_modalities)}; input filters mapped by name")
     input_keys = tuple(getattr(net, "input_conv_keys", (getattr(net, "input_conv_key", ""),)))
     head_prefixes = tuple(getattr(net, "head_prefixes", ()))
     rows = _head_rows(source_card.regions, target_regions)

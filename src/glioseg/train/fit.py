@@ -48,6 +48,11 @@ class TrainError(ValueError):
     """A training run that cannot start; the message names the folder or key."""
 
 
+UNLABELLED_HINT = ("segmentation training needs labelled cases; to learn from unlabelled scans, "
+                   "pretrain on them (`glioseg pretrain --data DIR --out RUN_DIR`) and fine-tune "
+                   "the result on a few labelled cases (`glioseg finetune`)")
+
+
 # --------------------------------------------------------------------------- config matching
 
 def _flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -237,15 +242,21 @@ def wrap(comp: Components, cfg: C.Config, info: D.DistInfo) -> None:
 class CaseView:
     """A cached case seen through ``data.modalities`` (``image`` keeps only those channels, in
     that order) and, for self-supervised pretraining, with all-background labels when it has
-    none. Picklable: loader workers receive paths, not voxels."""
+    none. Picklable: loader workers receive paths, not voxels.
+
+    ``meta`` describes the view: a view with blank labels has labels (all background), so its
+    ``meta["has_labels"]`` is True (and ``meta["blank_labels"]`` marks them); the loader, which
+    refuses cases without labels, then takes it. The cached case's own ``meta`` is unchanged.
+    """
 
     def __init__(self, case: Any, channels: Sequence[int] | None = None,
                  blank_labels: bool = False) -> None:
         self.case = case
         self.case_id = case.case_id
-        self.meta = case.meta
         self.channels = None if channels is None else [int(c) for c in channels]
-        self.blank_labels = blank_labels and case.labels is None
+        self.blank_labels = blank_labels and not case.meta.get("has_labels")
+        self.meta = ({**case.meta, "has_labels": True, "blank_labels": True}
+                     if self.blank_labels else case.meta)
 
     @property
     def image(self) -> Any:
@@ -257,7 +268,8 @@ class CaseView:
         if self.blank_labels:
             import numpy as np
 
-            return np.zeros(self.case.shape, np.uint8)
+            # a read-only zero of the volume's shape that holds one byte, not a volume
+            return np.broadcast_to(np.zeros((), np.uint8), self.case.shape)
         return self.case.labels
 
     @property
@@ -308,7 +320,8 @@ def select_cases(cfg: C.Config, cases: Sequence[Any],
     if val_cases is not None:
         train = [c for c in cases if c.meta.get("has_labels")]
         if not train:
-            raise TrainError("the chosen cases have no labels: nothing to train on")
+            raise TrainError(f"{cfg.data.cache_dir}: none of the {len(cases)} chosen cases has "
+                             f"labels: nothing to train on; {UNLABELLED_HINT}")
         val_used = [c for c in val_cases if c.meta.get("has_labels")]
         require_modalities(train + val_used, cfg.data.modalities)
         return train, [CaseView(c, channels) for c in val_used]
@@ -325,7 +338,10 @@ def split_cases(cases: Sequence[Any], n_val: int, seed: int) -> tuple[list[Any],
 
     labelled = {c.case_id: c for c in cases if c.meta.get("has_labels")}
     if not labelled:
-        raise TrainError("the cache has no case with labels: nothing to train on")
+        where = f"{cases[0].path.parent}: " if cases and hasattr(cases[0], "path") else ""
+        raise TrainError(f"{where}the cache has no case with labels (none of its {len(cases)} "
+                         f"cases had a segmentation file): nothing to train on; "
+                         f"{UNLABELLED_HINT}")
     n_val = max(0, min(n_val, len(labelled) - 1))
     train_ids, val_ids = case_split(list(labelled), n_val, seed)
     return [labelled[i] for i in train_ids], [labelled[i] for i in val_ids]
@@ -758,6 +774,51 @@ def prepare_data(data: str | Path, run_dir: str | Path, spacing: float | None = 
                              "preprocess the data")
         time.sleep(2.0)
     return cache
+
+
+def data_modalities(data: str | Path) -> tuple[list[str], str]:
+    """The sequences ``data`` offers, canonical names in ``MODALITIES`` order, and where they
+    were read (for messages): for a cache, its ``dataset.json`` ``selected_modalities`` (all
+    four for older caches) less any a cached case lacks; for a raw data folder, the sequences
+    every case has a file for.
+
+    Raises:
+        TrainError: no such folder, or no sequence common to every case.
+    """
+    from glioseg.data.labels import MODALITIES
+
+    data = Path(data)
+    if is_cache(data):
+        from glioseg.preprocess.cache import open_cache, read_dataset_json
+
+        have = set(read_dataset_json(data).get("selected_modalities", MODALITIES))
+        for case in open_cache(data, validate=False):
+            have &= set(case.modalities)
+        where = f"{data / 'dataset.json'} selected_modalities"
+    else:
+        if not data.exists():
+            raise TrainError(f"--data {data}: no such folder")
+        from glioseg.data.cases import discover
+
+        have = set(MODALITIES)
+        for case in discover(data):
+            have &= set(case.images)
+        where = f"the sequences every case of {data} has"
+    found = [m for m in MODALITIES if m in have]
+    if not found:
+        raise TrainError(f"--data {data}: no sequence is common to every case ({where}); "
+                         "name the ones to use with --modalities")
+    return found, where
+
+
+def finetune_modalities(source: Sequence[str], available: Sequence[str]) -> list[str]:
+    """The sequences a fine-tuning run takes when none are named: the source model's, in its
+    order, when the data has every one of them (its first layer is then loaded unchanged);
+    otherwise the data's own ``available`` ones, onto which the source's input filters are
+    adapted by name (``glioseg.model.weights.adapt_input_filters``)."""
+    if set(source) <= set(available):
+        return list(source)
+    return list(available)
 
 
 def torchrun_command(

@@ -11,7 +11,9 @@ Supported (nothing is downloaded; the user brings the file):
   given (``modalities=``): it is whatever the training datalist listed.
 - ``swinvit-ssl``: the self-supervised Swin encoder ``model_swinvit.pt`` (``state_dict`` key,
   ``module.`` prefixes, ``mlp.fc1/fc2`` names, pretext heads): mapped to ``swinViT.*`` of a
-  SwinUNETR, saved as *partial* weights (encoder only) for :func:`load_adapted`.
+  SwinUNETR, saved as *partial* weights (encoder only) for :func:`load_adapted`. Keys under
+  ``swinViT.`` / ``swin_vit.`` / ``encoder.`` / ``backbone.`` (``SWIN_WRAPPER_PREFIXES``) are
+  accepted too, so a whole SwinUNETR state dict gives its Swin encoder.
 - ``nnunet``: nnU-Net v2 ``checkpoint_final.pth`` (``network_weights``, ``init_args`` with plans
   and dataset.json, ``trainer_name``) of a ``PlainConvUNet``. Its topology is the project's
   ``unet3d`` (same blocks, same order), so the weights are renamed into ``unet3d``; kernels and
@@ -300,13 +302,28 @@ def import_swinunetr(
                          canonical)
 
 
+SWIN_WRAPPER_PREFIXES: tuple[str, ...] = ("module.", "swinViT.", "swin_vit.", "encoder.",
+                                          "backbone.")
+"""Prefixes in front of the Swin encoder's own keys (``patch_embed.``, ``layersN.``), removed
+in any combination: ``module.`` (DDP, as ``model_swinvit.pt`` is saved), ``swinViT.`` (the
+encoder inside a whole MONAI SwinUNETR), ``swin_vit.`` (renamed to ``swinViT`` by the MONAI
+research-contributions BTCV/BraTS recipes before loading), ``encoder.`` / ``backbone.`` (an
+encoder wrapped by a pretraining head)."""
+
+
 def swinvit_ssl_key(key: str) -> str | None:
-    """Key of the self-supervised Swin checkpoint (``module.`` removed) -> SwinUNETR key, or
-    None for the pretext heads that SwinUNETR does not have."""
-    if not key.startswith(("patch_embed.", "layers")):
+    """Key of the self-supervised Swin checkpoint -> SwinUNETR key, or None for tensors that
+    are not the Swin encoder's (pretext heads; a whole SwinUNETR's CNN encoder and decoder).
+
+    ``SWIN_WRAPPER_PREFIXES`` are removed first, but only where the Swin encoder's own key
+    follows (``encoder.layers1.0...`` is the encoder; ``encoder1.layer...`` is not)."""
+    rest = key
+    while rest.startswith(SWIN_WRAPPER_PREFIXES):
+        rest = rest.split(".", 1)[1]
+    if not re.match(r"(patch_embed|layers\d+c?)\.", rest):
         return None
-    key = key.replace(".mlp.fc1.", ".mlp.linear1.").replace(".mlp.fc2.", ".mlp.linear2.")
-    return f"swinViT.{key}"
+    rest = rest.replace(".mlp.fc1.", ".mlp.linear1.").replace(".mlp.fc2.", ".mlp.linear2.")
+    return f"swinViT.{rest}"
 
 
 def import_swinvit_ssl(
@@ -321,13 +338,16 @@ def import_swinvit_ssl(
     """
     path = Path(path)
     raw = _state_dict_from(safe_load(path), path, keys=("state_dict",))
-    state, skipped = {}, []
+    state, skipped, origin = {}, [], {}
     for k, v in raw.items():
         new = swinvit_ssl_key(k)
         if new is None:
             skipped.append(k)
+        elif new in state:
+            raise ForeignCheckpointError(f"{path}: {origin[new]!r} and {k!r} are both the Swin "
+                                         f"encoder's {new!r} (two encoders in one file?)")
         else:
-            state[new] = v
+            state[new], origin[new] = v, k
     cfg = _swin_config(state, path, out_channels=3)
     _check_names(cfg, modalities, REGIONS, path)
     reference = {k: v for k, v in build_model(cfg).state_dict().items() if k.startswith("swinViT.")}
@@ -338,7 +358,8 @@ def import_swinvit_ssl(
         raise ForeignCheckpointError(
             f"{path}: the Swin encoder does not match MONAI's SwinTransformer: missing "
             f"{missing[:5]}, unexpected {extra[:5]}, reshaped {reshaped[:5]}")
-    note = f"Swin encoder only ({len(state)} tensors); {len(skipped)} pretext-head tensors skipped"
+    note = (f"Swin encoder only ({len(state)} tensors); {len(skipped)} other tensors (pretext "
+            "heads, a CNN decoder) skipped")
     card = ModelCard.for_model(
         cfg, modalities=tuple(modalities), regions=(), label_scheme="none",
         preprocessing={"spacing": None, "normalisation": "unknown"},
