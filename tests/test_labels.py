@@ -51,3 +51,28 @@ def test_labels_from_regions_inverts_and_nests():
     regions = np.zeros((3, 1), bool)
     regions[2, 0] = True
     assert L.labels_from_regions(regions).tolist() == [3]
+
+
+@pytest.mark.parametrize("dtype", ["uint8", "int64"])
+def test_torch_regions_equal_regions_from_labels(dtype):
+    """Every torch path from labels to regions (training targets, the loader, the MONAI
+    benchmark pipeline) gives what the pure ``regions_from_labels`` gives, voxel by voxel."""
+    import torch
+
+    from glioseg.bench.data import _regions_1ch
+    from glioseg.train import data as TD
+    from glioseg.train.loop import regions_target
+
+    labels = np.random.default_rng(1).integers(0, 4, size=(3, 5, 6, 7)).astype(dtype)
+    expected = np.stack([L.regions_from_labels(x) for x in labels])  # (B, 3, X, Y, Z)
+    assert expected.any(axis=(0, 2, 3, 4)).all() and not expected.all()  # every region occurs
+    t = torch.from_numpy(labels)
+    for got in (regions_target(t), regions_target(t[:, None]),
+                TD.regions_from_labels_torch(t),
+                torch.stack([_regions_1ch(x[None]) for x in t])):
+        assert got.dtype == torch.float32 and got.shape == expected.shape
+        assert np.array_equal(got.numpy(), expected)
+    assert np.array_equal(TD.regions_from_labels_np(labels.astype(np.uint8)), expected)
+    masks = L.region_masks(t)
+    assert all(isinstance(m, torch.Tensor) and m.dtype == torch.bool for m in masks)
+    assert np.array_equal(torch.stack(masks, dim=1).numpy(), expected)

@@ -449,7 +449,7 @@ def _launch_training(out: Path, data: Path | None, config: str | None,
             cmd = F.torchrun_command(args, nproc=nproc, nnodes=nnodes, node_rank=node_rank,
                                      rdzv_endpoint=rdzv_endpoint, max_restarts=max_restarts,
                                      run_id=out.resolve().name)
-            raise typer.Exit(subprocess.run(cmd).returncode)
+            raise typer.Exit(subprocess.run(cmd, env=F.torchrun_env(nnodes)).returncode)
         if profile:
             from glioseg.train.profile import profile_training
 

@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from glioseg.augment import AugmentConfig
+from glioseg.data.labels import region_masks
 from glioseg.preprocess.cache import CachedCase, open_cache
 from glioseg.train.data import make_loader
 
@@ -110,9 +111,10 @@ def monai_loader(
 
 
 def _regions_1ch(label: torch.Tensor) -> torch.Tensor:
-    """MONAI label ``(1, X, Y, Z)`` -> regions ``(3, X, Y, Z)`` float32 (WT, TC, ET)."""
+    """MONAI label ``(1, X, Y, Z)`` -> regions ``(3, X, Y, Z)`` float32 (WT, TC, ET)
+    (``glioseg.data.labels.region_masks``)."""
     lab = torch.as_tensor(label)[0].long()
-    return torch.stack([lab > 0, (lab == 1) | (lab == 3), lab == 3]).float()
+    return torch.stack(region_masks(lab)).float()
 
 
 def bench_data(

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -120,13 +121,23 @@ def from_internal(labels: np.ndarray, scheme: str) -> np.ndarray:
     return _lookup(get_scheme(scheme).internal_to_file, labels, scheme, "internal")
 
 
+def region_masks(labels: Any) -> tuple[Any, Any, Any]:
+    """The region masks ``(WT, TC, ET)`` of internal labels, each bool of the labels' shape.
+
+    The one definition of the regions: WT = label in {1, 2, 3} (> 0), TC = {1, 3}, ET = {3}.
+    Only comparisons and ``|`` are used, so ``labels`` may be a numpy array or a torch tensor
+    of integers of any shape (a tensor gives tensors, on its device); the caller stacks them on
+    the axis it wants (``np.stack``, ``torch.stack(..., dim=1)`` for batches).
+    """
+    wt = labels > 0
+    et = labels == ET
+    tc = (labels == NCR) | et
+    return wt, tc, et
+
+
 def regions_from_labels(labels: np.ndarray) -> np.ndarray:
     """Internal labels ``(D, H, W)`` -> regions ``(3, D, H, W)`` bool in order WT, TC, ET."""
-    labels = np.asarray(labels)
-    wt = labels > 0
-    tc = (labels == NCR) | (labels == ET)
-    et = labels == ET
-    return np.stack([wt, tc, et])
+    return np.stack(region_masks(np.asarray(labels)))
 
 
 def labels_from_regions(regions: np.ndarray) -> np.ndarray:

@@ -34,6 +34,7 @@ from glioseg.augment import (
     required_extent,
     resample_patches,
 )
+from glioseg.data.labels import region_masks
 from glioseg.preprocess.cache import CachedCase, open_cache
 from glioseg.sampling import extract_box, patch_origin
 
@@ -64,23 +65,17 @@ def case_split(case_ids: Sequence[str], n_val: int, seed: int) -> tuple[list[str
 
 def regions_from_labels_torch(labels: torch.Tensor) -> torch.Tensor:
     """Internal labels ``(B, X, Y, Z)`` -> regions ``(B, 3, X, Y, Z)`` float32 (WT, TC, ET),
-    the torch twin of ``glioseg.data.labels.regions_from_labels``."""
-    lab = labels.long()
-    wt = lab > 0
-    et = lab == 3
-    tc = (lab == 1) | et
-    return torch.stack([wt, tc, et], dim=1).float()
+    by ``glioseg.data.labels.region_masks``."""
+    return torch.stack(region_masks(labels.long()), dim=1).float()
 
 
 def regions_from_labels_np(labels: np.ndarray) -> np.ndarray:
-    """Internal labels ``(B, X, Y, Z)`` uint8 (0..3) -> regions ``(B, 3, X, Y, Z)`` float32
-    (WT = label > 0, TC = label odd (1 or 3), ET = label 3), written in place, one pass each."""
+    """Internal labels ``(B, X, Y, Z)`` uint8 (0..3) -> regions ``(B, 3, X, Y, Z)`` float32,
+    by ``glioseg.data.labels.region_masks``, written into one preallocated array."""
     out = np.empty((labels.shape[0], 3, *labels.shape[1:]), np.float32)
     for n in range(labels.shape[0]):
-        lab = labels[n]
-        np.greater(lab, 0, out=out[n, 0], casting="unsafe")
-        np.bitwise_and(lab, 1, out=out[n, 1], casting="unsafe")
-        np.equal(lab, 3, out=out[n, 2], casting="unsafe")
+        for r, mask in enumerate(region_masks(labels[n])):
+            out[n, r] = mask
     return out
 
 

@@ -8,6 +8,16 @@ Shutdown: a rank can abort at exit (``terminate called without an active excepti
 ``destroy_process_group`` runs while the DDP model is alive; the fix that held in 65 of 65
 runs is ``barrier(); del model, optimizer; gc.collect(); destroy_process_group()``, which
 ``shutdown`` does given a dict that holds the only references.
+
+Restarts (``torchrun --max-restarts``): torchrun's agent hosts the key-value store the workers
+meet in (``TORCHELASTIC_USE_AGENT_STORE=True``) and keeps it across restarts, and torch 2.13
+does not separate the keys of one attempt from the next; a restarted rank could read a dead
+peer's gloo address (or NCCL id) and fail with ``connectFullMesh failed ... Connection
+refused`` (pytorch/pytorch#135712). ``init`` therefore joins under a prefix per attempt when
+one agent runs every worker (``GROUP_WORLD_SIZE=1``: its restart count is the same for all).
+With several nodes the counts can differ between agents (a restart for a membership change
+does not count), so there the launcher should set ``TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1``
+(a fresh store per rendezvous round hosted by rank 0).
 """
 
 from __future__ import annotations
@@ -103,8 +113,35 @@ def init(device: str = "auto", threads: int = 0, timeout_s: float = 1800.0) -> D
         backend = "nccl" if dev.type == "cuda" else "gloo"
         if dev.type == "cuda":
             torch.cuda.set_device(dev)
-        dist.init_process_group(backend=backend, timeout=timedelta(seconds=timeout_s))
+        timeout = timedelta(seconds=timeout_s)
+        store = attempt_store(world, timeout)
+        if store is None:
+            dist.init_process_group(backend=backend, timeout=timeout)
+        else:
+            dist.init_process_group(backend=backend, store=store, rank=rank, world_size=world,
+                                    timeout=timeout)
     return DistInfo(rank, world, local_rank, local_world, dev)
+
+
+def attempt_prefix() -> str | None:
+    """The store prefix of this torchrun attempt, ``glioseg/attempt_<restart count>``, when
+    torchrun's single agent hosts the store (see the module docstring); else None."""
+    if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True":
+        return None
+    if _env_int("GROUP_WORLD_SIZE", 1) != 1:
+        return None
+    return f"glioseg/attempt_{_env_int('TORCHELASTIC_RESTART_COUNT', 0)}"
+
+
+def attempt_store(world: int, timeout: timedelta) -> dist.Store | None:
+    """A client of the agent's store (``MASTER_ADDR:MASTER_PORT``) under ``attempt_prefix``, or
+    None to let ``init_process_group`` read the environment as usual."""
+    prefix = attempt_prefix()
+    if prefix is None:
+        return None
+    store = dist.TCPStore(os.environ["MASTER_ADDR"], _env_int("MASTER_PORT", 0),
+                          world_size=world, is_master=False, timeout=timeout)
+    return dist.PrefixStore(prefix, store)
 
 
 def is_initialized() -> bool:

@@ -851,3 +851,16 @@ def torchrun_command(
         cmd += [f"--nnodes={nnodes}", f"--node-rank={node_rank}", "--rdzv-backend=c10d",
                 f"--rdzv-endpoint={rdzv_endpoint}", f"--rdzv-id={run_id}"]
     return [*cmd, "-m", "glioseg", "train", *train_args]
+
+
+def torchrun_env(nnodes: int, base: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The environment of ``torchrun_command``: across several nodes, a fresh rendezvous store
+    per round (``TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1``), so that workers restarted by
+    ``--max-restarts`` never read a dead peer's address from the previous round (one node
+    separates the rounds itself: ``glioseg.train.distributed``)."""
+    import os
+
+    env = dict(os.environ if base is None else base)
+    if nnodes > 1:
+        env["TORCH_DISABLE_SHARE_RDZV_TCP_STORE"] = "1"
+    return env

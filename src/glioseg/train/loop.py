@@ -19,7 +19,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from glioseg.data.labels import REGIONS, regions_from_labels
+from glioseg.data.labels import REGIONS, region_masks, regions_from_labels
 
 LossFn = Callable[[Any, torch.Tensor], torch.Tensor]
 """``loss_fn(logits or list of logits, targets (B, 3, X, Y, Z)) -> scalar``."""
@@ -104,13 +104,11 @@ class Batch:
 
 def regions_target(labels: torch.Tensor) -> torch.Tensor:
     """Internal labels ``(B, X, Y, Z)`` (or ``(B, 1, X, Y, Z)``) -> ``(B, 3, X, Y, Z)`` float
-    region masks: WT = label > 0, TC = label in {1, 3}, ET = label == 3."""
+    region masks (``glioseg.data.labels.region_masks``: WT = label > 0, TC = label in {1, 3},
+    ET = label == 3)."""
     if labels.ndim == 5:
         labels = labels[:, 0]
-    wt = labels > 0
-    tc = (labels == 1) | (labels == 3)
-    et = labels == 3
-    return torch.stack((wt, tc, et), dim=1).float()
+    return torch.stack(region_masks(labels), dim=1).float()
 
 
 def to_batch(raw: Any, device: torch.device, channels_last: bool) -> Batch:
