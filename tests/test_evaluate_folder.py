@@ -202,6 +202,48 @@ def test_brats2023_layout_is_scored_lesion_wise(tmp_path):
     assert legacy.rows[0]["WT_dice"] == row["WT_dice"]
 
 
+@pytest.mark.parametrize("spacing_mm", [False, True])
+def test_lesion_wise_uses_the_header_spacing_like_the_2023_code(tmp_path, spacing_mm):
+    """An anisotropic 1 x 1 x 3 mm grid, where voxel units and the header's spacing disagree.
+    The 2023 reference code reads the spacing from the header: lesion volume = voxels x 3 mm^3
+    against the 50 mm^3 threshold, HD95 in mm. Reference (edema, so WT only): lesion A, a
+    4x4x4 cube (64 voxels, 192 mm^3), and lesion B, 4x4x2 (32 voxels: 96 mm^3 > 50, though
+    <= 50 voxels), 12 slices above A. Prediction: A without its top slice (4x4x3), B missed.
+    A: Dice 2*48/(64+48) = 6/7; its HD95 is the missing slice, 1 voxel along z = 3 mm (every
+    reference surfel is 0 or 3 mm from the prediction, the top face's being well over 5% of
+    the area; the prediction's surfels are all within 2 mm of the reference).
+    B counts and is missed: Dice 0, HD95 374. Lesion-wise Dice (6/7 + 0)/2 = 3/7, HD95
+    (3 + 374)/2 = 188.5. In voxel units B (32 voxels) would be left out: 6/7 and 1.
+    The legacy HD95 stays in voxels unless --spacing-mm (medpy's hd95 both ways)."""
+    from medpy.metric.binary import hd95
+
+    shape = (14, 14, 32)
+    affine = np.diag([-1.0, -1.0, 3.0, 1.0])
+    affine[1, 3] = 239.0
+    seg = np.zeros(shape, np.uint8)
+    seg[4:8, 4:8, 4:8] = 2
+    seg[4:8, 4:8, 20:22] = 2
+    pred = np.zeros(shape, np.uint8)
+    pred[4:8, 4:8, 4:7] = 2
+    folder = write_brats_case(tmp_path / "ref", "brats2023", 1, shape=shape, seg=seg,
+                              affine=affine)
+    save_volume(tmp_path / "pred" / f"{folder.name}.nii.gz", pred, affine, np.uint8)
+    r = evaluate_folder(tmp_path / "pred", tmp_path / "ref", tmp_path / "out",
+                        spacing_mm=spacing_mm, progress=False)
+    row = r.rows[0]
+    assert row["WT_lesion_dice"] == pytest.approx(3 / 7)
+    assert row["WT_lesion_hd95"] == pytest.approx(188.5)
+    assert (row["WT_lesion_tp"], row["WT_lesion_fn"], row["WT_lesion_fp"]) == (1, 1, 0)
+    assert row["TC_lesion_dice"] == 1.0 and row["TC_lesion_hd95"] == 0.0  # both empty
+    legacy = hd95(pred > 0, seg > 0, voxelspacing=(1.0, 1.0, 3.0) if spacing_mm else None)
+    assert row["WT_hd95"] == pytest.approx(legacy)
+    assert r.summary["distance_unit"] == ("mm" if spacing_mm else "voxel")
+    assert r.summary["lesion_distance_unit"] == "mm"
+    # the pure function with the old reading (1 mm per voxel) gives the voxel-unit values
+    voxel = score_labels(pred, seg, "brats2023", "brats2023")
+    assert (voxel["WT_lesion_dice"], voxel["WT_lesion_hd95"]) == pytest.approx((6 / 7, 1.0))
+
+
 def test_score_labels_crop_matches_full_grid_counts():
     """Specificity counts the voxels outside the working crop as true negatives."""
     ref = np.zeros((30, 30, 30), np.uint8)
@@ -251,3 +293,19 @@ def test_figures(legacy_data, tmp_path):
         "   (no prediction: scored as empty)")
     assert overlay_caption("best", rows["BraTS2021_00002"]).startswith(
         "best case by WT Dice: BraTS2021_00002   Dice WT 1.000  TC 1.000  ET 0.000")
+
+
+def test_figures_read_predictions_in_their_named_scheme(legacy_data, tmp_path):
+    """brats2021 references, predictions written in the 2023 scheme (ET = 3) and named so:
+    scores equal those of the same predictions in the references' scheme, and the overlays
+    read them in that scheme too (a 3 is not a brats2021 label: it would be refused)."""
+    ref_dir, pred_dir, _, preds = legacy_data
+    as_2023 = tmp_path / "pred2023"
+    for i, p in preds.items():
+        save_volume(as_2023 / f"BraTS2021_{i:05d}.nii.gz", np.where(p == 4, 3, p), AFFINE,
+                    np.uint8)
+    same = evaluate_folder(pred_dir, ref_dir, tmp_path / "a", progress=False)
+    named = evaluate_folder(as_2023, ref_dir, tmp_path / "b", pred_label_scheme="brats2023",
+                            figures=True, progress=False)
+    assert named.rows == same.rows
+    assert named.paths["overlay_best"].is_file()

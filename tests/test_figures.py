@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from glioseg.data import labels as L
+from glioseg.data import synthetic as S
 from glioseg.data.nifti import load_volume, save_volume
 from glioseg.report import figures as F
 
@@ -87,9 +88,68 @@ def test_show_case_errors_are_clear(synth_cohort, tmp_path):
         F.show_case(case, tmp_path / "x.png", pred=tmp_path / "small.nii.gz")
     bad = np.zeros((120, 120, 78), np.uint8)
     bad[0, 0, 0] = 7
-    save_volume(tmp_path / "bad.nii.gz", bad, np.eye(4))
-    with pytest.raises(ValueError, match="label values"):
+    save_volume(tmp_path / "bad.nii.gz", bad, S.grid_affine(2.0))
+    with pytest.raises(ValueError, match=r"bad\.nii\.gz: label values \[7\]"):
         F.show_case(case, tmp_path / "x.png", pred=tmp_path / "bad.nii.gz")
+    assert not (tmp_path / "x.png").exists()
+
+
+def _case_seg(case) -> tuple[np.ndarray, np.ndarray]:
+    seg, hdr = load_volume(case / f"{case.name}_seg.nii.gz", dtype=None)
+    return seg, hdr.affine
+
+
+def test_show_pred_in_the_other_scheme_is_an_error_unless_named(synth_cohort, tmp_path):
+    """A brats2021 case (ET = 4) with a prediction written in the 2023 scheme (ET = 3): the 3
+    is named in the error, not read as ET behind the user's back; ``pred_labels`` says so."""
+    case = synth_cohort[1]
+    seg, affine = _case_seg(case)
+    assert 4 in np.unique(seg)
+    as_2023 = np.where(seg == 4, 3, seg).astype(np.uint8)
+    save_volume(tmp_path / "p2023.nii.gz", as_2023, affine)
+    with pytest.raises(ValueError, match=r"p2023\.nii\.gz: label values \[3\] are not allowed "
+                                         r"in the brats2021 scheme.*--pred-labels"):
+        F.show_case(case, tmp_path / "x.png", pred=tmp_path / "p2023.nii.gz")
+    assert not (tmp_path / "x.png").exists()
+    out = F.show_case(case, tmp_path / "ok.png", pred=tmp_path / "p2023.nii.gz",
+                      pred_labels="brats2023")
+    assert out.is_file()
+    # read in the named scheme, the file's 3s are enhancing tumour (internal 3), its 1s necrosis
+    hdr = load_volume(case / f"{case.name}_t1.nii.gz", dtype=None)[1]
+    internal = F._load_pred(tmp_path / "p2023.nii.gz", "brats2023", hdr, case)
+    np.testing.assert_array_equal(internal == L.ET, seg == 4)
+    np.testing.assert_array_equal(internal == L.NCR, seg == 1)
+    with pytest.raises(ValueError, match="unknown label scheme 'brats2019'"):
+        F.show_case(case, tmp_path / "x.png", pred=tmp_path / "p2023.nii.gz",
+                    pred_labels="brats2019")
+
+
+def test_show_pred_with_fractional_values_is_an_error(synth_cohort, tmp_path):
+    """A float prediction holding 0.5 (probabilities, or a file resampled with interpolation)
+    is refused, not rounded; a float file of whole label values is fine."""
+    case = synth_cohort[0]
+    seg, affine = _case_seg(case)
+    soft = seg.astype(np.float32)
+    soft[seg == 2] = 0.5
+    save_volume(tmp_path / "soft.nii.gz", soft, affine, np.float32)
+    with pytest.raises(ValueError, match=r"soft\.nii\.gz: non-integer label values \(0\.5\)"):
+        F.show_case(case, tmp_path / "x.png", pred=tmp_path / "soft.nii.gz")
+    save_volume(tmp_path / "whole.nii.gz", seg.astype(np.float32), affine, np.float32)
+    assert F.show_case(case, tmp_path / "whole.png", pred=tmp_path / "whole.nii.gz").is_file()
+    assert not (tmp_path / "x.png").exists()
+
+
+def test_show_pred_on_another_grid_is_an_error_naming_both_files(synth_cohort, tmp_path):
+    """Same shape but an affine shifted by 2 mm: another grid, so an error naming the
+    prediction and the case file it was compared with (the case's segmentation)."""
+    case = synth_cohort[0]
+    seg, affine = _case_seg(case)
+    shifted = affine.copy()
+    shifted[0, 3] += 2.0
+    save_volume(tmp_path / "moved.nii.gz", seg, shifted)
+    with pytest.raises(ValueError, match=rf"moved\.nii\.gz: prediction affine differs from the "
+                                         rf"case's .*{case.name}_seg\.nii\.gz"):
+        F.show_case(case, tmp_path / "x.png", pred=tmp_path / "moved.nii.gz")
     assert not (tmp_path / "x.png").exists()
 
 

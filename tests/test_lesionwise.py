@@ -227,3 +227,26 @@ def test_lesion_wise_equals_full_volume_reference_on_random_cases():
         kinds |= {("tp", got.n_tp > 0), ("fn", got.n_fn > 0), ("fp", got.n_fp > 0),
                   ("small", any(not s.counted for s in got.lesions))}
     assert kinds >= {("tp", True), ("fn", True), ("fp", True), ("small", True)}
+
+
+def test_scattered_specks_and_a_long_match_equal_the_full_volume_reference():
+    """Work is confined to the reference's box: predicted specks all over the grid must still
+    each count as a false positive, and a matched component reaching far outside the box must
+    be scored whole (its long arm lowers the lesion's Dice and raises its HD95)."""
+    rng = np.random.default_rng(5)
+    pred, ref = random_case(rng)  # (56, 48, 36)
+    pred[36:, 26:, :] = ref[36:, 26:, :] = False  # room for one isolated lesion
+    cube(ref, (40, 30, 10), (5, 5, 5))  # 125 voxels
+    cube(pred, (40, 30, 10), (5, 5, 5))
+    pred[42, 32, 15:36] = True  # the arm: 21 voxels along z, out of the lesion's box
+    for _ in range(25):
+        x, y, z = (int(rng.integers(0, s)) for s in ref.shape)
+        if not ref[max(x - 4, 0) : x + 5, max(y - 4, 0) : y + 5, max(z - 4, 0) : z + 5].any():
+            pred[x, y, z] = True
+    got = LW.lesion_wise(pred, ref)
+    dice, hd95, n_fp = reference_eval_py(pred, ref)
+    assert got.n_fp == n_fp and n_fp >= 20
+    assert got.dice == pytest.approx(dice, abs=1e-9)
+    assert got.hd95 == pytest.approx(hd95, rel=1e-6)
+    armed = [s for s in got.lesions if s.volume == 125.0]
+    assert len(armed) == 1 and armed[0].dice == pytest.approx(2 * 125 / (125 + 146))

@@ -47,7 +47,8 @@ def test_hd95_equals_medpy_pooled(pairs, spacing):
 
 
 def test_hd95_far_apart_components_equals_medpy():
-    """Distant specks split the work into boxes; the result must not change."""
+    """Distant specks (one at the grid's corner): the surfaces are read voxel by voxel over the
+    whole grid; the result must equal medpy's on the full arrays."""
     from medpy.metric.binary import hd95
 
     rng = np.random.default_rng(3)
@@ -61,29 +62,18 @@ def test_hd95_far_apart_components_equals_medpy():
     ref[0:3, 0:2, 0:2] = True  # at the grid's corner
     for spacing in (None, (1.2, 1.0, 2.0)):
         assert M.hd95(pred, ref, spacing) == pytest.approx(hd95(pred, ref, spacing), abs=1e-9)
-    assert len(M.foreground_boxes(pred | ref, gap=0)) > 3
 
 
-def test_surface_voxels_equal_scipy_erosion(pairs):
+def test_surface_points_equal_scipy_erosion(pairs):
+    """Surface = mask minus its 6-connected erosion (scipy), voxels beyond the grid outside;
+    the blobs touch the grid's faces, and a full grid has only its outer layer as surface."""
     structure = ndimage.generate_binary_structure(3, 1)
-    for pred, _ in pairs:
-        expected = pred & ~ndimage.binary_erosion(pred, structure)
-        np.testing.assert_array_equal(M.surface_voxels(pred), expected)
-
-
-def test_foreground_boxes_cover_everything_and_keep_apart():
-    mask = np.zeros((40, 40, 40), bool)
-    mask[2:5, 2:5, 2:5] = True
-    mask[2:5, 12:15, 2:5] = True  # 7 empty slabs along y from the first
-    mask[30:38, 30:38, 30:38] = True
-    for gap, n_expected in ((0, 3), (6, 3), (7, 2)):
-        boxes = M.foreground_boxes(mask, gap)
-        assert len(boxes) == n_expected
-        covered = np.zeros_like(mask)
-        for b in boxes:
-            covered[b] = True
-        assert (covered | ~mask).all()
-        assert sum(int(mask[b].sum()) for b in boxes) == int(mask.sum())
+    full = np.ones((4, 5, 6), bool)
+    for mask in [p for pair in pairs for p in pair] + [full]:
+        expected = np.argwhere(mask & ~ndimage.binary_erosion(mask, structure))
+        np.testing.assert_array_equal(M.surface_points(mask), expected)
+    assert len(M.surface_points(full)) == 4 * 5 * 6 - 2 * 3 * 4
+    assert M.surface_points(np.zeros((3, 3, 3), bool)).shape == (0, 3)
 
 
 @pytest.mark.filterwarnings("ignore::FutureWarning")

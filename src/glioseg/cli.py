@@ -73,12 +73,15 @@ def show(
     output: Annotated[Path, typer.Option("-o", "--output", help="PNG to write.")] = Path("case.png"),
     pred: Annotated[Path | None, typer.Option(help="A predicted segmentation to show beside.")] = None,
     views: Annotated[str, typer.Option(help="Comma list of axial, coronal, sagittal.")] = "axial",
+    pred_labels: Annotated[str | None, typer.Option(help="Label scheme of --pred (default: the "
+                                                    "case's; other values are an error).")] = None,
 ) -> None:
     """Draw the four contrasts and the segmentation overlay on the slice of largest tumour."""
     from glioseg.report.figures import show_case
 
     try:
-        show_case(case_dir, output, pred=pred, views=tuple(v.strip() for v in views.split(",")))
+        show_case(case_dir, output, pred=pred, views=tuple(v.strip() for v in views.split(",")),
+                  pred_labels=pred_labels)
     except ValueError as exc:
         _fail(str(exc))
     typer.echo(f"wrote {output}")

@@ -84,7 +84,7 @@ def bench_eval(repeats: int = 5, seed: int = 0, n_specks: int = 300) -> dict[str
     print(f"case {case.case_id}: grid {ref.shape}, WT {int((ref > 0).sum())} voxels; "
           f"read the reference NIfTI: {t_load:.3f} s")
     for name, pred in preds.items():
-        scores = score_labels(pred, ref, "brats2023", "brats2023")
+        scores = score_labels(pred, ref, "brats2023", "brats2023", lesion_spacing=header.spacing)
         print(f"{name} prediction: WT Dice {scores['WT_dice']:.3f}, WT HD95 "
               f"{scores['WT_hd95']:.2f}, WT lesion-wise Dice {scores['WT_lesion_dice']:.3f} "
               f"({scores['WT_lesion_fp']} false-positive components)")
@@ -92,7 +92,8 @@ def bench_eval(repeats: int = 5, seed: int = 0, n_specks: int = 300) -> dict[str
                              ("brats2023", "legacy + lesion-wise Dice, HD95, counts")):
             key = f"{name}_{scheme}"
             figures[f"{key}_s"], figures[f"{key}_cpu_s"] = _median_time(
-                lambda s=scheme, p=pred: score_labels(p, ref, "brats2023", s), repeats
+                lambda s=scheme, p=pred: score_labels(p, ref, "brats2023", s,
+                                                      lesion_spacing=header.spacing), repeats
             )
             print(f"  {scheme} ({what}; 3 regions): {figures[f'{key}_s']:.3f} s wall, "
                   f"{figures[f'{key}_cpu_s']:.3f} s CPU per case (median of {repeats})")

@@ -8,7 +8,8 @@ Recipe (in the spirit of SynthSeg / lab2im, Billot et al. 2023, and of Hu et al.
    and a smooth elastic warp, and is resampled onto the BraTS SRI24 grid (240 x 240 x 155,
    1 mm, LPS arrays, affine ``[[-1,0,0,0],[0,-1,0,239],[0,0,1,0]]``; at spacing ``s`` the grid
    is ``ceil(240/s)`` etc. and the affine is scaled).
-2. Tumour: one or two lesions centred in supratentorial white matter; a noise-perturbed,
+2. Tumour: one or two lesions centred in supratentorial deep white matter (two: far enough
+   apart for separate cores, and separate edema where the brain has room); a noise-perturbed,
    randomly rotated ellipsoidal core (exact volume), necrosis inside an enhancing rim of
    2-6 mm (sometimes open, ~10 % of cases without enhancement), mass effect (radial backward
    warp faded near the brain surface), edema spread from the core along white matter (repeated
@@ -342,28 +343,89 @@ def coarse_pass(warp: Warp) -> Coarse:
                   supra)
 
 
+# Multifocal geometry. A core's outline reaches up to ~1.45 times its equivalent-sphere radius
+# from its centre, a whole tumour's up to ~1.55 times its own (90th percentiles measured on
+# unifocal cases at 2 mm: 1.46 and 1.58); two lesions whose centres are at least the sum of
+# those reaches apart (plus a gap) cannot touch.
+CORE_REACH: float = 1.45
+WT_REACH: float = 1.55
+LESION_GAP_MM: float = 4.0
+"""Clear brain between the two cores of a multifocal case (also enforced on the voxels)."""
+
+
+def sphere_radius(volume_mm3: float) -> float:
+    """Radius (mm) of the sphere of ``volume_mm3``."""
+    return (3.0 * max(volume_mm3, 0.0) / (4.0 * math.pi)) ** (1.0 / 3.0)
+
+
+def edema_margin(core_radii_mm: list[float], edema_mm3: float) -> float:
+    """Thickness ``t`` (mm) of equal edema shells around cores of these radii holding
+    ``edema_mm3`` in all: ``sum((r + t)^3 - r^3) = 3 V / (4 pi)``, solved by bisection."""
+    target = 3.0 * max(edema_mm3, 0.0) / (4.0 * math.pi)
+    lo, hi = 0.0, 200.0
+    for _ in range(50):
+        t = 0.5 * (lo + hi)
+        if sum((r + t) ** 3 - r**3 for r in core_radii_mm) < target:
+            lo = t
+        else:
+            hi = t
+    return 0.5 * (lo + hi)
+
+
+def _centre_candidates(coarse: Coarse, radius_mm: float) -> np.ndarray:
+    """Coarse indices ``(N, 3)`` where a lesion of ``radius_mm`` may be centred: supratentorial
+    white matter (WM > 0.6, and > 0.5 at the six neighbours, so that the centre's jitter of
+    half a coarse voxel stays in white matter) far enough from the brain surface (looser tiers
+    where there is no room; the deepest brain voxels as a last resort)."""
+    cross = ndimage.generate_binary_structure(3, 1)
+    deep_wm = (coarse.wm > 0.6) & (ndimage.minimum_filter(coarse.wm, footprint=cross) > 0.5)
+    for wm in (deep_wm, coarse.wm > 0.6):
+        base = coarse.inside & coarse.supra & wm
+        for need in (radius_mm + 8.0, radius_mm * 0.6 + 6.0, 10.0):
+            ok = base & (coarse.dist > need)
+            if ok.any():
+                return np.argwhere(ok)
+    return np.argwhere(coarse.inside & (coarse.dist >= coarse.dist.max() * 0.8))
+
+
+def _second_centre(
+    rng: np.random.Generator, cand1: np.ndarray, cand2: np.ndarray, mm_per_index: float,
+    apart_mm: tuple[float, float],
+) -> tuple[np.ndarray, np.ndarray]:
+    """A pair (first from ``cand1``, second from ``cand2``) at least ``apart_mm[1]`` apart
+    (at most 30 mm more where possible), else at least ``apart_mm[0]``, else the farthest."""
+    core_apart, wt_apart = apart_mm
+    first = cand1[0]
+    for lo, hi in ((wt_apart, wt_apart + 30.0), (wt_apart, np.inf), (core_apart, np.inf)):
+        for _ in range(8):  # a few first centres: a deep central one may leave no room
+            first = cand1[rng.integers(len(cand1))]
+            d = np.linalg.norm((cand2 - first) * mm_per_index, axis=1)
+            far = cand2[(d >= lo) & (d <= hi)]
+            if len(far):
+                return first, far[rng.integers(len(far))]
+    d = np.linalg.norm((cand2 - first) * mm_per_index, axis=1)
+    return first, cand2[int(np.argmax(d))]
+
+
 def pick_centres(
-    rng: np.random.Generator, coarse: Coarse, spacing: float, radius_mm: float, n: int
+    rng: np.random.Generator, coarse: Coarse, spacing: float, radii_mm: list[float],
+    apart_mm: tuple[float, float] = (0.0, 0.0),
 ) -> list[np.ndarray]:
-    """``n`` lesion centres (output voxel index, float) in supratentorial white matter, away
-    from the brain surface (cerebellum, brainstem and deep midline excluded in MNI space)."""
+    """One centre (output voxel index, float) per lesion of equivalent core radius
+    ``radii_mm[i]``, in supratentorial white matter away from the brain surface (cerebellum,
+    brainstem and deep midline excluded in MNI space).
+
+    A second lesion is centred at least ``apart_mm[1]`` from the first (whole tumours apart)
+    where the brain has room, else at least ``apart_mm[0]`` (cores apart), else as far as the
+    candidates allow (``_tumour_labels`` still keeps the cores apart then).
+    """
     stride = coarse.stride
-    base = coarse.inside & coarse.supra & (coarse.wm > 0.6)
-    for need in (radius_mm + 8.0, radius_mm * 0.6 + 6.0, 10.0):
-        ok = base & (coarse.dist > need)
-        if ok.sum() >= n:
-            break
+    cand = _centre_candidates(coarse, radii_mm[0])
+    if len(radii_mm) == 1:
+        centres = [cand[rng.integers(len(cand))]]
     else:
-        ok = coarse.inside & (coarse.dist >= coarse.dist.max() * 0.8)
-    cand = np.argwhere(ok)
-    first = cand[rng.integers(len(cand))]
-    centres = [first]
-    if n > 1:
-        d = np.linalg.norm((cand - first) * stride * spacing, axis=1)
-        far = cand[(d > 20) & (d < 45)]
-        if len(far) == 0:
-            far = cand[d > 15] if (d > 15).any() else cand
-        centres.append(far[rng.integers(len(far))])
+        centres = list(_second_centre(rng, cand, _centre_candidates(coarse, radii_mm[1]),
+                                      stride * spacing, apart_mm))
     jitter = rng.uniform(-0.5, 0.5, (len(centres), 3)) * stride
     return [coarse.origin + c * stride + j for c, j in zip(centres, jitter, strict=True)]
 
@@ -448,6 +510,20 @@ def largest_component(mask: np.ndarray) -> np.ndarray:
     return lab == int(np.argmax(counts))
 
 
+def grow(mask: np.ndarray, voxels: int) -> np.ndarray:
+    """``mask`` dilated by ``voxels`` with the 3x3x3 cube (26-neighbours), done in the mask's
+    bounding box: voxels of the result are at most ``voxels`` steps (Chebyshev) from ``mask``."""
+    out = np.zeros_like(mask, dtype=bool)
+    idx = np.argwhere(mask)
+    if idx.size == 0:
+        return out
+    lo = np.maximum(idx.min(0) - voxels, 0)
+    hi = np.minimum(idx.max(0) + voxels + 1, mask.shape)
+    box = tuple(slice(int(a), int(b)) for a, b in zip(lo, hi, strict=True))
+    out[box] = ndimage.maximum_filter(mask[box].astype(np.uint8), size=2 * voxels + 1) > 0
+    return out
+
+
 def touching(mask: np.ndarray, seed: np.ndarray) -> np.ndarray:
     """Voxels of ``mask`` in 26-connected components that contain a ``seed`` voxel."""
     import cc3d
@@ -474,7 +550,9 @@ def spread_edema(
     """Edema mask of exactly ``n_vox`` voxels (if room) grown from ``core`` along white matter.
 
     Repeated Gaussian spreading weighted by the permeability ``wm^3 + 0.05 gm`` (a cheap stand-in
-    for Fisher-Kolmogorov growth), done at >= 2 mm and brought back linearly.
+    for Fisher-Kolmogorov growth), done at >= 2 mm and brought back linearly. Eight rounds,
+    more (up to 24) while the reachable permeable brain holds fewer than ``n_vox`` voxels (a
+    large tumour whose cores sit in little white matter).
     """
     f = max(1, int(round(2.0 / spacing)))
     perm = wm**3 + 0.05 * gm
@@ -483,13 +561,18 @@ def spread_edema(
     c0 = core.astype(np.float32)
     if f > 1:
         perm_c, c_c = perm[::f, ::f, ::f], c0[::f, ::f, ::f]
+        brain_c = brain[::f, ::f, ::f]
     else:
-        perm_c, c_c = perm, c0
+        perm_c, c_c, brain_c = perm, c0, brain
     c = c_c.copy()
-    for _ in range(8):
+    for step in range(24):
         c = ndimage.gaussian_filter(c, 2.5 / (spacing * f)) * perm_c
         c = np.maximum(c, c_c)
         c /= max(float(c.max()), 1e-12)
+        if step >= 7:
+            room = np.count_nonzero((c >= 1e-4) & (perm_c >= 0.02) & brain_c & (c_c == 0))
+            if room * f**3 >= 1.2 * n_vox:
+                break
     if f > 1:
         c = separable_linear(c, [np.arange(n) / f for n in core.shape])
     score = np.log(c + 1e-6) + 0.8 * smooth_noise(rng, core.shape, 7.0 / spacing)
@@ -586,8 +669,12 @@ def _draw_lesions(
     core_ml = wt_ml * rng.uniform(*site.core_fraction)
     n = 2 if rng.random() < site.multifocal else 1
     shares = [1.0] if n == 1 else [s := rng.uniform(0.6, 0.8), 1.0 - s]
-    r_main = (3.0 * core_ml * shares[0] * 1000.0 / (4.0 * math.pi)) ** (1.0 / 3.0)
-    centres = pick_centres(rng, coarse, spacing, r_main, n)
+    radii = [sphere_radius(core_ml * share * 1000.0) for share in shares]
+    # multifocal: centres far enough apart for separate cores and, with room, separate edema
+    t = edema_margin(radii, (wt_ml - core_ml) * 1000.0)
+    apart = (CORE_REACH * sum(radii) + LESION_GAP_MM,
+             WT_REACH * (sum(radii) + 2.0 * t) + LESION_GAP_MM)
+    centres = pick_centres(rng, coarse, spacing, radii, apart)
     lesions = []
     for c, share in zip(centres, shares, strict=True):
         ax = np.exp(rng.uniform(-0.25, 0.25, 3))
@@ -611,7 +698,11 @@ def _tumour_labels(
     necrosis = np.zeros(shape, bool)
     for les in lesions:
         rho = core_field(rng, shape, spacing, les)
-        les_core = largest_component(lowest(np.where(brain, rho, np.inf), les.core_vox) & brain)
+        # a later lesion keeps a gap from the cores drawn before it: separate foci stay separate
+        free = brain
+        if core.any():
+            free = brain & ~grow(core, max(1, round(LESION_GAP_MM / spacing)))
+        les_core = largest_component(lowest(np.where(free, rho, np.inf), les.core_vox) & free)
         thr = float(rho[les_core].max()) if les_core.any() else 0.0
         rim = les.rim_mm * (1.0 + 0.4 * smooth_noise(rng, shape, 6.0 / spacing))
         core |= les_core

@@ -12,6 +12,13 @@ Schemes (``scheme``):
 - ``brats2023`` (lesion-wise; BraTS 2023 onwards): the same legacy scores plus lesion-wise
   Dice and HD95 and the lesion counts (true positive, false negative, false positive).
 
+Units. The legacy scores measure distances in voxels, as the CBICA portal did (``spacing_mm``:
+in mm from the reference's header). The lesion-wise scores always use the voxel size in the
+NIfTI header, as the 2023 reference code does (``get_LesionWiseScores`` reads
+``header.get_zooms()``): lesion volumes are voxels x voxel volume in mm^3 against the 50 mm^3
+threshold, and lesion HD95 is in mm. On BraTS's 1 mm grid both readings agree; on any other
+grid (2 mm synthetic cohorts, anisotropic data) only this one matches the challenge's scores.
+
 The scoring scheme is independent of the label convention: labels are read in the reference
 layout's file convention (2020/2021: ET = 4; 2023: ET = 3; MSD), and predictions in the same
 convention unless ``pred_label_scheme`` says otherwise. The default scheme follows the layout:
@@ -82,6 +89,7 @@ def score_labels(
     case_id: str = "",
     pred_label_scheme: str | None = None,
     sources: tuple[str, str] = ("prediction", "reference"),
+    lesion_spacing: Spacing = None,
 ) -> dict[str, float]:
     """All scores of one case from its label arrays.
 
@@ -90,11 +98,14 @@ def score_labels(
         ref: ``(X, Y, Z)`` reference file labels, same grid.
         label_scheme: file label convention of ``ref`` (and of ``pred`` by default).
         scheme: ``brats2020`` (legacy) or ``brats2023`` (legacy + lesion-wise).
-        spacing: voxel size in mm for distances; None = voxel units (the challenge default).
+        spacing: voxel size in mm for the legacy distances; None = voxel units (the legacy
+            challenge's default).
         case_id: named in error messages; its challenge tag (``BraTS-MEN-...``, ``-MET-``)
             picks the lesion-wise dilation and volume threshold (``lesion_parameters``).
         pred_label_scheme: label convention of ``pred`` if it differs from ``label_scheme``.
         sources: how error messages name the prediction and the reference (e.g. their files).
+        lesion_spacing: voxel size in mm for the lesion-wise scores (volume threshold, HD95):
+            the file header's, as the 2023 reference code; None = 1 mm.
 
     Returns:
         ``{"<region>_<metric>": value}`` for the columns ``score_columns(scheme)``.
@@ -126,7 +137,7 @@ def score_labels(
         for name, value in legacy_scores(p, r, spacing, ref.shape, outside).items():
             scores[f"{region}_{name}"] = value
         if scheme == "brats2023":
-            lw = lesion_wise(p, r, spacing, dilation=dilation, min_volume=min_volume)
+            lw = lesion_wise(p, r, lesion_spacing, dilation=dilation, min_volume=min_volume)
             scores[f"{region}_lesion_dice"] = lw.dice
             scores[f"{region}_lesion_hd95"] = lw.hd95
             scores[f"{region}_lesion_tp"] = lw.n_tp
@@ -188,8 +199,11 @@ def evaluate_case_files(task: _Task) -> dict[str, float]:
     spacing = ref_header.spacing if task.spacing_mm else None
     sources = (f"prediction {task.pred.name}" if task.pred else "prediction (missing)",
                f"reference {task.seg.name}")
+    # lesion-wise: always the header's voxel size, the prediction's as in the 2023 code
+    # (``pred_nii.header.get_zooms()``; the grids were checked equal above), else the reference's
+    lesion_spacing = pred_header.spacing if pred is not None else ref_header.spacing
     return score_labels(pred, ref, task.label_scheme, task.scheme, spacing, task.case_id,
-                        task.pred_label_scheme, sources)
+                        task.pred_label_scheme, sources, lesion_spacing=lesion_spacing)
 
 
 def _run_task(task: _Task) -> tuple[str, dict[str, float] | None, str | None]:
@@ -246,6 +260,8 @@ _METRIC_TITLES = {
 def markdown_table(summary: dict) -> str:
     """A short Markdown table: mean ± std (median) per metric and region."""
     unit = "voxels" if summary["distance_unit"] == "voxel" else summary["distance_unit"]
+    if summary.get("lesion_distance_unit", summary["distance_unit"]) != summary["distance_unit"]:
+        unit += f" (lesion-wise: {summary['lesion_distance_unit']}, from the image spacing)"
     lines = [
         f"Scheme {summary['scheme']}, {summary['n_cases']} cases, distances in {unit}"
         + (f", {len(summary['missing_predictions'])} missing prediction(s) scored as empty"
@@ -367,7 +383,8 @@ def evaluate_folder(
         ref_dir: a BraTS/MSD data folder (``glioseg.data.cases.discover``).
         out_dir: where ``per_case.csv``, ``summary.json`` and ``summary.md`` go.
         scheme: ``brats2020`` or ``brats2023``; default from the reference layout.
-        spacing_mm: distances in mm using the reference's spacing (default: voxel units).
+        spacing_mm: legacy distances in mm using the reference's spacing (default: voxel
+            units); lesion-wise scores always use it (as the 2023 reference code).
         workers: parallel processes.
         pred_label_scheme: label convention of the predictions (default: the reference's).
         figures: also draw the box plot and best/median/worst slice overlays.
@@ -411,6 +428,7 @@ def evaluate_folder(
         "scheme": scheme,
         "label_schemes": sorted({t.label_scheme for t in tasks}),
         "distance_unit": "mm" if spacing_mm else "voxel",
+        **({"lesion_distance_unit": "mm"} if scheme == "brats2023" else {}),
         "n_cases": len(rows),
         **lists,
         "metrics": summarise(rows, scheme),
@@ -431,5 +449,5 @@ def evaluate_folder(
         preds = {t.case_id: t.pred for t in tasks}
         panels = ("dice", "hd95") + (LESION_METRICS if scheme == "brats2023" else ())
         paths.update(write_eval_figures(rows, out_dir, case_folders, preds, panels,
-                                        summary["distance_unit"]))
+                                        summary["distance_unit"], pred_label_scheme))
     return result

@@ -12,17 +12,20 @@ Follows the challenge's 2023 reference code (``BraTS-2023-Metrics``, ``eval.py``
 3. Each reference lesion is scored against the union of its matched components: Dice, and
    HD95 by DeepMind's surface-distance method (below); a missed lesion scores Dice 0 and
    HD95 374.
-4. Lesions whose volume (voxels x voxel volume) is ``min_volume`` (50; 2 for MET) or less are
-   left out of the averages (they still turn predicted components into matches rather than
-   false positives).
+4. Lesions whose volume (voxels x voxel volume, mm^3) is ``min_volume`` (50; 2 for MET) or
+   less are left out of the averages (they still turn predicted components into matches rather
+   than false positives).
 5. Lesion-wise Dice = sum of lesion Dice / (lesions + false positives); lesion-wise HD95 =
    (sum of lesion HD95 + 374 per false positive) / (lesions + false positives); 0/0 gives
    Dice 1 and HD95 0.
 
 Each surface distance is the exact Euclidean distance to the nearest surfel of the other mask
-(DeepMind reads it off a distance transform; a k-d tree gives the same values faster), and the
-work is done cluster by cluster (``metrics.foreground_boxes``), which changes no result because
-clusters farther apart than ``2 * dilation + 1`` voxels can neither merge nor match.
+(DeepMind reads it off a distance transform; a k-d tree gives the same values faster). The
+work follows the reference, not the grid: one connected-component pass over the prediction,
+then lesions, zones and matches in the reference's box grown by ``dilation + 1`` (nothing of
+a lesion or its zone lies outside), and each lesion scored in the hull of its own box and its
+matched components' boxes. A predicted component touching no zone is a false positive and
+costs nothing more, so hundreds of scattered specks add one cc3d pass.
 
 Lesion HD95 is DeepMind's ``compute_robust_hausdorff(compute_surface_distances(...), 95)``,
 which the 2023 reference code calls: surface elements ("surfels") sit on the corners of the
@@ -31,8 +34,13 @@ code-to-area table is MONAI's copy of DeepMind's), the 95th percentile of each d
 distance set is taken by area, and the larger of the two directed percentiles is returned.
 This is not the legacy pooled HD95 of ``glioseg.evaluate.metrics.hd95``.
 
-Distances and the volume threshold use ``spacing`` (mm); ``spacing=None`` means 1 voxel = 1 mm,
-identical to the reference code on BraTS's 1 mm grid (which reads the spacing from the file).
+Units, as the 2023 reference code: it reads the voxel size from the NIfTI header
+(``sx, sy, sz = pred_nii.header.get_zooms()``), computes each lesion's volume as
+``voxels * sx * sy * sz`` and compares it with the threshold (so the threshold is 50 mm^3, which
+is 50 voxels only on a 1 mm grid: 6.25 voxels at 2 mm), and passes ``(sx, sy, sz)`` to the
+surface distances (HD95 in mm). The dilations are counted in voxels whatever the spacing. Here
+``spacing`` is that voxel size; ``evaluate_folder`` passes the header's, and ``spacing=None``
+means 1 mm per voxel (the BraTS grid).
 """
 
 from __future__ import annotations
@@ -51,7 +59,6 @@ from glioseg.evaluate.metrics import (
     _check_pair,
     _spacing3,
     dice,
-    foreground_boxes,
     grow_box,
     union_bbox,
 )
@@ -63,7 +70,7 @@ DILATION: int = 3
 """Dilation iterations merging nearby lesions (GLI, SSA, PED; MEN and MET use 1)."""
 
 MIN_VOLUME: float = 50.0
-"""Reference lesions of this volume or less (voxels x voxel volume) are left out (MET: 2)."""
+"""Reference lesions of this volume (mm^3: voxels x voxel volume) or less are left out (MET: 2)."""
 
 CHALLENGE_PARAMETERS: dict[str, tuple[int, float]] = {
     "GLI": (3, 50.0),
@@ -268,57 +275,62 @@ def _dilate(mask: np.ndarray, iterations: int) -> np.ndarray:
     return out
 
 
+def _lesions_and_zones(ref: np.ndarray, dilation: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(lesions, zones)``, both ``(X, Y, Z)`` uint32: ``zones`` numbers the 26-connected
+    components of the reference dilated ``dilation`` times, ``lesions`` the same numbers on the
+    reference voxels only (0 elsewhere).
+
+    Zone ``k`` is exactly lesion ``k`` dilated ``dilation`` times, the region the 2023 code
+    dilates again to match predictions: each voxel's dilation is connected and holds the voxel,
+    so it lies in the zone of the voxel's lesion, and every zone voxel comes from one of them.
+    """
+    zones = cc3d.connected_components(_dilate(ref, dilation), connectivity=26)
+    zones = zones.astype(np.uint32, copy=False)
+    return np.where(ref, zones, 0).astype(np.uint32, copy=False), zones
+
+
 def reference_lesions(ref: np.ndarray, dilation: int = DILATION) -> np.ndarray:
     """Reference ``(X, Y, Z)`` bool -> ``(X, Y, Z)`` uint32 lesion numbers (0 outside the mask):
     26-connected components of the mask dilated ``dilation`` times (18-connected structure),
     restricted to the mask's voxels."""
-    ref = np.asarray(ref, bool)
-    components = cc3d.connected_components(_dilate(ref, dilation), connectivity=26)
-    return np.where(ref, components, 0).astype(np.uint32, copy=False)
+    return _lesions_and_zones(np.asarray(ref, bool), dilation)[0]
 
 
-def _score_lesions(
-    pred: np.ndarray,
-    ref: np.ndarray,
+def _component_boxes(
+    mask: np.ndarray, labels: np.ndarray, wanted: Sequence[int]
+) -> dict[int, tuple[slice, ...]]:
+    """Bounding boxes of the components ``wanted`` of ``labels`` (the components of the bool
+    ``mask``), from the coordinates of the mask's voxels (no pass over the grid per component)."""
+    if not wanted:
+        return {}
+    flat = np.flatnonzero(mask)
+    values = labels.ravel()[flat]
+    boxes = {}
+    for m in wanted:
+        idx = np.stack(np.unravel_index(flat[values == m], labels.shape))
+        lo, hi = idx.min(axis=1), idx.max(axis=1) + 1
+        boxes[m] = tuple(slice(int(a), int(b)) for a, b in zip(lo, hi, strict=True))
+    return boxes
+
+
+def _score_lesion(
+    pred_cc: np.ndarray,
+    matched: tuple[int, ...],
+    pred_boxes: dict[int, tuple[slice, ...]],
+    lesion: np.ndarray,
+    lesion_box: tuple[slice, ...],
     spacing: tuple[float, float, float],
-    dilation: int,
-    min_volume: float,
-    miss_hd95: float,
-    first: int,
-) -> tuple[list[LesionScore], int]:
-    """Reference lesions of one crop scored, and the crop's count of false-positive components.
-
-    ``pred``, ``ref``: ``(x, y, z)`` bool crops holding whole lesions and components with a
-    margin of ``dilation + 1``; lesions are numbered from ``first``.
-    """
-    voxel_volume = float(np.prod(spacing))
-    shape = pred.shape
-    pred_cc, n_pred = cc3d.connected_components(pred, connectivity=26, return_N=True)
-    pred_boxes = ndimage.find_objects(pred_cc)
-    lesions = reference_lesions(ref, dilation)
-    scores: list[LesionScore] = []
-    touched: set[int] = set()
-    for k, lesion_box in enumerate(ndimage.find_objects(lesions), start=1):
-        if lesion_box is None:
-            continue
-        near = grow_box(lesion_box, dilation, shape)
-        lesion_near = lesions[near] == k
-        zone = ndimage.binary_dilation(lesion_near, _DILATION_STRUCTURE, iterations=dilation)
-        matched = np.unique(pred_cc[near][zone])
-        matched = tuple(int(m) for m in matched[matched != 0])
-        touched.update(matched)
-        volume = float(np.count_nonzero(lesion_near)) * voxel_volume
-        if matched:
-            hull = _hull([lesion_box] + [pred_boxes[m - 1] for m in matched])
-            lesion_mask = lesions[hull] == k
-            matched_mask = np.isin(pred_cc[hull], matched)
-            d = dice(matched_mask, lesion_mask)
-            h = robust_hausdorff(surface_distances(matched_mask, lesion_mask, spacing))
-        else:
-            d, h = 0.0, miss_hd95
-        number = first + len(scores)
-        scores.append(LesionScore(number, volume, d, h, matched, volume > min_volume))
-    return scores, n_pred - len(touched)
+) -> tuple[float, float]:
+    """Dice and DeepMind HD95 of one reference lesion (``lesion``, bool in ``lesion_box`` of the
+    grid) against the union of its matched predicted components, in the hull of their boxes."""
+    hull = _hull([lesion_box] + [pred_boxes[m] for m in matched])
+    lesion_mask = np.zeros(tuple(s.stop - s.start for s in hull), bool)
+    inner = tuple(slice(b.start - h.start, b.stop - h.start)
+                  for b, h in zip(lesion_box, hull, strict=True))
+    lesion_mask[inner] = lesion
+    matched_mask = np.isin(pred_cc[hull], matched)
+    d = dice(matched_mask, lesion_mask)
+    return d, robust_hausdorff(surface_distances(matched_mask, lesion_mask, spacing))
 
 
 def lesion_wise(
@@ -333,26 +345,51 @@ def lesion_wise(
 
     Args:
         pred, ref: ``(X, Y, Z)`` bool masks of one region.
-        spacing: voxel size (mm) for distances and lesion volumes; None = 1 mm per voxel.
+        spacing: voxel size (mm) for distances and lesion volumes, the file header's as in the
+            2023 reference code; None = 1 mm per voxel.
         dilation: dilation iterations merging nearby lesions and matching predictions.
-        min_volume: lesions with volume <= this are left out of the averages.
+        min_volume: lesions with volume (mm^3) <= this are left out of the averages.
         miss_hd95: HD95 of a missed lesion or a false-positive component.
 
     Returns:
-        the lesion-wise scores; ``matched`` component numbers are local to each crop.
+        the lesion-wise scores; lesion and component numbers are those of the whole grid, in
+        cc3d's order, as in the reference code.
     """
     pred, ref = _check_pair(pred, ref)
     sampling = _spacing3(spacing)
+    voxel_volume = float(np.prod(sampling))
+    pred_cc, n_pred = cc3d.connected_components(pred, connectivity=26, return_N=True)
     scores: list[LesionScore] = []
-    n_fp = 0
-    # Lesions merge when within 2 * dilation + 1 voxels, and predictions match within
-    # dilation: clusters farther apart than that are scored independently, each in its box.
-    for box in foreground_boxes(pred | ref, gap=2 * dilation + 1):
-        near = grow_box(box, dilation + 1, pred.shape)
-        box_scores, box_fp = _score_lesions(pred[near], ref[near], sampling, dilation,
-                                            min_volume, miss_hd95, first=len(scores) + 1)
-        scores += box_scores
-        n_fp += box_fp
+    touched: set[int] = set()
+    # Every lesion and its matching zone lie in the reference's box grown by the dilation:
+    # the reference side is worked out there; a predicted component touching no zone is a
+    # false positive without any work of its own (scattered specks cost one cc3d pass).
+    rbox = union_bbox([ref], margin=dilation + 1)
+    if rbox is not None:
+        lesions, zones = _lesions_and_zones(ref[rbox], dilation)
+        pred_near = pred_cc[rbox]
+        offset = [s.start for s in rbox]
+        per_lesion = []
+        for k, (zone_box, lbox) in enumerate(
+            zip(ndimage.find_objects(zones), ndimage.find_objects(lesions), strict=True),
+            start=1,
+        ):
+            hits = np.unique(pred_near[zone_box][zones[zone_box] == k])
+            matched = tuple(int(m) for m in hits[hits != 0])
+            touched.update(matched)
+            lesion = lesions[lbox] == k
+            grid_box = tuple(slice(s.start + o, s.stop + o)
+                             for s, o in zip(lbox, offset, strict=True))
+            per_lesion.append((k, matched, lesion, grid_box))
+        pred_boxes = _component_boxes(pred, pred_cc, sorted(touched))
+        for k, matched, lesion, grid_box in per_lesion:
+            volume = float(np.count_nonzero(lesion)) * voxel_volume
+            if matched:
+                d, h = _score_lesion(pred_cc, matched, pred_boxes, lesion, grid_box, sampling)
+            else:
+                d, h = 0.0, miss_hd95
+            scores.append(LesionScore(k, volume, d, h, matched, volume > min_volume))
+    n_fp = n_pred - len(touched)
     counted = [s for s in scores if s.counted]
     n = len(counted) + n_fp
     if n == 0:

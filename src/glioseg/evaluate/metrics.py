@@ -183,45 +183,6 @@ def union_bbox(masks: Sequence[np.ndarray], margin: int) -> tuple[slice, ...] | 
     return tuple(slices)
 
 
-def foreground_boxes(mask: np.ndarray, gap: int) -> list[tuple[slice, ...]]:
-    """Tight boxes holding every foreground voxel of ``mask``, found by recursive cuts along
-    empty slabs (an XY-cut): any two voxels in different boxes are at least ``gap + 2`` apart
-    along some axis, so operations reaching no further than ``gap + 1`` voxels (erosion,
-    dilation, connectivity) can run box by box, each box grown by up to ``gap + 1``.
-
-    The work then follows the foreground, not its bounding box: a prediction with a few
-    distant false positives costs little more than one without.
-
-    Args:
-        mask: ``(X, Y, Z)`` bool.
-        gap: the largest run of empty slabs not to cut along.
-    """
-    mask = np.asarray(mask, bool)
-    boxes: list[tuple[slice, ...]] = []
-    todo = [tuple(slice(0, n) for n in mask.shape)]
-    while todo:
-        box = todo.pop()
-        sub = mask[box]
-        tight = []
-        for axis in range(sub.ndim):
-            other = tuple(a for a in range(sub.ndim) if a != axis)
-            occupied = np.flatnonzero(sub.any(axis=other))
-            if occupied.size == 0:
-                break
-            cuts = np.flatnonzero(np.diff(occupied) > gap + 1)
-            start = box[axis].start
-            if cuts.size:
-                for group in np.split(occupied, cuts + 1):
-                    child = list(box)
-                    child[axis] = slice(start + int(group[0]), start + int(group[-1]) + 1)
-                    todo.append(tuple(child))
-                break
-            tight.append(slice(start + int(occupied[0]), start + int(occupied[-1]) + 1))
-        else:
-            boxes.append(tuple(tight))
-    return sorted(boxes, key=lambda b: tuple(s.start for s in b))
-
-
 def grow_box(box: tuple[slice, ...], margin: int, shape: Sequence[int]) -> tuple[slice, ...]:
     """``box`` grown by ``margin`` voxels on every side, clipped to ``shape``."""
     return tuple(
@@ -230,26 +191,23 @@ def grow_box(box: tuple[slice, ...], margin: int, shape: Sequence[int]) -> tuple
     )
 
 
-def surface_voxels(mask: np.ndarray) -> np.ndarray:
-    """Surface of a ``(X, Y, Z)`` bool mask: the mask minus its erosion by the 6-connected
-    structuring element, voxels outside the grid counting as background.
+def surface_points(mask: np.ndarray) -> np.ndarray:
+    """Surface voxels of a ``(X, Y, Z)`` bool mask as ``(N, 3)`` int64 indices in C order: the
+    voxels of the mask with a 6-neighbour outside it (voxels outside the grid count as
+    background), i.e. ``argwhere(mask & ~binary_erosion(mask, 6-connected structure))``.
 
-    Equal to ``mask & ~scipy.ndimage.binary_erosion(mask, generate_binary_structure(3, 1))``
-    (checked in the tests); written as six shifted ANDs because that is ~10x faster.
+    Only the mask's voxels are visited (one gather per neighbour on the flat padded mask), so
+    scattered specks over a whole grid cost little more than one compact mask.
     """
-    mask = np.asarray(mask, bool)
-    inner = mask.copy()
-    for axis in range(mask.ndim):
-        lo = [slice(None)] * mask.ndim
-        hi = [slice(None)] * mask.ndim
-        lo[axis], hi[axis] = slice(None, -1), slice(1, None)
-        inner[tuple(hi)] &= mask[tuple(lo)]  # neighbour below is inside
-        inner[tuple(lo)] &= mask[tuple(hi)]  # neighbour above is inside
-        edge = [slice(None)] * mask.ndim
-        for end in (0, -1):  # the grid's faces: a neighbour is outside
-            edge[axis] = end
-            inner[tuple(edge)] = False
-    return mask & ~inner
+    padded = np.pad(np.asarray(mask, bool), 1)
+    flat = padded.ravel()
+    idx = np.flatnonzero(flat)
+    _, ny, nz = padded.shape
+    inner = np.ones(idx.size, bool)
+    for step in (1, nz, ny * nz):
+        inner &= flat[idx - step]
+        inner &= flat[idx + step]
+    return np.stack(np.unravel_index(idx[~inner], padded.shape), axis=1) - 1
 
 
 def directed_surface_distances(
@@ -269,7 +227,7 @@ def directed_surface_distances(
 
     Returns:
         ``(pred_to_ref, ref_to_pred)``: 1D float64 arrays, one distance per surface voxel of
-        ``pred`` (resp. ``ref``), box by box (``foreground_boxes``).
+        ``pred`` (resp. ``ref``), in the C order of the voxels (``surface_points``).
     """
     from scipy.spatial import cKDTree
 
@@ -277,14 +235,7 @@ def directed_surface_distances(
     if not pred.any() or not ref.any():
         raise ValueError("surface distances need two non-empty masks")
     scale = np.asarray(_spacing3(spacing))
-    points: list[list[np.ndarray]] = [[], []]
-    for box in foreground_boxes(pred | ref, gap=0):
-        # Each box grown by 1 holds its voxels' 6-neighbours and no other box's voxels.
-        near = grow_box(box, 1, pred.shape)
-        offset = np.array([s.start for s in near])
-        for i, m in enumerate((pred, ref)):
-            points[i].append(np.argwhere(surface_voxels(m[near])) + offset)
-    pred_pts, ref_pts = (np.concatenate(p) * scale for p in points)
+    pred_pts, ref_pts = (surface_points(m) * scale for m in (pred, ref))
     pred_to_ref = cKDTree(ref_pts, balanced_tree=False).query(pred_pts)[0]
     ref_to_pred = cKDTree(pred_pts, balanced_tree=False).query(ref_pts)[0]
     return pred_to_ref, ref_to_pred

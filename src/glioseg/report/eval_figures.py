@@ -57,6 +57,8 @@ def box_plot(
             ax.set_ylim(-0.02, 1.02)
         if metric.endswith("hd95"):
             unit = "voxels" if distance_unit == "voxel" else distance_unit
+            if metric == "lesion_hd95":  # always mm: the header spacing, as BraTS 2023 scores
+                unit = "mm"
             ax.set_ylabel(f"{unit}, lower is better")
         else:
             ax.set_ylabel("higher is better")
@@ -121,6 +123,7 @@ def write_eval_figures(
     predictions: Mapping[str, Path | None],
     metrics: Sequence[str] = ("dice", "hd95"),
     distance_unit: str = "voxel",
+    pred_labels: str | None = None,
 ) -> dict[str, Path]:
     """The box plot and the best/median/worst overlays of an evaluation.
 
@@ -131,6 +134,7 @@ def write_eval_figures(
         predictions: case id -> prediction file (None: missing, reference shown alone).
         metrics: box-plot panels.
         distance_unit: ``voxel`` or ``mm``, for the HD95 axes.
+        pred_labels: label scheme of the predictions when it is not the cases' own.
 
     Returns:
         name -> PNG path (``boxplot``, ``overlay_best``, ``overlay_median``, ``overlay_worst``).
@@ -142,6 +146,7 @@ def write_eval_figures(
     by_id = {str(r["case_id"]): r for r in rows}
     for which, case_id in pick_cases(rows).items():
         output = out_dir / f"overlay_{which}_{case_id}.png"
-        show_case(case_folders[case_id], output, pred=predictions.get(case_id), views=("axial",))
+        show_case(case_folders[case_id], output, pred=predictions.get(case_id), views=("axial",),
+                  pred_labels=pred_labels)
         paths[f"overlay_{which}"] = caption_png(output, overlay_caption(which, by_id[case_id]))
     return paths

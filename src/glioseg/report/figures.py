@@ -9,11 +9,15 @@ order using the affine's axis codes.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from glioseg.data import labels as L
 from glioseg.io_atomic import atomic_path
+
+if TYPE_CHECKING:
+    from glioseg.data.nifti import VolumeHeader
 
 VIEWS: tuple[str, ...] = ("axial", "coronal", "sagittal")
 LABEL_COLOURS: dict[int, tuple[str, str]] = {
@@ -120,21 +124,47 @@ def _window(volume: np.ndarray, brain: np.ndarray) -> tuple[float, float]:
     return float(lo), float(max(hi, lo + 1e-6))
 
 
-def _load_pred(path: Path, case_scheme: str, shape: tuple[int, ...]) -> np.ndarray:
-    """A predicted segmentation file -> internal labels, read in the case's scheme (or the
-    other BraTS scheme when its values say so)."""
+def _load_pred(path: Path, scheme: str, ref_header: VolumeHeader, ref_file: Path) -> np.ndarray:
+    """A predicted segmentation file -> internal labels ``(X, Y, Z)`` uint8, read in ``scheme``.
+
+    The prediction must lie on the case's grid (shape and affine of ``ref_header``, read from
+    ``ref_file``) and hold whole label values of ``scheme``. Anything else is an error naming
+    the file, never a guess: the BraTS schemes share 1 and 2, so a file in the other scheme
+    would often read without complaint and show the wrong regions (a 4 in a 2023-scheme file
+    may be a resection cavity, never ET), and a fractional value is a probability map or a
+    resampled file, whose rounding would invent labels. ``glioseg evaluate`` refuses the same
+    files; ``--pred-labels`` names another scheme on purpose.
+    """
+    from glioseg.data.cases import AFFINE_ATOL
     from glioseg.data.nifti import load_volume
 
     data, header = load_volume(path, dtype=None)
-    if data.shape != shape:
-        raise FigureError(f"{path}: prediction shape {data.shape} differs from the case {shape}")
-    values = np.rint(data).astype(np.int64)
-    schemes = [case_scheme] + [s for s in ("brats2021", "brats2023") if s != case_scheme]
-    for scheme in schemes:
-        if not L.unexpected_values(values, scheme):
-            return L.to_internal(values, scheme), header
-    raise FigureError(f"{path}: label values {sorted(int(v) for v in np.unique(values))} fit "
-                      "neither the BraTS 2020/2021 (0,1,2,4) nor the 2023 (0,1,2,3) scheme")
+    if data.shape != tuple(ref_header.shape[:3]):
+        raise FigureError(f"{path}: prediction shape {data.shape} differs from the case's "
+                          f"{tuple(ref_header.shape[:3])} ({ref_file})")
+    if not np.allclose(header.affine, ref_header.affine, rtol=0, atol=AFFINE_ATOL):
+        raise FigureError(
+            f"{path}: prediction affine differs from the case's {ref_file} (not on the same "
+            f"grid):\n{np.round(header.affine, 3)}\nvs\n{np.round(ref_header.affine, 3)}")
+    if np.issubdtype(data.dtype, np.floating):
+        if not np.isfinite(data).all():
+            raise FigureError(f"{path}: NaN or inf values in the prediction")
+        frac = np.unique(data[data != np.rint(data)])
+        if frac.size:
+            shown = ", ".join(f"{v:g}" for v in frac[:5]) + (", ..." if frac.size > 5 else "")
+            raise FigureError(f"{path}: non-integer label values ({shown}): labels expected, "
+                              "not probabilities or an interpolated file")
+        data = data.astype(np.int64)
+    elif not np.issubdtype(data.dtype, np.integer):
+        raise FigureError(f"{path}: label values of unsupported type {data.dtype}")
+    bad = L.unexpected_values(data, scheme)
+    if bad:
+        allowed = L.get_scheme(scheme).allowed
+        raise FigureError(
+            f"{path}: label values {bad} are not allowed in the {scheme} scheme (allowed: "
+            f"{', '.join(map(str, allowed))}); write the prediction in the case's scheme, or "
+            "name its own with --pred-labels")
+    return L.to_internal(data, scheme)
 
 
 def show_case(
@@ -143,6 +173,7 @@ def show_case(
     pred: str | Path | None = None,
     views: tuple[str, ...] = ("axial",),
     alpha: float = 0.45,
+    pred_labels: str | None = None,
 ) -> Path:
     """Draw T1, T1ce, T2, FLAIR and the reference overlay (and the prediction's) to a PNG.
 
@@ -152,8 +183,11 @@ def show_case(
     Args:
         case_dir: one case folder of any supported layout.
         output: PNG path; written to a temporary name then renamed.
-        pred: optional predicted segmentation on the case grid (file labels).
+        pred: optional predicted segmentation on the case grid (same shape and affine), file
+            labels of the case's scheme (or of ``pred_labels``); anything else is an error.
         views: any of ``axial``, ``coronal``, ``sagittal``.
+        pred_labels: label scheme of ``pred`` when it is not the case's (``brats2020``,
+            ``brats2021``, ``brats2023``, ``msd``).
 
     Returns:
         The PNG path.
@@ -178,10 +212,13 @@ def show_case(
     orient = data.header.orientation
     image = to_ras(data.image, orient)
     labels = to_ras(data.labels, orient) if data.labels is not None else None
-    pred_labels = None
+    pred_internal = None
     if pred is not None:
-        p, _ = _load_pred(Path(pred), case.label_scheme, data.image.shape[1:])
-        pred_labels = to_ras(p, orient)
+        if pred_labels is not None:
+            L.get_scheme(pred_labels)  # an unknown name is an error listing the known ones
+        ref_file = case.seg if case.seg is not None else case.images[data.modalities[0]]
+        p = _load_pred(Path(pred), pred_labels or case.label_scheme, data.header, ref_file)
+        pred_internal = to_ras(p, orient)
     perm = [[_AXIS_OF[c][0] for c in orient].index(k) for k in range(3)]
     spacing = tuple(data.header.spacing[p] for p in perm)
     brain = (image != 0).any(axis=0)
@@ -189,7 +226,7 @@ def show_case(
     crop, offset = _brain_crop(brain, margin=4)
     image, brain = image[(slice(None), *crop)], brain[crop]
     labels = labels[crop] if labels is not None else None
-    pred_labels = pred_labels[crop] if pred_labels is not None else None
+    pred_internal = pred_internal[crop] if pred_internal is not None else None
 
     columns = list(L.MODALITIES) + ["reference"] + (["prediction"] if pred is not None else [])
     ncol = len(columns)
@@ -199,8 +236,8 @@ def show_case(
     flair = L.MODALITIES.index("flair")
     for r, view in enumerate(views):
         ref_mask = labels > 0 if labels is not None else None
-        if ref_mask is None and pred_labels is not None:
-            ref_mask = pred_labels > 0
+        if ref_mask is None and pred_internal is not None:
+            ref_mask = pred_internal > 0
         idx = best_slice(ref_mask, brain, view)
         aspect = _aspect(spacing, view)  # type: ignore[arg-type]
         for c, col in enumerate(columns):
@@ -221,9 +258,9 @@ def show_case(
                               interpolation="nearest")
                 else:
                     title = "no reference"
-            elif col == "prediction" and pred_labels is not None:
+            elif col == "prediction" and pred_internal is not None:
                 title = "prediction (on FLAIR)"
-                ax.imshow(_overlay_rgba(view_slice(pred_labels, view, idx), alpha),
+                ax.imshow(_overlay_rgba(view_slice(pred_internal, view, idx), alpha),
                           aspect=aspect, interpolation="nearest")
             ax.set_title(title, color="white", fontsize=9)
             if c == 0:
