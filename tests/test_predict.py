@@ -246,7 +246,7 @@ def test_resume_skips_done_cases(ckpt: Path, tmp_path: Path) -> None:
     again = predict_dir([other], tmp_path / "data", out, PredictOptions(overwrite=True),
                         progress=False)
     assert again.predicted == ids
-    assert json.loads((out / "predict.json").read_text())["models"] == [str(other)]
+    assert json.loads((out / "predict.json").read_text())["models"] == [str(other.resolve())]
 
 
 def test_missing_sequence(tmp_path: Path) -> None:
@@ -363,3 +363,65 @@ def test_a_model_without_region_outputs_is_refused(tmp_path: Path) -> None:
     with pytest.raises(PredictError, match="restore_t1.*fine-tune it first"):
         predict_dir([ckpt], tmp_path / "data", tmp_path / "out", progress=False)
     assert not (tmp_path / "out" / "BraTS2021_00009.nii.gz").exists()
+
+
+def test_probabilities_file_holds_float16_values_in_xyz3_order(ckpt: Path, tmp_path: Path) -> None:
+    """``--probabilities``: (X, Y, Z, 3) WT/TC/ET on the input grid, float32 on disk holding
+    exactly the float16 rounding of the predictor's probabilities."""
+    from glioseg.cli import app
+    from glioseg.infer.predict import CasePredictor
+
+    image, _ = make_case()
+    spacing = (1.2, 0.9, 2.0)
+    affine = oblique_affine(spacing)
+    write_case(tmp_path / "data", "BraTS2021_00004", image, affine)
+    result = CliRunner().invoke(app, ["predict", "-m", str(ckpt), "-i", str(tmp_path / "data"),
+                                      "-o", str(tmp_path / "out"), "--probabilities"])
+    assert result.exit_code == 0, result.output
+    img = nib.load(tmp_path / "out" / "BraTS2021_00004_probabilities.nii.gz")
+    assert img.get_data_dtype() == np.float32
+    assert img.shape == (*image.shape[1:], 3)
+    np.testing.assert_allclose(img.affine, affine, atol=1e-5)
+    got = np.asarray(img.dataobj)
+    assert got.dtype == np.float32
+    # every value is a float16 number (rounded before writing, for a smaller gzip stream)
+    np.testing.assert_array_equal(got, got.astype(np.float16).astype(np.float32))
+    # exactly the float16 rounding of the probabilities the predictor computes, axes moved
+    predictor = CasePredictor([load_model(ckpt)], PredictOptions())
+    try:
+        probs = predictor.probabilities(image, spacing)  # (3, X, Y, Z)
+    finally:
+        predictor.close()
+    np.testing.assert_array_equal(got, np.stack([probs[k] for k in range(3)], axis=-1)
+                                  .astype(np.float16).astype(np.float32))
+    # and, by hand: region k = sigmoid(GAIN * z-score of SOURCE[k] over the brain), 0 outside
+    # (the brain is a box, so the network's crop is the brain); float16 keeps 11 bits
+    brain = np.any(image != 0, axis=0)
+    expected = []
+    for m in SOURCE:
+        v = image[MODALITIES.index(m)].astype(np.float64)
+        z = (v - v[brain].mean()) / v[brain].std()
+        expected.append(np.where(brain, 1 / (1 + np.exp(-GAIN * z)), 0.0))
+    for k in range(3):
+        assert np.all(np.abs(got[..., k] - expected[k]) <= 2**-10 * expected[k] + 1e-7), k
+    # the three channels differ, so the order WT, TC, ET is what was checked
+    assert min(np.abs(expected[i] - expected[j]).max() for i, j in ((0, 1), (1, 2), (0, 2))) > 0.5
+
+
+def test_resume_from_another_working_folder(tmp_path: Path, monkeypatch) -> None:
+    """predict.json names the models by absolute path: the same model given relative to
+    another working folder resumes; the same relative string naming another model does not."""
+    ids = _cohort(tmp_path / "data", n=2)
+    model = save_pointwise(tmp_path / "A" / "model")
+    other = save_pointwise(tmp_path / "B" / "model", bias=(-1.0, 0.0, 0.0))
+    out = tmp_path / "out"
+    monkeypatch.chdir(tmp_path / "A")
+    first = predict_dir(["model"], tmp_path / "data", out, progress=False)
+    assert first.predicted == ids
+    assert json.loads((out / "predict.json").read_text())["models"] == [str(model.resolve())]
+    monkeypatch.chdir(tmp_path / "B")
+    second = predict_dir(["../A/model"], tmp_path / "data", out, progress=False)
+    assert second.skipped == ids and second.predicted == [] and second.ok
+    with pytest.raises(PredictError, match="models"):
+        predict_dir(["model"], tmp_path / "data", out, progress=False)  # B/model: `other`
+    assert other.resolve() != model.resolve()

@@ -217,12 +217,29 @@ def test_cli_end_to_end(tmp_path: Path) -> None:
                                       "-o", str(out), "--permutations", "200", "--seed", "3"])
     assert result.exit_code == 0, result.output
     assert "target differs from source" in result.output and "FLAIR" in result.output
+    # the advice a shifted target implies is printed: fine-tune, and with which strategy
+    advice = [line for line in result.output.splitlines() if line.startswith("- ")]
+    assert any("fine-tune" in line and "encoder frozen" in line for line in advice), advice
+    assert not any("Use the model as is" in line for line in advice)  # the no-shift advice
     doc = json.loads((out / "shift.json").read_text())
+    assert advice == [f"- {line}" for line in doc["advice"]]
     assert doc["source"]["n_cases"] == 5 and doc["target"]["n_cases"] == 5
     assert doc["tests"]["zscored"]["flair"]["p_value"] < 0.05
     assert doc["settings"]["n_permutations"] == 200
+    # the PCA, t-SNE and histogram figures the issue asks for, each a real picture
+    assert {"shift_pca.png", "shift_tsne.png", "shift_histograms.png"} <= set(doc["figures"])
+    import matplotlib.image as mpimg
+
     for name in doc["figures"]:
         assert (out / name).read_bytes()[:8] == PNG_MAGIC
+        pixels = mpimg.imread(out / name)[..., :3]
+        assert min(pixels.shape[:2]) > 200, (name, pixels.shape)
+        assert pixels.std() > 0.05, name  # not blank
+    for name in ("shift_pca.png", "shift_tsne.png", "shift_histograms.png"):
+        # both sites drawn, not only axes, text and legend: blue (source) and red (target)
+        # pixels each cover more than the two legends' markers would (~0.02%)
+        r, b = (mpimg.imread(out / name)[..., c] for c in (0, 2))
+        assert ((b - r) > 0.2).mean() > 6e-4 and ((r - b) > 0.2).mean() > 6e-4, name
     assert not list(out.glob(".*"))  # no temporary files left behind
     bad = CliRunner().invoke(app, ["shift", "--source", str(tmp_path / "nope"), "--target",
                                    str(tgt), "-o", str(out)])

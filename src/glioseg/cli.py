@@ -309,10 +309,16 @@ def bench_predict_cmd(
                                                      "calibrated on, not the benchmarked case "
                                                      "(default: another synthetic case).")
                            ] = None,
+    device: Annotated[str, typer.Option(help="cpu or cuda: where the torch engine and the "
+                                        "MONAI reference run (cuda: rows torch:fp32, "
+                                        "torch:fp16 and torch:bf16 autocast by default, the "
+                                        "reference in fp32; peak GPU memory "
+                                        "reported).")] = "cpu",
 ) -> None:
     """Seconds per full-size case per engine vs MONAI's sliding window; Dice agreement; floor.
 
-    Engines: torch:fp32|bf16, onnxruntime:fp32|int8, openvino:fp32|bf16|int8.
+    Engines: torch:fp32|bf16|fp16 (fp16: cuda), onnxruntime:fp32|int8,
+    openvino:fp32|bf16|int8 (int8 and openvino: cpu).
     """
     from glioseg.bench.predict import bench_predict
 
@@ -321,7 +327,8 @@ def bench_predict_cmd(
                       engines=None if engines is None else
                       [e.strip() for e in engines.split(",") if e.strip()],
                       case_dir=case, overlap=overlap, roi=_parse_roi(roi), batch=batch,
-                      reference=reference, output=output, calibration=calibration)
+                      reference=reference, output=output, calibration=calibration,
+                      device=device)
     except ValueError as exc:
         _fail(str(exc))
 
@@ -333,22 +340,31 @@ def evaluate(
     output: Annotated[Path, typer.Option("-o", "--output", help="Folder for the tables.")],
     scheme: Annotated[str | None, typer.Option(help="brats2020 (legacy) or brats2023 "
                                                "(lesion-wise); default from the layout.")] = None,
-    spacing_mm: Annotated[bool, typer.Option("--spacing-mm", help="Distances in mm from the "
-                                             "image spacing (default: voxels, as BraTS).")] = False,
+    spacing_mm: Annotated[bool, typer.Option("--spacing-mm", help="Legacy distances in mm from "
+                                             "the image spacing (default: voxels, as the 2020 "
+                                             "portal); lesion-wise scores always use it, as the "
+                                             "BraTS 2023 code.")] = False,
     pred_labels: Annotated[str | None, typer.Option(help="Label scheme of the predictions "
                                                     "(default: the reference's).")] = None,
     workers: Annotated[int, typer.Option(help="Parallel processes.")] = 1,
     figures: Annotated[bool, typer.Option("--figures", help="Box plots and best/median/worst "
                                           "slice overlays.")] = False,
 ) -> None:
-    """Score predictions with the official BraTS metrics; write per_case.csv, summary.json/.md."""
-    from glioseg.evaluate.folder import evaluate_folder
+    """Score predictions with the official BraTS metrics; write per_case.csv, summary.json/.md
+    (and timings.json, hardware.json)."""
+    import time
 
+    from glioseg.evaluate.folder import evaluate_folder
+    from glioseg.runinfo import record_run
+
+    started = time.perf_counter()
     try:
         result = evaluate_folder(pred, ref, output, scheme=scheme, spacing_mm=spacing_mm,
                                  workers=workers, pred_label_scheme=pred_labels, figures=figures)
     except ValueError as exc:
         _fail(str(exc))
+    record_run(output, "evaluate", time.perf_counter() - started,
+               **{"cases scored": len(result.rows), "workers": workers})
     missing = result.summary["missing_predictions"]
     if missing:
         typer.secho(f"{len(missing)} missing prediction(s) scored as empty: {', '.join(missing)}",
@@ -746,8 +762,9 @@ def demo(
         Path("glioseg-demo"),
     full: Annotated[bool, typer.Option(help="The 1 mm version with the full preset (for a "
                                        "GPU; hours on a CPU).")] = False,
-    quick: Annotated[bool, typer.Option(help="A ~30 s version of the plumbing (tiny cohorts, "
-                                        "a few steps; the numbers mean nothing).")] = False,
+    quick: Annotated[bool, typer.Option(help="A version of about a minute that checks the "
+                                        "plumbing (tiny cohorts, a few steps; the numbers "
+                                        "mean nothing).")] = False,
     dry_run: Annotated[bool, typer.Option(help="Print the plan and exit.")] = False,
 ) -> None:
     """Synthetic source and target sites -> domain shift -> train on the source -> fine-tune vs

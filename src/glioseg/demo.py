@@ -37,8 +37,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import platform
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
@@ -46,6 +44,7 @@ from pathlib import Path
 from typing import Any
 
 from glioseg import io_atomic
+from glioseg.runinfo import hardware
 
 STAGES: tuple[str, ...] = ("data", "shift", "source", "target", "evaluate", "report")
 """The stages, in order."""
@@ -490,25 +489,6 @@ def read_results(out: Path) -> tuple[list[dict[str, Any]], dict[str, list[dict[s
         with (folder / "per_case.csv").open(newline="") as fh:
             per_case[arm] = list(csv.DictReader(fh))
     return dice_rows(summaries), per_case
-
-
-def hardware() -> dict[str, Any]:
-    """The machine the demo ran on."""
-    import torch
-
-    info: dict[str, Any] = {"platform": platform.platform(), "python": platform.python_version(),
-                            "cpu count": os.cpu_count(), "torch": torch.__version__,
-                            "torch threads": torch.get_num_threads(),
-                            "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available()
-                            else "none"}
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                info["cpu"] = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return info
 
 
 def summary_markdown(plan: DemoPlan, rows: Sequence[Mapping[str, Any]], text: str) -> str:

@@ -8,7 +8,14 @@ For one four-sequence case (a synthetic 240x240x155 1 mm case unless one is give
   pays once;
 - the reference is MONAI's ``sliding_window_inference`` with the same weights, ROI, overlap
   and Gaussian mode on the uncropped z-scored volume (PyTorch fp32, batch 1), also alone in
-  its process;
+  its process; it is warmed up the same way (one forward pass of one window before its
+  timer starts), so the speed ratio compares steady-state work and not who paid for the
+  first call's primitive creation;
+- ``--device cuda``: the torch engine and the reference run on the GPU (default rows
+  ``torch:fp32``, ``torch:fp16`` and, where the GPU has it, ``torch:bf16``: autocast as in
+  ``glioseg predict --dtype``; the reference stays fp32), each row also gives its peak GPU
+  memory (``torch.cuda.max_memory_allocated`` over the timed run, weights included) and the
+  floor uses the GPU's measured matmul rate; int8 rows are CPU only;
 - agreement: WT/TC/ET Dice between each engine's regions (probability > 0.5) and the
   reference's, and for bf16/int8 rows with the same engine's fp32 row;
 - int8 (``onnxruntime:int8``, ``openvino:int8``): the exported ONNX graph quantised statically
@@ -17,7 +24,7 @@ For one four-sequence case (a synthetic 240x240x155 1 mm case unless one is give
   default case 1 of the same synthetic cohort (the benchmarked synthetic case is case 0);
   quantisation is part of the setup time;
 - the floor: network FLOPs per case (``torch.utils.flop_counter``, times the windows run)
-  over this CPU's measured dense GFLOP/s (a large matmul, same threads and dtype).
+  over this CPU's (or GPU's) measured dense GFLOP/s (a large matmul, same threads and dtype).
 
 Figures measured on a shared machine are contended; run it alone for clean numbers.
 """
@@ -52,6 +59,49 @@ def _rss_mb() -> float:
     except OSError:
         pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def check_device(device: str) -> None:
+    """Refuse a device the benchmark cannot use, with a message saying why."""
+    if device == "cpu":
+        return
+    if device == "cuda" or device.startswith("cuda:"):
+        import torch
+
+        if not torch.cuda.is_available():
+            raise ValueError(f"--device {device}: torch {torch.__version__} sees no CUDA GPU "
+                             "here (a CPU-only build of torch, or no GPU driver); use --device "
+                             "cpu")
+        return
+    raise ValueError(f"--device must be cpu or cuda, got {device!r}")
+
+
+def _is_cuda(device: str) -> bool:
+    return device.startswith("cuda")
+
+
+def _sync(device: str) -> None:
+    """Wait for the GPU's queued work (a timer read before it would stop too early)."""
+    if _is_cuda(device):
+        import torch
+
+        torch.cuda.synchronize(device)
+
+
+def _reset_gpu_peak(device: str) -> None:
+    if _is_cuda(device):
+        import torch
+
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def _gpu_peak(device: str) -> dict[str, float]:
+    """``{"peak_gpu_mb": MB}`` since the last reset on a GPU; empty on the CPU."""
+    if not _is_cuda(device):
+        return {}
+    import torch
+
+    return {"peak_gpu_mb": torch.cuda.max_memory_allocated(device) / 2**20}
 
 
 def _crop_windows(image_shape: tuple[int, ...], roi: tuple[int, ...], overlap: float,
@@ -98,17 +148,21 @@ def _int8_engines(predictor, models: list, calib_path: str, calib_spacing: list[
 
 def _engine_run(spec: str, ckpt: str, image_path: str, spacing: list[float],
                 roi: tuple[int, int, int], overlap: float, batch: int, out_path: str,
-                calib_path: str | None = None, calib_spacing: list[float] | None = None) -> dict:
+                calib_path: str | None = None, calib_spacing: list[float] | None = None,
+                device: str = "cpu") -> dict:
     """Child process: time one ``engine:dtype`` on the case; save its regions to ``out_path``.
 
     ``int8`` quantises the network on windows of the calibration case (``calib_path``, a
     ``(4, X, Y, Z)`` float32 ``.npy`` at ``calib_spacing``), never on the timed case.
+    ``device``: where the engine runs (``cuda``: the torch engine; int8 is CPU only).
     """
     import torch
 
     from glioseg.infer.predict import CasePredictor, PredictOptions, load_model
 
     engine, _, dtype = spec.partition(":")
+    if dtype == "int8" and device != "cpu":
+        raise ValueError(f"{spec}: int8 rows run on the CPU only")
     base = _rss_mb()
     model, card = load_model(ckpt)
     image = np.load(image_path)
@@ -116,7 +170,8 @@ def _engine_run(spec: str, ckpt: str, image_path: str, spacing: list[float],
     int8 = dtype == "int8"
     # int8: a PyTorch predictor (no export) whose engines are then replaced by int8 ones
     opts = PredictOptions(engine="torch" if int8 else engine, dtype="fp32" if int8 else
-                          (dtype or "fp32"), roi=roi, overlap=overlap, batch=batch)
+                          (dtype or "fp32"), roi=roi, overlap=overlap, batch=batch,
+                          device=device)
     predictor = CasePredictor([(model, card)], opts)
     if int8:
         if calib_path is None or calib_spacing is None:
@@ -126,22 +181,28 @@ def _engine_run(spec: str, ckpt: str, image_path: str, spacing: list[float],
     div = predictor.divisor
     for e in predictor.engines:  # warm-up: primitive creation / compilation, batch shape
         e(torch.zeros((batch, len(predictor.modalities), *roi)))
+    _sync(device)
     setup = time.perf_counter() - t0
+    _reset_gpu_peak(device)
     t0 = time.perf_counter()
     probs = predictor.probabilities(image, spacing)
     labels = predictor.labels(probs, None)
+    _sync(device)
     seconds = time.perf_counter() - t0
+    gpu = _gpu_peak(device)
     np.save(out_path, np.packbits(probs > opts.threshold))
     predictor.close()
     del labels
     return {"spec": spec, "seconds": seconds, "setup_s": setup, "peak_rss_mb": _rss_mb(),
-            "base_rss_mb": base, "divisor": div}
+            "base_rss_mb": base, "divisor": div, **gpu}
 
 
 def _reference_run(ckpt: str, image_path: str, spacing: list[float], roi: tuple[int, int, int],
-                   overlap: float, out_path: str, crop_out_path: str | None = None) -> dict:
+                   overlap: float, out_path: str, crop_out_path: str | None = None,
+                   device: str = "cpu") -> dict:
     """Child process: MONAI sliding window on the uncropped volume (PyTorch fp32, batch 1).
 
+    Warmed up as the engines are: one forward pass of one window before the timer starts.
     With ``crop_out_path``, afterwards (not timed, not in the peak memory) MONAI's sliding
     window also runs on the brain box alone, the very volume our engines see: agreement with
     that isolates our windowing from the effect of cropping on the network's output.
@@ -154,7 +215,12 @@ def _reference_run(ckpt: str, image_path: str, spacing: list[float], roi: tuple[
 
     base = _rss_mb()
     model, card = load_model(ckpt)
+    model = model.to(device)
     image = np.load(image_path)
+    with torch.inference_mode():  # warm-up, as the engines': the same window shape, untimed
+        model(torch.zeros((1, image.shape[0], *roi), device=device))
+    _sync(device)
+    _reset_gpu_peak(device)
     t0 = time.perf_counter()
     pre, _, geo = preprocess_arrays(image, None, spacing, card_spacing(card))
     # the uncropped volume on the model's grid, zeros outside the brain's box
@@ -166,23 +232,25 @@ def _reference_run(ckpt: str, image_path: str, spacing: list[float], roi: tuple[
     sl = tuple(slice(a, a + s) for a, s in zip(lo, pre.shape[1:], strict=True))
     full[(slice(None), *sl)] = pre
     with torch.inference_mode():
-        logits = sliding_window_inference(torch.from_numpy(full)[None], roi, 1, model,
-                                          overlap=overlap, mode="gaussian")[0]
-    probs = torch.sigmoid(logits[(slice(None), *sl)]).numpy()
+        logits = sliding_window_inference(torch.from_numpy(full)[None].to(device), roi, 1,
+                                          model, overlap=overlap, mode="gaussian")[0]
+    probs = torch.sigmoid(logits[(slice(None), *sl)]).cpu().numpy()
     probs = restore_to_original(probs, geo, order=1)
+    _sync(device)
     seconds = time.perf_counter() - t0
+    gpu = _gpu_peak(device)
     np.save(out_path, np.packbits(probs > 0.5))
     peak = _rss_mb()
     del full, logits, probs
     if crop_out_path is not None:
         with torch.inference_mode():
-            logits = sliding_window_inference(torch.from_numpy(pre)[None], roi, 1, model,
-                                              overlap=overlap, mode="gaussian")[0]
-        probs = restore_to_original(torch.sigmoid(logits).numpy(), geo, order=1)
+            logits = sliding_window_inference(torch.from_numpy(pre)[None].to(device), roi, 1,
+                                              model, overlap=overlap, mode="gaussian")[0]
+        probs = restore_to_original(torch.sigmoid(logits).cpu().numpy(), geo, order=1)
         np.save(crop_out_path, np.packbits(probs > 0.5))
     return {"spec": "monai-reference:fp32", "seconds": seconds, "setup_s": 0.0,
             "peak_rss_mb": peak, "base_rss_mb": base,
-            "windows": _monai_windows(tuple(full_shape), roi, overlap)}
+            "windows": _monai_windows(tuple(full_shape), roi, overlap), **gpu}
 
 
 def _in_child(fn, *args) -> dict:
@@ -210,31 +278,36 @@ def region_dice(packed: np.ndarray, ref_packed: np.ndarray,
             for i, reg in enumerate(REGIONS)}
 
 
-def measured_gflops(dtype: str = "fp32", max_n: int = 2048, repeats: int = 5,
-                    budget_s: float = 0.5) -> float:
-    """Best dense matmul GFLOP/s of this CPU with torch's threads (``fp32`` or ``bf16``).
+def measured_gflops(dtype: str = "fp32", max_n: int | None = None, repeats: int = 5,
+                    budget_s: float = 0.5, device: str = "cpu") -> float:
+    """Best dense matmul GFLOP/s of this CPU with torch's threads, or of the GPU
+    (``fp32``, ``bf16``; ``fp16`` on a GPU).
 
-    The matrix size doubles from 256 up to ``max_n`` while one product stays under
-    ``budget_s`` / 8, so an emulated dtype (bf16 without AVX-512 BF16: ~1 GFLOP/s) is measured
-    in about a second instead of minutes.
+    The matrix size doubles from 256 up to ``max_n`` (default 2048 on a CPU, 8192 on a GPU)
+    while one product stays under ``budget_s`` / 8, so an emulated dtype (bf16 without AVX-512
+    BF16: ~1 GFLOP/s) is measured in about a second instead of minutes.
     """
     import torch
 
-    dt = torch.bfloat16 if dtype == "bf16" else torch.float32
+    dt = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(dtype, torch.float32)
+    max_n = max_n or (8192 if _is_cuda(device) else 2048)
+
+    def timed() -> float:
+        _sync(device)
+        t0 = time.perf_counter()
+        torch.mm(a, b)
+        _sync(device)
+        return time.perf_counter() - t0
+
     n = 256
     while True:
-        a = torch.randn(n, n).to(dt)
-        b = torch.randn(n, n).to(dt)
-        t0 = time.perf_counter()
-        torch.mm(a, b)
-        if n >= max_n or 8 * (time.perf_counter() - t0) > budget_s:
+        a = torch.randn(n, n, device=device).to(dt)
+        b = torch.randn(n, n, device=device).to(dt)
+        first = min(timed(), timed())  # the second: after any library initialisation
+        if n >= max_n or 8 * first > budget_s:
             break
         n *= 2
-    best = float("inf")
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        torch.mm(a, b)
-        best = min(best, time.perf_counter() - t0)
+    best = min(timed() for _ in range(repeats))
     return 2.0 * n**3 / best / 1e9
 
 
@@ -278,6 +351,12 @@ def default_engines(native_bf16: bool) -> list[str]:
         rows[1:1] = ["torch:bf16"]
         rows.insert(4, "openvino:bf16")
     return rows
+
+
+def default_cuda_engines(bf16: bool) -> list[str]:
+    """The GPU rows: the torch engine in fp32 and under fp16 autocast, and bf16 where the GPU
+    supports it (``torch.cuda.is_bf16_supported``)."""
+    return ["torch:fp32", "torch:fp16", *(["torch:bf16"] if bf16 else [])]
 
 
 def _prepare_calibration(calibration: Path | None, case_id: str, card, in_channels: int,
@@ -351,12 +430,15 @@ def bench_predict(
     reference: bool = True,
     output: Path | None = None,
     calibration: Path | None = None,
+    device: str = "cpu",
 ) -> dict[str, Any]:
     """Run the benchmark, print a table, optionally write JSON; returns the figures.
 
     ``calibration``: the case folder int8 engines are calibrated on (default: another case of
-    the synthetic cohort; see the module docstring).
+    the synthetic cohort; see the module docstring). ``device``: ``cpu`` or ``cuda`` (the
+    torch engine and the reference on the GPU; an error naming the cause where there is none).
     """
+    check_device(device)
     import torch
 
     from glioseg.infer.export import INT8_WINDOWS
@@ -370,7 +452,14 @@ def bench_predict(
     from glioseg.preprocess.pure import preprocess_arrays
     from glioseg.train.loop import native_bf16_cpu
 
+    cuda = _is_cuda(device)
+    if cuda:
+        engines = engines or default_cuda_engines(torch.cuda.is_bf16_supported())
+        if any(s.partition(":")[2] == "int8" for s in engines):
+            raise ValueError("int8 rows (ONNX Runtime / OpenVINO quantisation) run on the CPU "
+                             "only; leave them out of --engines with --device cuda")
     engines = engines or default_engines(native_bf16_cpu())
+    gpu_name = torch.cuda.get_device_name(torch.device(device)) if cuda else None
     with tempfile.TemporaryDirectory(prefix="glioseg-bench-") as tmp_name:
         tmp = Path(tmp_name)
         ckpt, image_path, spacing, case_id, trained = _prepare(model, preset_name, case_dir, tmp)
@@ -386,23 +475,27 @@ def bench_predict(
         n_ours = _crop_windows(crop_shape, roi, overlap, div)
         voxels_box = float(np.prod(crop_shape))
         flops_per_voxel = flops_window / float(np.prod(roi))
-        gflops = {d: measured_gflops(d) for d in ("fp32", "bf16")}
+        gflops = {d: measured_gflops(d, device=device)
+                  for d in (("fp32", "fp16", "bf16") if cuda else ("fp32", "bf16"))}
         print(f"case {case_id} {tuple(image.shape[1:])} at {tuple(spacing)} mm, brain box "
               f"{crop_shape} at {tuple(geo['spacing'])} mm; ROI {roi}, "
-              f"overlap {overlap}, {torch.get_num_threads()} threads; "
+              f"overlap {overlap}, {torch.get_num_threads()} threads"
+              f"{f', GPU {gpu_name}' if cuda else ''}; "
               f"{'trained' if trained else 'UNTRAINED (random weights)'} network "
               f"{sum(p.numel() for p in net.parameters()) / 1e6:.1f} M parameters")
+        bf16_note = ("" if cuda else " (native)" if native_bf16_cpu()
+                     else " (emulated: no AVX-512 BF16 / AMX)")
         print(f"FLOPs per window {flops_window / 1e9:.1f} G; ours {n_ours} windows = "
               f"{n_ours * flops_window / 1e12:.2f} TFLOP; one pass over the brain box "
-              f"{flops_per_voxel * voxels_box / 1e12:.2f} TFLOP; matmul peak "
-              f"{gflops['fp32']:.0f} GFLOP/s fp32, {gflops['bf16']:.0f} GFLOP/s bf16 "
-              f"({'native' if native_bf16_cpu() else 'emulated: no AVX-512 BF16 / AMX'})")
+              f"{flops_per_voxel * voxels_box / 1e12:.2f} TFLOP; {'GPU' if cuda else 'CPU'} "
+              f"matmul peak " + ", ".join(f"{v:.0f} GFLOP/s {k}" for k, v in gflops.items())
+              + bf16_note)
         rows: list[dict[str, Any]] = []
         ref_regions = crop_regions = None
         truth = np.load(tmp / "truth.npy") if (tmp / "truth.npy").is_file() else None
         if reference:
             r = _in_child(_reference_run, str(ckpt), str(image_path), spacing, roi, overlap,
-                          str(tmp / "ref.npy"), str(tmp / "crop.npy"))
+                          str(tmp / "ref.npy"), str(tmp / "crop.npy"), device)
             r["flops"] = r["windows"] * flops_window
             ref_regions = np.load(tmp / "ref.npy")
             crop_regions = np.load(tmp / "crop.npy")
@@ -419,7 +512,8 @@ def bench_predict(
             try:
                 r = _in_child(_engine_run, spec, str(ckpt), str(image_path), spacing, roi,
                               overlap, batch, str(tmp / "ours.npy"),
-                              str(calib[0]) if calib else None, calib[1] if calib else None)
+                              str(calib[0]) if calib else None, calib[1] if calib else None,
+                              device)
             except Exception as exc:  # one engine missing must not stop the others
                 print(f"  {spec}: failed: {exc}", flush=True)
                 continue
@@ -443,19 +537,22 @@ def bench_predict(
     ref_s = rows[0]["seconds"] if reference and rows else None
     one_pass = flops_per_voxel * voxels_box
     print(f"{'engine:dtype':<22}{'windows':>8}{'s/case':>9}{'x MONAI':>9}{'floor s':>9}"
-          f"{'1-pass s':>9}{'peak MB':>9}{'setup s':>9}")
+          f"{'1-pass s':>9}{'peak MB':>9}{'setup s':>9}" + (f"{'GPU MB':>9}" if cuda else ""))
     for r in rows:
-        dt = "bf16" if r["spec"].endswith("bf16") else "fp32"
+        dt = r["spec"].partition(":")[2]
+        dt = dt if dt in gflops else "fp32"
         r["floor_s"] = r["flops"] / (gflops[dt] * 1e9)
         r["one_pass_floor_s"] = one_pass / (gflops[dt] * 1e9)
         r["speedup"] = (ref_s / r["seconds"]) if ref_s else None
         sp = f"{r['speedup']:.2f}" if r["speedup"] else "-"
         print(f"{r['spec']:<22}{r['windows']:>8}{r['seconds']:>9.1f}{sp:>9}"
               f"{r['floor_s']:>9.1f}{r['one_pass_floor_s']:>9.1f}{r['peak_rss_mb']:>9.0f}"
-              f"{r['setup_s']:>9.1f}")
+              f"{r['setup_s']:>9.1f}" + (f"{r.get('peak_gpu_mb', 0.0):>9.0f}" if cuda else ""))
     print("floor s: this row's network FLOPs (windows x FLOPs per window) / measured matmul "
           "GFLOP/s of its dtype (int8 rows: fp32's); 1-pass s: one pass over the brain box, "
-          "no overlap; peak MB: the process's peak resident memory (VmHWM), Python and libraries included.")
+          "no overlap; peak MB: the process's peak resident memory (VmHWM), Python and "
+          "libraries included" + ("; GPU MB: torch.cuda.max_memory_allocated over the timed "
+                                  "run, weights included." if cuda else "."))
 
     def _fmt(d: dict[str, float] | None) -> str:
         return "/".join(f"{d[k]:.4f}" for k in REGIONS) if d else "-"
@@ -472,6 +569,7 @@ def bench_predict(
     result = {
         "case": case_id, "shape": list(image.shape[1:]), "brain_box": list(crop_shape),
         "roi": list(roi), "overlap": overlap, "batch": batch, "trained": trained,
+        "device": device, "gpu": gpu_name,
         "threads": torch.get_num_threads(), "flops_per_window": flops_window,
         "calibration_case": calib[2] if calib else None,
         "flops_one_pass_box": flops_per_voxel * voxels_box, "gflops": gflops, "rows": rows,

@@ -155,6 +155,12 @@ def build_engine(model: torch.nn.Module, options: PredictOptions, workdir: Path,
     return OpenVinoEngine(path, precision=options.dtype, threads=options.threads)
 
 
+def resolved_paths(paths: Sequence[str | Path]) -> list[str]:
+    """Absolute paths, symbolic links resolved: how ``predict.json`` names the models, so a
+    re-run with a relative ``--model`` from another working folder is recognised."""
+    return [str(Path(p).resolve()) for p in paths]
+
+
 RESULT_OPTIONS = ("engine", "device", "dtype", "roi", "overlap", "tta", "threshold",
                   "et_min_voxels", "min_component", "scheme")
 """The options that change the labels: a folder predicted with others is not resumed."""
@@ -173,9 +179,11 @@ def _check_same_settings(out_dir: Path, model_paths: Sequence[str | Path],
         raise PredictError(f"{record}: unreadable; use another --output or --overwrite") from None
     now = opts.to_dict()
     diffs = []
-    models = [str(Path(m).resolve()) for m in model_paths]
-    if [str(Path(m).resolve()) for m in before.get("models", [])] != models:
-        diffs.append(f"models {before.get('models')} -> {[str(m) for m in model_paths]}")
+    # predict.json stores resolved paths (older records may hold paths relative to the
+    # folder they were run from: resolved here against this one, the best guess left)
+    models = resolved_paths(model_paths)
+    if resolved_paths(before.get("models", [])) != models:
+        diffs.append(f"models {before.get('models')} -> {models}")
     for key in RESULT_OPTIONS:
         old = before.get("options", {}).get(key)
         new = list(now[key]) if isinstance(now[key], tuple) else now[key]
@@ -244,19 +252,22 @@ class CasePredictor:
         pre, _, geometry = preprocess_arrays(image, None, spacing, self.spacing)
         channels = [MODALITIES.index(m) for m in self.modalities]
         x = torch.from_numpy(np.ascontiguousarray(pre[channels]))
-        acc = torch.float16 if (self.options.dtype == "fp16"
-                                and self.options.device.startswith("cuda")) else torch.float32
+        gpu = self.options.device.startswith("cuda")
+        if gpu and self.options.engine == "torch":  # windows cut and summed on the GPU
+            x = x.to(self.options.device)
+        acc = torch.float16 if (self.options.dtype == "fp16" and gpu) else torch.float32
         total: torch.Tensor | None = None
         for engine in self.engines:
             predictor = mirrored(engine) if self.options.tta else engine
             logits = sliding_window_inference(
                 x, predictor, self.roi, overlap=self.options.overlap,
                 batch_size=self.options.batch, divisor=self.divisor, accumulate_dtype=acc,
+                device=x.device,
             )
             p = torch.sigmoid(logits.float())
             total = p if total is None else total + p
         assert total is not None
-        probs = (total / len(self.engines)).numpy()
+        probs = (total / len(self.engines)).cpu().numpy()
         return restore_to_original(probs, geometry, order=1)
 
     def labels(self, probabilities: np.ndarray, scheme: str | None) -> np.ndarray:
@@ -419,7 +430,9 @@ def predict_dir(
             else the card's ``label_scheme``; uint8, the input's grid and affine), optionally
             ``<case_id>_probabilities.nii.gz`` (``(X, Y, Z, 3)`` WT, TC, ET; see
             ``probabilities_for_file``), and
-            ``predict.json`` (options, checkpoints, per-case status).
+            ``predict.json`` (options, checkpoints as absolute paths, per-case status),
+            ``timings.json`` and ``hardware.json`` (``glioseg.runinfo``: this call's wall
+            seconds, the machine).
 
     Returns:
         ``PredictSummary``; a case that fails is recorded with its message, the others go on.
@@ -430,7 +443,9 @@ def predict_dir(
 
     from glioseg.data.cases import discover
     from glioseg.data.nifti import save_volume
+    from glioseg.runinfo import record_run
 
+    started = time.perf_counter()
     opts = options or PredictOptions()
     out_dir = Path(output_dir)
     cases = discover(input_path)
@@ -452,7 +467,7 @@ def predict_dir(
     def record() -> None:
         out_dir.mkdir(parents=True, exist_ok=True)
         _write_json(out_dir / "predict.json", {
-            "models": [str(p) for p in model_paths],
+            "models": resolved_paths(model_paths),
             "input": str(input_path),
             "options": opts.to_dict(),
             "predicted": summary.predicted,
@@ -491,4 +506,10 @@ def predict_dir(
         if predictor is not None:
             predictor.close()
     record()
+    seconds = list(summary.seconds.values())
+    record_run(out_dir, "predict", time.perf_counter() - started,
+               **{"cases predicted": len(summary.predicted),
+                  "cases skipped": len(summary.skipped), "cases failed": len(summary.failed),
+                  "mean seconds per predicted case": round(sum(seconds) / len(seconds), 3)
+                  if seconds else None})
     return summary

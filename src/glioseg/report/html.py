@@ -15,8 +15,10 @@ file                       rendered as
 ``shift.json``             verdict, advice, test table, largest feature shifts, its PNGs
 other ``*.json``           tables (study results, ...)
 ``*.png``                  figures (overlays, curves, plots)
-``timings.json``,          timings and hardware tables, plus the platform of the machine
-``hardware.json``          rendering the report
+``timings.json``,          timings and hardware tables (``glioseg.runinfo``: written by
+``hardware.json``          train/finetune/pretrain, predict, evaluate and the demo; a
+                           sub-folder's ``hardware.json`` equal to the root's is one line),
+                           plus the platform of the machine rendering the report
 =========================  ===========================================================
 
 Sub-folders (e.g. a demo folder holding several runs) become sub-sections. Missing parts are
@@ -279,6 +281,7 @@ class _Builder:
         self.root = root
         self.generated: dict[str, bytes] = {}  # report_figures/<name> -> PNG
         self.spec = read_spec(root)
+        self.root_hardware = _read_json(root / "hardware.json")
 
     def skipped(self, path: Path) -> bool:
         """Whether ``.report.json``'s ``skip`` globs match ``path`` (relative to the root)."""
@@ -447,9 +450,15 @@ class _Builder:
             except (json.JSONDecodeError, UnicodeDecodeError) as exc:
                 blocks.append(Block("text", f"{name}: unreadable ({exc})", title))
                 continue
+            if (name == "hardware.json" and folder != self.root and obj is not None
+                    and obj == self.root_hardware and not self.skipped(self.root / name)):
+                blocks.append(Block("text", "The same machine as the overview's hardware.json.",
+                                    f"{title} ({name})"))
+                continue
             sub = json_blocks(obj)
-            if sub:
-                sub[0].title = f"{title} ({name})"
+            if sub:  # e.g. timings.json {command: figures}: keep the command in the title
+                sub[0].title = f"{title} ({name})" + (f": {sub[0].title}" if sub[0].title
+                                                      else "")
             blocks.extend(sub)
         return blocks
 
@@ -495,6 +504,14 @@ class _Builder:
         if not renderable and not sec.children and folder != self.root:
             return None
         return sec
+
+
+def _read_json(path: Path) -> Any:
+    """The JSON value of ``path``; None when it is missing or unreadable."""
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
+        return None
 
 
 SPEC_FILE = ".report.json"

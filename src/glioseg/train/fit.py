@@ -33,6 +33,7 @@ from tqdm import tqdm
 
 from glioseg import config as C
 from glioseg.io_atomic import write_json, write_text
+from glioseg.runinfo import record_training
 from glioseg.train import checkpoint as ckpt
 from glioseg.train import distributed as D
 from glioseg.train import loop as L
@@ -565,11 +566,14 @@ def fit(cfg: C.Config, run_dir: str | Path, *, resume: bool = False) -> dict[str
     ``resume=True`` makes a missing checkpoint an error.
     """
     run_dir = Path(run_dir)
+    started = time.perf_counter()
     info = D.init(cfg.train.device, cfg.train.threads)
     live: dict[str, Any] = {}
     ok = False
     try:
         summary = _run(cfg, run_dir, info, resume, live)
+        if info.is_main:  # hardware.json, timings.json (glioseg.runinfo)
+            record_training(run_dir, cfg, time.perf_counter() - started, summary)
         ok = True
         return summary
     finally:

@@ -1,0 +1,120 @@
+"""Where a run ran and how long it took: ``hardware.json`` and ``timings.json`` in its folder.
+
+Written at the end of ``glioseg train`` / ``finetune`` / ``pretrain`` (rank 0, by
+``glioseg.train.fit``), ``glioseg predict`` (``glioseg.infer.predict.predict_dir``),
+``glioseg evaluate`` and ``glioseg demo``; ``glioseg report`` renders both for any folder.
+
+- ``hardware.json``: the machine (``hardware``): OS, CPU model, physical cores, logical CPUs,
+  CPUs this process may use, memory, Python, torch version and threads, GPU.
+- ``timings.json``: one entry per command that wrote into the folder, ``{command: {"wall
+  seconds": ..., "finished": UTC time, ...}}``; a later call of the same command (a resumed
+  run) replaces its entry, another command's entry is kept (``predict`` and ``evaluate``
+  writing into one folder).
+
+Both are written atomically (``glioseg.io_atomic``). This module sits beside ``io_atomic``
+rather than in ``report/`` because training, prediction and evaluation, which come before the
+report in the pipeline, call it.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import platform
+from pathlib import Path
+from typing import Any
+
+from glioseg import io_atomic
+
+TIMINGS = "timings.json"
+HARDWARE = "hardware.json"
+
+
+def _cpuinfo() -> tuple[str | None, int | None]:
+    """(CPU model name, physical cores) from ``/proc/cpuinfo``; None where it does not say."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return None, None
+    model, cores = None, set()
+    for block in text.split("\n\n"):
+        fields = {}
+        for line in block.splitlines():
+            key, sep, value = line.partition(":")
+            if sep:
+                fields[key.strip()] = value.strip()
+        model = model or fields.get("model name")
+        if "core id" in fields:
+            cores.add((fields.get("physical id", "0"), fields["core id"]))
+    return model, len(cores) or None
+
+
+def _memory_gib() -> float | None:
+    try:
+        first = Path("/proc/meminfo").read_text().split("\n", 1)[0].split()
+        return round(int(first[1]) / 2**20, 1)
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def hardware() -> dict[str, Any]:
+    """The machine this process runs on (``hardware.json``)."""
+    import torch
+
+    model, physical = _cpuinfo()
+    try:
+        usable: int | None = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        usable = None
+    gpus = ([torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+            if torch.cuda.is_available() else [])
+    return {
+        "os": platform.platform(),
+        "cpu": model or platform.processor() or "unknown",
+        "cpu cores (physical)": physical,
+        "logical cpus": os.cpu_count(),
+        "cpus usable by this process": usable,
+        "memory (GiB)": _memory_gib(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "torch threads": torch.get_num_threads(),
+        "gpu": ", ".join(gpus) if gpus else "none",
+    }
+
+
+def record_run(folder: str | Path, command: str, seconds: float, **extra: Any) -> None:
+    """Write ``folder/hardware.json`` and this command's entry of ``folder/timings.json``.
+
+    Args:
+        folder: the run folder (created if missing).
+        command: ``train``, ``predict``, ... (the key of the entry).
+        seconds: wall seconds of this call.
+        extra: more figures of the entry (cases, steps, ...), JSON values.
+    """
+    folder = Path(folder)
+    doc: dict[str, Any] = {}
+    try:
+        loaded = json.loads((folder / TIMINGS).read_text())
+        doc = loaded if isinstance(loaded, dict) else {}
+    except (OSError, ValueError):
+        pass
+    doc[command] = {"wall seconds": round(float(seconds), 3),
+                    "finished": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC"),
+                    **extra}
+    io_atomic.write_json(folder / HARDWARE, hardware())
+    io_atomic.write_json(folder / TIMINGS, doc)
+
+
+def training_command(cfg: Any) -> str:
+    """``pretrain`` (``train.task=genesis``), ``finetune`` (``transfer.init_from`` set) or
+    ``train``: the command a training config stands for."""
+    if getattr(cfg.train, "task", "segment") == "genesis":
+        return "pretrain"
+    return "finetune" if getattr(getattr(cfg, "transfer", None), "init_from", "") else "train"
+
+
+def record_training(run_dir: str | Path, cfg: Any, seconds: float,
+                    summary: dict[str, Any]) -> None:
+    """``record_run`` for a training run (rank 0 only; the caller checks)."""
+    record_run(run_dir, training_command(cfg), seconds, steps=summary.get("step"))
