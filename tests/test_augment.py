@@ -155,6 +155,21 @@ def test_from_switches():
     cfg = A.AugmentConfig.from_switches(flip=False, rotate_scale=True, intensity=False,
                                         noise=False)
     assert cfg.p_flip == 0 and cfg.p_rotate > 0 and cfg.p_gamma == 0 and cfg.p_noise == 0
+    assert cfg.p_elastic == 0  # off unless asked for, as in nnU-Net v2
+    on = A.AugmentConfig.from_switches(rotate_scale=False, elastic=True)
+    assert on.p_elastic == A.P_ELASTIC_ON > 0 and on.p_rotate == 0 and on.p_scale == 0
+    rng = np.random.default_rng(0)
+    params = A.draw_params(rng, 200, 1, np.array([8, 8, 8]), on)
+    assert params.elastic is not None  # drawn, and for about P_ELASTIC_ON of the patches
+    moved = np.abs(params.elastic).reshape(200, -1).max(1) > 0
+    assert 0.1 < moved.mean() < 0.3
+
+
+def test_config_switches_elastic_on():
+    from glioseg.config import load_config
+
+    cfg = load_config("small", ["data.aug_elastic=true"])
+    assert cfg.data.aug_elastic and not load_config("small").data.aug_elastic
 
 
 def test_elastic_constant_field_is_a_shift_by_hand():

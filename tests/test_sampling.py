@@ -16,7 +16,14 @@ from scipy import ndimage
 from glioseg.augment import AugmentConfig, draw_params
 from glioseg.data.labels import regions_from_labels
 from glioseg.preprocess import cache as C
-from glioseg.sampling import extract_box, foreground_centre, random_origin, sample_patch
+from glioseg.sampling import (
+    centred_origin,
+    extract_box,
+    foreground_centre,
+    origin_range,
+    random_origin,
+    sample_patch,
+)
 from glioseg.train.data import (
     DataError,
     _resample_from_case,
@@ -98,6 +105,31 @@ def test_patch_larger_than_volume_is_padded(cache):
     origins = {tuple(random_origin((5, 6, 4), (8, 8, 8), rng)) for _ in range(200)}
     assert all(-3 <= o[0] <= 0 and -2 <= o[1] <= 0 and -4 <= o[2] <= 0 for o in origins)
     assert len(origins) > 20  # padding position varies
+
+
+def test_border_lets_patches_reach_beyond_the_volume(cache):
+    # origins by hand: volume 48, patch 16 -> inside [0, 32]; border 0.25 -> 4 voxels more
+    lo, hi = origin_range((48, 48, 48), (16, 8, 12), 0.25)
+    assert lo.tolist() == [-4, -2, -3] and hi.tolist() == [36, 42, 39]
+    lo, hi = origin_range((5, 6, 4), (8, 8, 8), 0.5)  # smaller than the patch: 4 more each way
+    assert lo.tolist() == [-7, -6, -8] and hi.tolist() == [4, 4, 4]
+    assert centred_origin((47, 0, 20), (48, 48, 48), (16, 16, 16), 0.5).tolist() == [39, -8, 12]
+    assert centred_origin((47, 0, 20), (48, 48, 48), (16, 16, 16)).tolist() == [32, 0, 12]
+    case = cache["big"]
+    padded = np.pad(np.asarray(case.image), ((0, 0), (8, 8), (8, 8), (8, 8)))
+    padded_labels = np.pad(np.asarray(case.labels), 8)
+    rng, twin = np.random.default_rng(5), np.random.default_rng(5)
+    inside = []
+    for _ in range(300):
+        image, labels = sample_patch(case, (16, 16, 16), rng, force_fg=False, border=0.5)
+        o = random_origin(case.shape, (16, 16, 16), twin, 0.5) + 8  # the same draw
+        assert np.all(o >= 0) and np.all(o <= 48)  # origin in [-8, 40] of the volume
+        box = (slice(o[0], o[0] + 16), slice(o[1], o[1] + 16), slice(o[2], o[2] + 16))
+        assert np.array_equal(image, padded[(slice(None), *box)])
+        assert np.array_equal(labels, padded_labels[box])
+        inside.append(int((image[3] > 0).sum()))  # channel 3 is 1 inside the volume
+    # some patches are more than half background, some wholly inside, none wholly outside
+    assert min(inside) < 16**3 // 2 and max(inside) == 16**3 and min(inside) > 0
 
 
 def test_forced_patches_are_centred_on_tumour(cache):

@@ -37,6 +37,10 @@ import torch
 import torch.nn.functional as F
 from scipy import ndimage
 
+P_ELASTIC_ON = 0.2
+"""Elastic deformation probability when the training config switches it on (``aug_elastic``),
+that of nnU-Net v1's elastic transform."""
+
 
 @dataclass(frozen=True)
 class AugmentConfig:
@@ -82,14 +86,15 @@ class AugmentConfig:
     @classmethod
     def from_switches(
         cls, flip: bool = True, rotate_scale: bool = True, intensity: bool = True,
-        noise: bool = True,
+        noise: bool = True, elastic: bool = False,
     ) -> AugmentConfig:
-        """Defaults with whole groups switched off (the training config's switches)."""
-        off: dict[str, float] = {}
+        """Defaults with whole groups switched off (the training config's switches);
+        ``elastic`` switches the elastic deformation on (probability ``P_ELASTIC_ON``)."""
+        off: dict[str, float] = {"p_elastic": P_ELASTIC_ON} if elastic else {}
         if not flip:
             off.update(p_flip=0.0, p_rot90=0.0)
         if not rotate_scale:
-            off.update(p_rotate=0.0, p_scale=0.0, p_elastic=0.0)
+            off.update(p_rotate=0.0, p_scale=0.0)
         if not intensity:
             off.update(p_brightness=0.0, p_contrast=0.0, p_gamma=0.0)
         if not noise:

@@ -7,6 +7,12 @@ enhancing rim is drawn as often as a large edema), then one of its ``locations``
 volume is smaller than the patch (or a centred patch crosses the border), the patch is padded
 with 0 (background after z-scoring, label 0).
 
+With a ``border`` margin (``data.border`` of the training config), a patch may also reach up to
+``border x patch`` voxels beyond each face of the cropped volume, zero-filled, as the windows of
+a sliding window over the *uncropped* volume do: a model trained only on patches inside the
+brain's box has never seen a window that is half background, and segments worse where a
+window's placement differs from training (see ``docs/architecture.md``, prediction).
+
 Only the box is read from the memory map, so sampling costs a copy of the patch, not a load of
 the case.
 """
@@ -20,25 +26,38 @@ import numpy as np
 from glioseg.preprocess.cache import CachedCase
 
 
+def origin_range(
+    shape: Sequence[int], size: Sequence[int], border: float = 0.0
+) -> tuple[np.ndarray, np.ndarray]:
+    """Smallest and largest patch origins (3,) int64, both inclusive.
+
+    With ``border = 0`` the patch lies inside ``shape`` (where the volume is smaller than the
+    patch, the volume lies inside the patch); ``border = b`` lets the patch reach
+    ``round(b * size)`` voxels further beyond each face of the volume.
+    """
+    size = np.asarray(size, np.int64)
+    margin = np.round(float(border) * size).astype(np.int64)
+    lo = np.minimum(0, np.subtract(shape, size)) - margin
+    hi = np.maximum(0, np.subtract(shape, size)) + margin
+    return lo, hi
+
+
 def random_origin(
-    shape: Sequence[int], size: Sequence[int], rng: np.random.Generator
+    shape: Sequence[int], size: Sequence[int], rng: np.random.Generator, border: float = 0.0
 ) -> np.ndarray:
-    """Uniform patch origin (3,) int64 such that the patch lies inside ``shape``; where the
-    volume is smaller than the patch, the origin is negative and the volume lies inside."""
-    lo = np.minimum(0, np.subtract(shape, size))
-    hi = np.maximum(0, np.subtract(shape, size))
+    """Uniform patch origin (3,) int64 in ``origin_range(shape, size, border)``."""
+    lo, hi = origin_range(shape, size, border)
     return rng.integers(lo, hi + 1).astype(np.int64)
 
 
 def centred_origin(
-    centre: Sequence[int], shape: Sequence[int], size: Sequence[int]
+    centre: Sequence[int], shape: Sequence[int], size: Sequence[int], border: float = 0.0
 ) -> np.ndarray:
-    """Origin (3,) int64 of a patch centred on voxel ``centre``, shifted to stay inside the
-    volume where the volume is at least as large as the patch."""
+    """Origin (3,) int64 of a patch centred on voxel ``centre``, shifted into
+    ``origin_range(shape, size, border)`` (inside the volume for ``border = 0``)."""
     size = np.asarray(size)
     origin = np.asarray(centre) - size // 2
-    lo = np.minimum(0, np.subtract(shape, size))
-    hi = np.maximum(0, np.subtract(shape, size))
+    lo, hi = origin_range(shape, size, border)
     return np.clip(origin, lo, hi).astype(np.int64)
 
 
@@ -87,14 +106,15 @@ def foreground_centre(case: CachedCase, rng: np.random.Generator) -> np.ndarray 
 
 
 def patch_origin(
-    case: CachedCase, size: Sequence[int], rng: np.random.Generator, force_fg: bool
+    case: CachedCase, size: Sequence[int], rng: np.random.Generator, force_fg: bool,
+    border: float = 0.0,
 ) -> np.ndarray:
     """Origin (3,) of a patch of ``size`` in ``case``: centred on a tumour voxel when
-    ``force_fg`` (and the case has tumour), else uniform."""
+    ``force_fg`` (and the case has tumour), else uniform; ``border``: see ``origin_range``."""
     centre = foreground_centre(case, rng) if force_fg else None
     if centre is None:
-        return random_origin(case.shape, size, rng)
-    return centred_origin(centre, case.shape, size)
+        return random_origin(case.shape, size, rng, border)
+    return centred_origin(centre, case.shape, size, border)
 
 
 def sample_patch(
@@ -102,6 +122,7 @@ def sample_patch(
     patch_size: Sequence[int],
     rng: np.random.Generator,
     force_fg: bool,
+    border: float = 0.0,
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """One patch of ``case``.
 
@@ -111,13 +132,15 @@ def sample_patch(
         rng: the generator drawing the position.
         force_fg: centre the patch on a random tumour voxel (falls back to a uniform patch for
             a case without tumour).
+        border: how far the patch may reach beyond the volume, a fraction of its size per
+            face (``origin_range``).
 
     Returns:
         ``image`` ``(4, px, py, pz)`` float32 and ``labels`` ``(px, py, pz)`` uint8 (None for a
         case without labels); zero-padded outside the volume.
     """
     size = tuple(int(s) for s in patch_size)
-    origin = patch_origin(case, size, rng, force_fg)
+    origin = patch_origin(case, size, rng, force_fg, border)
     labels = case.labels
     return (extract_box(case.image, origin, size),
             None if labels is None else extract_box(labels, origin, size))

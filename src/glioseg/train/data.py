@@ -86,8 +86,10 @@ def sample_batch(
     rng: np.random.Generator,
     oversample_fg: float = 1 / 3,
     augment_cfg: AugmentConfig | None = None,
+    border: float = 0.0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """One training batch drawn with ``rng`` (see the module docstring).
+    """One training batch drawn with ``rng`` (see the module docstring); ``border``: how far
+    a patch may reach beyond the cropped volume (``glioseg.sampling.origin_range``).
 
     Patches that are only flipped / turned by 90 degrees are copied from the memory map
     straight into their place in the batch through a flipped, transposed view (one copy, no
@@ -109,7 +111,7 @@ def sample_batch(
     for n in range(b):
         case = cases[int(rng.integers(len(cases)))]
         force_fg = bool(rng.random() < oversample_fg)
-        origin = patch_origin(case, size, rng, force_fg)
+        origin = patch_origin(case, size, rng, force_fg, border)
         if exact[n]:
             img_view, lab_view = image[n], labels[n]
             if params is not None:
@@ -153,7 +155,7 @@ class PatchStream(IterableDataset):
 
     Args:
         cases: cached cases with labels.
-        patch_size, batch_size, oversample_fg, augment_cfg: see ``sample_batch``.
+        patch_size, batch_size, oversample_fg, augment_cfg, border: see ``sample_batch``.
         seed, rank: seed of the run and DDP rank; with the worker id and the epoch they seed
             each worker's generator.
         batches_per_epoch: batches one iteration yields in total over the workers; None:
@@ -170,6 +172,7 @@ class PatchStream(IterableDataset):
         oversample_fg: float = 1 / 3,
         augment_cfg: AugmentConfig | None = None,
         batches_per_epoch: int | None = None,
+        border: float = 0.0,
     ) -> None:
         super().__init__()
         self.cases = list(cases)
@@ -179,6 +182,7 @@ class PatchStream(IterableDataset):
         self.oversample_fg = float(oversample_fg)
         self.augment_cfg = augment_cfg
         self.batches_per_epoch = batches_per_epoch
+        self.border = float(border)
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -200,7 +204,7 @@ class PatchStream(IterableDataset):
         done = 0
         while count is None or done < count:
             yield sample_batch(self.cases, self.patch_size, self.batch_size, rng,
-                               self.oversample_fg, self.augment_cfg)
+                               self.oversample_fg, self.augment_cfg, self.border)
             done += 1
 
     def __len__(self) -> int:
@@ -226,6 +230,7 @@ def make_loader(
     augment_cfg: AugmentConfig | None = None,
     batches_per_epoch: int | None = None,
     pin_memory: bool | None = None,
+    border: float = 0.0,
 ) -> DataLoader:
     """A DataLoader of training batches ``(image (B, 4, px, py, pz), regions (B, 3, ...))``.
 
@@ -240,6 +245,8 @@ def make_loader(
         augment_cfg: augmentation, or None for none.
         batches_per_epoch: batches per ``iter(loader)``; None: endless.
         pin_memory: default: when CUDA is available.
+        border: how far a patch may reach beyond a case's cropped volume, as a fraction of
+            the patch per face (0: inside; ``glioseg.sampling.origin_range``).
 
     Raises:
         DataError / CacheError: for an empty or unlabelled case list, or bad arguments.
@@ -257,8 +264,10 @@ def make_loader(
         raise DataError(f"bad batch_size {batch_size} or patch_size {tuple(patch_size)}")
     if not 0 <= oversample_fg <= 1:
         raise DataError(f"oversample_fg={oversample_fg} must be in [0, 1]")
+    if not 0 <= border <= 0.5:
+        raise DataError(f"border={border} must be in [0, 0.5]")
     stream = PatchStream(cases, patch_size, batch_size, seed, rank, oversample_fg,
-                         augment_cfg, batches_per_epoch)
+                         augment_cfg, batches_per_epoch, border)
     if pin_memory is None:
         pin_memory = torch.cuda.is_available()
     return DataLoader(

@@ -365,13 +365,14 @@ def make_train_loader(cfg: C.Config, cases: Sequence[Any], info: D.DistInfo, ste
 
     d = cfg.data
     augment = (AugmentConfig.from_switches(flip=d.aug_flip, rotate_scale=d.aug_rotate_scale,
-                                           intensity=d.aug_intensity, noise=d.aug_noise)
+                                           intensity=d.aug_intensity, noise=d.aug_noise,
+                                           elastic=d.aug_elastic)
                if d.augment else None)
     return make_loader(
         cases, patch_size=cfg.patch_size, batch_size=d.batch_size,
         seed=loader_seed(cfg.train.seed, step), rank=info.rank, world_size=info.world_size,
         num_workers=d.workers, oversample_fg=d.foreground_fraction, augment_cfg=augment,
-        batches_per_epoch=None, pin_memory=info.device.type == "cuda",
+        batches_per_epoch=None, pin_memory=info.device.type == "cuda", border=d.border,
     )
 
 
