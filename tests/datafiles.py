@@ -189,3 +189,24 @@ def garbage(path: str | Path, n_bytes: int = 2000, seed: int = 0) -> Path:
     path = Path(path)
     path.write_bytes(np.random.default_rng(seed).bytes(n_bytes))
     return path
+
+
+def tiny_brats2021_case(root: Path, case_id: str, seed: int = 0) -> Path:
+    """A 30 x 26 x 18 four-sequence BraTS 2021 case (identity affine) with an edema block,
+    for end-to-end runs of predict / evaluate / report that need a real case folder."""
+    import nibabel as nib
+
+    from glioseg.data.labels import MODALITIES
+
+    rng = np.random.default_rng(seed)
+    folder = Path(root) / case_id
+    folder.mkdir(parents=True)
+    brain = np.zeros((30, 26, 18), bool)
+    brain[2:28, 3:25, 1:17] = True
+    for m in MODALITIES:
+        vol = (rng.uniform(1, 2, brain.shape) * brain).astype(np.float32)
+        nib.save(nib.Nifti1Image(vol, np.eye(4)), folder / f"{case_id}_{m}.nii.gz")
+    seg = np.zeros(brain.shape, np.uint8)
+    seg[10:20, 10:20, 5:12] = 2
+    nib.save(nib.Nifti1Image(seg, np.eye(4)), folder / f"{case_id}_seg.nii.gz")
+    return folder

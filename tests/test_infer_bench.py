@@ -10,10 +10,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import nibabel as nib
 import numpy as np
 import pytest
 import torch
+from datafiles import tiny_brats2021_case
 from monai.inferers import sliding_window_inference as monai_swi
 
 from glioseg.bench.predict import (
@@ -70,24 +70,6 @@ def test_region_dice_by_hand() -> None:
     assert got == {"WT": 0.8, "TC": 0.0, "ET": 1.0}
 
 
-def _tiny_case(root: Path, case_id: str, seed: int) -> Path:
-    """A 30 x 26 x 18 four-sequence BraTS 2021 case with an edema block."""
-    from glioseg.data.labels import MODALITIES
-
-    rng = np.random.default_rng(seed)
-    folder = root / case_id
-    folder.mkdir(parents=True)
-    brain = np.zeros((30, 26, 18), bool)
-    brain[2:28, 3:25, 1:17] = True
-    for m in MODALITIES:
-        vol = (rng.uniform(1, 2, brain.shape) * brain).astype(np.float32)
-        nib.save(nib.Nifti1Image(vol, np.eye(4)), folder / f"{case_id}_{m}.nii.gz")
-    seg = np.zeros(brain.shape, np.uint8)
-    seg[10:20, 10:20, 5:12] = 2
-    nib.save(nib.Nifti1Image(seg, np.eye(4)), folder / f"{case_id}_seg.nii.gz")
-    return folder
-
-
 def _tiny_model(tmp_path: Path) -> Path:
     from glioseg.model.card import ModelCard, save_model
     from glioseg.model.registry import build_model, preset
@@ -102,7 +84,7 @@ def test_bench_predict_reports_every_figure(tmp_path: Path, capsys) -> None:
     from glioseg.bench.predict import bench_predict
 
     ckpt = _tiny_model(tmp_path)
-    folder = _tiny_case(tmp_path / "data", "BraTS2021_00001", seed=0)
+    folder = tiny_brats2021_case(tmp_path / "data", "BraTS2021_00001", seed=0)
     out = tmp_path / "bench.json"
     bench_predict(model=ckpt, engines=["torch:fp32"], case_dir=folder, output=out)
     printed = capsys.readouterr().out
@@ -124,8 +106,8 @@ def test_bench_int8_rows_compare_with_fp32(tmp_path: Path, capsys) -> None:
     from glioseg.bench.predict import bench_predict
 
     ckpt = _tiny_model(tmp_path)
-    folder = _tiny_case(tmp_path / "data", "BraTS2021_00001", seed=0)
-    calib = _tiny_case(tmp_path / "calib", "BraTS2021_00002", seed=1)
+    folder = tiny_brats2021_case(tmp_path / "data", "BraTS2021_00001", seed=0)
+    calib = tiny_brats2021_case(tmp_path / "calib", "BraTS2021_00002", seed=1)
     with pytest.raises(ValueError, match="benchmarked case"):
         bench_predict(model=ckpt, engines=["onnxruntime:int8"], case_dir=folder,
                       reference=False, calibration=folder)

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from datafiles import tiny_brats2021_case
 from typer.testing import CliRunner
 
 from glioseg.cli import app
@@ -187,24 +188,6 @@ def test_report_renders_in_headless_chromium(tmp_path: Path) -> None:
     assert int(m.group(1)) == 5 and int(m.group(2)) == 0
 
 
-def _tiny_case(root: Path, case_id: str) -> Path:
-    """A 30 x 26 x 18 four-sequence BraTS 2021 case with an edema block."""
-    import nibabel as nib
-
-    rng = np.random.default_rng(0)
-    folder = root / case_id
-    folder.mkdir(parents=True)
-    brain = np.zeros((30, 26, 18), bool)
-    brain[2:28, 3:25, 1:17] = True
-    for m in ("t1", "t1ce", "t2", "flair"):
-        vol = (rng.uniform(1, 2, brain.shape) * brain).astype(np.float32)
-        nib.save(nib.Nifti1Image(vol, np.eye(4)), folder / f"{case_id}_{m}.nii.gz")
-    seg = np.zeros(brain.shape, np.uint8)
-    seg[10:20, 10:20, 5:12] = 2
-    nib.save(nib.Nifti1Image(seg, np.eye(4)), folder / f"{case_id}_seg.nii.gz")
-    return folder
-
-
 def _this_machine() -> dict:
     """What hardware.json must say, read here without glioseg."""
     import os
@@ -236,7 +219,7 @@ def test_predict_and_evaluate_folders_report_timings_and_hardware(tmp_path: Path
     net = build_model(preset("small", base_width=4, max_width=8, n_stages=2,
                              patch_size=(16, 16, 16)))
     ckpt = save_model(tmp_path / "model", net, ModelCard.for_model(net, label_scheme="brats2021"))
-    _tiny_case(tmp_path / "data", "BraTS2021_00001")
+    tiny_brats2021_case(tmp_path / "data", "BraTS2021_00001")
     run = tmp_path / "run"
     walls = {}
     for command, args in (("predict", ["predict", "-m", str(ckpt), "-i", str(tmp_path / "data"),
