@@ -253,3 +253,14 @@ def test_rotated_patch_matches_scipy_on_the_whole_volume(tmp_path: Path):
             np.testing.assert_allclose(img[ch].numpy(), ref, atol=1e-4)
         ref_lab = ndimage.affine_transform(np.asarray(case.labels), m, order=0, **kw)
         assert (lab.numpy() == ref_lab).mean() > 0.99 and len(np.unique(ref_lab)) == 4
+
+
+def test_cached_case_keeps_its_maps_but_pickles_without_them(cache):
+    import pickle
+
+    case = cache["big"]
+    assert case.image is case.image and case.labels is case.labels  # one map per array
+    blob = pickle.dumps(case)
+    assert len(blob) < 10_000  # paths and metadata, not the 4 x 48^3 float32 voxels
+    clone = pickle.loads(blob)
+    assert np.array_equal(clone.image, case.image) and clone.image is not case.image
