@@ -548,9 +548,10 @@ def bench_predict(
         print(f"{r['spec']:<22}{r['windows']:>8}{r['seconds']:>9.1f}{sp:>9}"
               f"{r['floor_s']:>9.1f}{r['one_pass_floor_s']:>9.1f}{r['peak_rss_mb']:>9.0f}"
               f"{r['setup_s']:>9.1f}" + (f"{r.get('peak_gpu_mb', 0.0):>9.0f}" if cuda else ""))
-    print("floor s: this row's network FLOPs (windows x FLOPs per window) / measured matmul "
-          "GFLOP/s of its dtype (int8 rows: fp32's); 1-pass s: one pass over the brain box, "
-          "no overlap; peak MB: the process's peak resident memory (VmHWM), Python and "
+    print("floor s: this row's network FLOPs (windows x FLOPs per window, as direct "
+          "convolutions) / measured matmul GFLOP/s of its dtype (int8 rows: fp32's); an engine "
+          "whose convolutions need fewer operations than direct ones can run below it; "
+          "1-pass s: one pass over the brain box, no overlap; peak MB: the process's peak resident memory (VmHWM), Python and "
           "libraries included" + ("; GPU MB: torch.cuda.max_memory_allocated over the timed "
                                   "run, weights included." if cuda else "."))
 
