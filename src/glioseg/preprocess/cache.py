@@ -148,7 +148,7 @@ def _npy_header(path: Path) -> tuple[tuple[int, ...], np.dtype, bool]:
 
 class CachedCase:
     """One case of the cache. Arrays are memory-mapped on first access and the maps kept (a
-    patch sampler reads the same case many times; opening the map each time cost ~15% of
+    patch sampler reads the same case many times; opening the map each time cost ~7% of
     drawing a patch); pickling a ``CachedCase`` to a worker process sends only paths and
     metadata, never voxels or maps.
 
