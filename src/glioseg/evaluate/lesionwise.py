@@ -289,13 +289,6 @@ def _lesions_and_zones(ref: np.ndarray, dilation: int) -> tuple[np.ndarray, np.n
     return np.where(ref, zones, 0).astype(np.uint32, copy=False), zones
 
 
-def reference_lesions(ref: np.ndarray, dilation: int = DILATION) -> np.ndarray:
-    """Reference ``(X, Y, Z)`` bool -> ``(X, Y, Z)`` uint32 lesion numbers (0 outside the mask):
-    26-connected components of the mask dilated ``dilation`` times (18-connected structure),
-    restricted to the mask's voxels."""
-    return _lesions_and_zones(np.asarray(ref, bool), dilation)[0]
-
-
 def _component_boxes(
     mask: np.ndarray, labels: np.ndarray, wanted: Sequence[int]
 ) -> dict[int, tuple[slice, ...]]:
