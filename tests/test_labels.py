@@ -76,3 +76,20 @@ def test_torch_regions_equal_regions_from_labels(dtype):
     masks = L.region_masks(t)
     assert all(isinstance(m, torch.Tensor) and m.dtype == torch.bool for m in masks)
     assert np.array_equal(torch.stack(masks, dim=1).numpy(), expected)
+
+
+def test_integer_labels_refuses_what_labels_cannot_be():
+    got = L.integer_labels(np.array([0.0, 2.0, 4.0], np.float32))
+    assert got.dtype == np.int64 and got.tolist() == [0, 2, 4]
+    assert L.integer_labels(np.array([True, False])).tolist() == [1, 0]
+    ints = np.array([1, 3], np.uint8)
+    assert L.integer_labels(ints) is ints
+    for bad, words in ((np.array([1.0, np.nan]), "NaN or inf"),
+                       (np.array([1.0, 0.5, 0.25]), "non-integer label values (0.25, 0.5)"),
+                       (np.array(["a"]), "unsupported type")):
+        try:
+            L.integer_labels(bad)
+        except L.LabelError as exc:
+            assert words in str(exc), (words, str(exc))
+        else:
+            raise AssertionError(f"{bad} accepted")

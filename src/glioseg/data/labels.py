@@ -88,6 +88,32 @@ def get_scheme(name: str) -> LabelScheme:
         raise ValueError(f"unknown label scheme {name!r}; known: {', '.join(SCHEMES)}") from None
 
 
+def integer_labels(labels: np.ndarray) -> np.ndarray:
+    """Label values as read from a file -> an integer array, refusing what labels cannot be.
+
+    Float files must hold whole finite values (a fractional value is a probability map or an
+    interpolated file, whose rounding would invent labels); bool becomes uint8.
+
+    Raises:
+        LabelError: NaN/inf, non-integer values (the first few named) or a non-numeric type.
+    """
+    labels = np.asarray(labels)
+    if np.issubdtype(labels.dtype, np.floating):
+        if not np.isfinite(labels).all():
+            raise LabelError("NaN or inf label values")
+        frac = np.unique(labels[labels != np.rint(labels)])
+        if frac.size:
+            shown = ", ".join(f"{v:g}" for v in frac[:5]) + (", ..." if frac.size > 5 else "")
+            raise LabelError(f"non-integer label values ({shown}): labels expected, not "
+                             "probabilities or an interpolated file")
+        return labels.astype(np.int64)
+    if labels.dtype == bool:
+        return labels.view(np.uint8)
+    if not np.issubdtype(labels.dtype, np.integer):
+        raise LabelError(f"label array of unsupported type {labels.dtype}")
+    return labels
+
+
 def unexpected_values(labels: np.ndarray, scheme: str) -> list[int]:
     """Label values present in ``labels`` that ``scheme`` does not allow (sorted)."""
     allowed = set(get_scheme(scheme).allowed)

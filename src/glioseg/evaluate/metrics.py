@@ -99,20 +99,13 @@ def regions_from_labels(
     Raises:
         EvaluationError: a value outside the scheme, a non-integer value or NaN, naming the case.
     """
-    labels = np.asarray(labels)
     where = ": ".join(p for p in (case_id, source) if p)
     where = f"{where}: " if where else ""
     scheme = L.get_scheme(label_scheme)
-    if np.issubdtype(labels.dtype, np.floating):
-        if not np.isfinite(labels).all():
-            raise EvaluationError(f"{where}NaN or inf label values")
-        if (labels != np.rint(labels)).any():
-            raise EvaluationError(f"{where}non-integer label values")
-        labels = labels.astype(np.int64)
-    elif labels.dtype == bool:
-        labels = labels.view(np.uint8)
-    elif not np.issubdtype(labels.dtype, np.integer):
-        raise EvaluationError(f"{where}label array of unsupported type {labels.dtype}")
+    try:
+        labels = L.integer_labels(labels)
+    except L.LabelError as exc:
+        raise EvaluationError(f"{where}{exc}") from None
     bad = _present_outside(labels, set(scheme.allowed))
     if bad:
         raise EvaluationError(

@@ -146,17 +146,10 @@ def _load_pred(path: Path, scheme: str, ref_header: VolumeHeader, ref_file: Path
         raise FigureError(
             f"{path}: prediction affine differs from the case's {ref_file} (not on the same "
             f"grid):\n{np.round(header.affine, 3)}\nvs\n{np.round(ref_header.affine, 3)}")
-    if np.issubdtype(data.dtype, np.floating):
-        if not np.isfinite(data).all():
-            raise FigureError(f"{path}: NaN or inf values in the prediction")
-        frac = np.unique(data[data != np.rint(data)])
-        if frac.size:
-            shown = ", ".join(f"{v:g}" for v in frac[:5]) + (", ..." if frac.size > 5 else "")
-            raise FigureError(f"{path}: non-integer label values ({shown}): labels expected, "
-                              "not probabilities or an interpolated file")
-        data = data.astype(np.int64)
-    elif not np.issubdtype(data.dtype, np.integer):
-        raise FigureError(f"{path}: label values of unsupported type {data.dtype}")
+    try:
+        data = L.integer_labels(data)
+    except L.LabelError as exc:
+        raise FigureError(f"{path}: {exc}") from None
     bad = L.unexpected_values(data, scheme)
     if bad:
         allowed = L.get_scheme(scheme).allowed
