@@ -68,7 +68,6 @@ def test_torch_regions_equal_regions_from_labels(dtype):
     assert expected.any(axis=(0, 2, 3, 4)).all() and not expected.all()  # every region occurs
     t = torch.from_numpy(labels)
     for got in (regions_target(t), regions_target(t[:, None]),
-                TD.regions_from_labels_torch(t),
                 torch.stack([_regions_1ch(x[None]) for x in t])):
         assert got.dtype == torch.float32 and got.shape == expected.shape
         assert np.array_equal(got.numpy(), expected)

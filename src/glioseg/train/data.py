@@ -63,12 +63,6 @@ def case_split(case_ids: Sequence[str], n_val: int, seed: int) -> tuple[list[str
     return [c for c in ids if c not in set(val)], val
 
 
-def regions_from_labels_torch(labels: torch.Tensor) -> torch.Tensor:
-    """Internal labels ``(B, X, Y, Z)`` -> regions ``(B, 3, X, Y, Z)`` float32 (WT, TC, ET),
-    by ``glioseg.data.labels.region_masks``."""
-    return torch.stack(region_masks(labels.long()), dim=1).float()
-
-
 def regions_from_labels_np(labels: np.ndarray) -> np.ndarray:
     """Internal labels ``(B, X, Y, Z)`` uint8 (0..3) -> regions ``(B, 3, X, Y, Z)`` float32,
     by ``glioseg.data.labels.region_masks``, written into one preallocated array."""
