@@ -85,3 +85,64 @@ def test_atomic_dir_replaces_a_folder_whole(tmp_path, umask_027):
         raise RuntimeError("disk full")
     assert [p.name for p in target.iterdir()] == ["new.txt"]
     assert [p.name for p in tmp_path.iterdir()] == ["case"]
+
+
+@pytest.fixture
+def fsync_log(monkeypatch):
+    """Every ``os.fsync`` as ``(path it was called on, target exists at that moment)``."""
+    calls: list[tuple[str, dict[str, bool]]] = []
+    watched: list = []
+    real = os.fsync
+
+    def spy(fd):
+        path = os.readlink(f"/proc/self/fd/{fd}")
+        calls.append((path, {str(p): p.exists() for p in watched}))
+        return real(fd)
+
+    monkeypatch.setattr(os, "fsync", spy)
+    return calls, watched
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="needs /proc to name fds")
+def test_atomic_path_fsyncs_the_file_before_the_rename_and_the_folder_after(tmp_path, fsync_log):
+    calls, watched = fsync_log
+    target = tmp_path / "out.bin"
+    watched.append(target)
+    write_bytes(target, b"data")
+    # the temporary file was flushed while the target did not exist yet (before the rename)
+    file_syncs = [(p, seen) for p, seen in calls if os.path.basename(p).startswith(".out.bin.")]
+    assert file_syncs and not file_syncs[0][1][str(target)]
+    # the folder was flushed once the target existed (after the rename)
+    dir_syncs = [seen for p, seen in calls if p == str(tmp_path)]
+    assert dir_syncs and dir_syncs[-1][str(target)]
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="needs /proc to name fds")
+def test_atomic_dir_fsyncs_every_file_and_the_parent(tmp_path, fsync_log):
+    calls, watched = fsync_log
+    target = tmp_path / "model"
+    watched.append(target)
+    with atomic_dir(target) as tmp:
+        (tmp / "a.bin").write_bytes(b"a")
+        (tmp / "sub").mkdir()
+        (tmp / "sub" / "b.bin").write_bytes(b"b")
+    names = [os.path.basename(p) for p, seen in calls if not seen[str(target)]]
+    assert {"a.bin", "b.bin", "sub"} <= set(names)  # flushed before the rename
+    assert any(p == str(tmp_path) and seen[str(target)] for p, seen in calls)
+
+
+def test_atomic_dir_failed_rename_keeps_the_old_folder(tmp_path, monkeypatch):
+    import glioseg.io_atomic as io_atomic
+
+    target = tmp_path / "model"
+    target.mkdir()
+    (target / "old.txt").write_text("old")
+
+    def broken(src, dst):
+        raise OSError("rename failed")
+
+    monkeypatch.setattr(io_atomic, "replace_durably", broken)
+    with pytest.raises(OSError), atomic_dir(target) as tmp:
+        (tmp / "new.txt").write_text("new")
+    assert [p.name for p in target.iterdir()] == ["old.txt"]
+    assert [p.name for p in tmp_path.iterdir()] == ["model"]

@@ -12,6 +12,12 @@ the process umask, usually ``0o644``), not ``tempfile.mkstemp``'s owner-only ``0
 result written by one user can be read by the group as any other file. Its name keeps the
 target's extension last (``.name.<random>.tmp.nii.gz``), because some writers choose the
 format from it (nibabel, matplotlib) or append one when it is missing (``numpy.save``).
+
+Durability: before the rename the temporary file (for ``atomic_dir``, every file and folder in
+the temporary tree) is flushed to disk with ``fsync``, and after it the folder holding the
+target is, so a power or node failure after the block leaves the whole new file, never a
+renamed but empty one. (A folder that cannot be opened for ``fsync``, as on Windows, is
+skipped.)
 """
 
 from __future__ import annotations
@@ -44,6 +50,52 @@ def temporary_name(path: str | Path, tag: str = "tmp") -> Path:
     return path.parent / f".{path.name}.{secrets.token_hex(4)}.{tag}{_extension(path)}"
 
 
+def fsync_file(path: str | Path) -> None:
+    """Flush a written file's data and metadata to disk (``os.fsync``)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fsync_dir(path: str | Path) -> None:
+    """Flush a folder's entries (a rename, a new or removed name) to disk.
+
+    Platforms that cannot open a folder (Windows) or fsync one are skipped silently.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def fsync_tree(path: str | Path) -> None:
+    """``fsync`` every file and folder under ``path`` (itself included), folders last."""
+    for root, _dirs, files in os.walk(path, topdown=False):
+        for name in files:
+            full = os.path.join(root, name)
+            if not os.path.islink(full):
+                fsync_file(full)
+        fsync_dir(root)
+
+
+def replace_durably(src: str | Path, dst: str | Path) -> None:
+    """Rename the already-flushed ``src`` onto ``dst`` and flush the folder(s) involved."""
+    os.replace(src, dst)
+    dst_parent = Path(dst).resolve().parent
+    fsync_dir(dst_parent)
+    src_parent = Path(src).absolute().parent
+    if src_parent.resolve() != dst_parent:
+        fsync_dir(src_parent)
+
+
 def _create_file(path: Path) -> Path:
     """Create an empty temporary file beside ``path`` (``0o666`` under the umask)."""
     for _ in range(_TRIES):
@@ -63,14 +115,16 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
 
     Parent folders are created. The yielded file exists and is empty (writers may overwrite or
     replace it). When the block raises (``KeyboardInterrupt`` included), the temporary file is
-    removed and ``path`` is left as it was.
+    removed and ``path`` is left as it was. The file is ``fsync``-ed before the rename and its
+    folder after it.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = _create_file(path)
     try:
         yield tmp
-        os.replace(tmp, path)
+        fsync_file(tmp)
+        replace_durably(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
@@ -80,9 +134,13 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
 def atomic_dir(path: str | Path) -> Iterator[Path]:
     """Yield a new temporary folder beside ``path``; move it onto ``path`` when the block ends.
 
-    The folder is named ``.<name>.tmp-<random>`` (``0o777`` under the umask). An existing
-    ``path`` folder is removed just before the rename (a folder cannot be replaced in one
-    step). When the block raises, the temporary folder and everything in it are removed.
+    The folder is named ``.<name>.tmp-<random>`` (``0o777`` under the umask). Everything in
+    it is ``fsync``-ed before the rename, the parent folder after it. An existing ``path``
+    folder is first renamed aside (``.<name>.old-<random>``), the new one renamed in, then the
+    old one removed: a folder cannot be replaced in one step, so for a moment ``path`` is
+    absent, but it never holds a mix of old and new files (a reader that opens the folder
+    once and reads its files through that handle sees one version). When the block raises,
+    the temporary folder and everything in it are removed and ``path`` is left as it was.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -97,9 +155,19 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
         raise FileExistsError(f"{path.parent}: could not create a temporary folder for {path.name}")
     try:
         yield tmp
+        fsync_tree(tmp)
+        old = None
         if path.is_dir() and not path.is_symlink():
-            shutil.rmtree(path)
-        os.replace(tmp, path)
+            old = path.parent / f".{path.name}.old-{secrets.token_hex(4)}"
+            os.replace(path, old)
+        try:
+            replace_durably(tmp, path)
+        except BaseException:
+            if old is not None and not path.exists():
+                os.replace(old, path)  # put the old folder back
+            raise
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
