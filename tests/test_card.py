@@ -161,3 +161,86 @@ def test_cli_card_records_the_et_threshold(tmp_path):
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
     bad = CliRunner().invoke(app, ["card", str(tmp_path), "--et-threshold", "-1"])
     assert bad.exit_code == 1 and load_card(tmp_path).et_threshold == 200
+
+
+def _filled(value: float):
+    torch.manual_seed(0)
+    model = build_model(tiny())
+    with torch.no_grad():
+        for p in model.parameters():
+            p.fill_(value)
+    return model
+
+
+def test_model_folder_is_written_as_one_unit(tmp_path, monkeypatch):
+    """A save that fails after the weights are written leaves the old weights AND old card."""
+    import glioseg.model.card as card_mod
+
+    folder = tmp_path / "best"
+    old = _filled(1.0)
+    save_model(folder, old, make_card(old).replace(training={"steps": 1}))
+    (folder / "notes.txt").write_text("kept")
+
+    def failing_card(path, card):
+        raise OSError("disk full while writing the card")
+
+    monkeypatch.setattr(card_mod, "save_card", failing_card)
+    new = _filled(2.0)
+    with pytest.raises(OSError, match="disk full"):
+        save_model(folder, new, make_card(new).replace(training={"steps": 2}))
+    monkeypatch.undo()
+    loaded, card = load_model(folder)
+    assert card.training["steps"] == 1
+    assert all(bool((p == 1.0).all()) for p in loaded.parameters())  # old weights, not new
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["best"]  # no temporary left
+    # a successful save replaces both and keeps the folder's other files
+    save_model(folder, new, make_card(new).replace(training={"steps": 2}))
+    loaded, card = load_model(folder)
+    assert card.training["steps"] == 2 and all(bool((p == 2.0).all()) for p in loaded.parameters())
+    assert (folder / "notes.txt").read_text() == "kept"
+
+
+def test_a_folder_replaced_during_a_read_gives_one_version(tmp_path, monkeypatch):
+    """The weights of one save are never paired with the card of another."""
+    import os
+
+    from glioseg.model.card import digest_of, read_model_files
+
+    folder = tmp_path / "last"
+    a, b = _filled(1.0), _filled(2.0)
+    save_model(folder, a, make_card(a).replace(training={"steps": 1}))
+    real_fdopen = os.fdopen
+    swapped = []
+
+    def fdopen(fd, *args, **kw):
+        if not swapped:  # the weights file of version A is open: B replaces the folder now
+            swapped.append(True)
+            save_model(folder, b, make_card(b).replace(training={"steps": 2}))
+        return real_fdopen(fd, *args, **kw)
+
+    monkeypatch.setattr(os, "fdopen", fdopen)
+    weights, card = read_model_files(folder)
+    monkeypatch.undo()
+    want = read_model_files(folder)
+    assert swapped and json.loads(card)["training"]["steps"] == 2
+    assert (weights, card) == want
+    assert digest_of(weights, card) == digest_of(*want)
+
+
+def test_model_digest_follows_weights_and_card_not_the_path(tmp_path):
+    import shutil
+
+    from glioseg.model.card import load_model_and_digest, model_digest
+
+    model = _filled(1.0)
+    save_model(tmp_path / "a", model, make_card(model))
+    shutil.copytree(tmp_path / "a", tmp_path / "b")
+    d = model_digest(tmp_path / "a")
+    assert model_digest(tmp_path / "b") == d == load_model_and_digest(tmp_path / "a")[2]
+    assert model_digest(tmp_path / "a" / "model.safetensors") == d
+    data = json.loads((tmp_path / "b" / "card.json").read_text())
+    data["et_threshold"] = 7
+    (tmp_path / "b" / "card.json").write_text(json.dumps(data))
+    assert model_digest(tmp_path / "b") != d  # another card
+    save_model(tmp_path / "a", _filled(2.0), make_card(model))
+    assert model_digest(tmp_path / "a") != d  # other weights

@@ -1,6 +1,8 @@
 """Model cards: what a set of weights is, what it expects, how it was made; save and load.
 
-A saved model is a folder with two files, each written to a temporary name then renamed:
+A saved model is a folder with two files, written together as one unit (the folder is built
+under a temporary name, flushed to disk, then renamed onto the model folder: ``io_atomic.
+atomic_dir``), so no reader ever sees new weights beside an old card:
 
     model.safetensors   the state dict (no pickle: safe to load from anyone)
     card.json           the :class:`ModelCard` (architecture and config, modalities in input
@@ -11,14 +13,21 @@ A saved model is a folder with two files, each written to a temporary name then 
 weights strictly: a mismatch is an error that lists the missing, unexpected and reshaped
 tensors, never a silent partial load. Partial weights (e.g. an imported encoder) carry
 ``provenance["partial"] = true`` and load only through :func:`glioseg.model.weights.load_adapted`.
+
+``load_model`` reads both files through one handle on the folder (``read_model_files``), so a
+folder replaced while it reads gives it one version or the other, never a mix; ``model_digest``
+(sha256 of the weights and the card) names what was loaded, which ``predict`` keys its resume on.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import hashlib
 import json
 import os
+import shutil
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,7 +37,7 @@ import torch
 
 from glioseg import __version__
 from glioseg.data.labels import MODALITIES, REGIONS
-from glioseg.io_atomic import atomic_path
+from glioseg.io_atomic import atomic_dir, atomic_path
 from glioseg.model.registry import ModelConfig, build_model
 
 CARD_FORMAT = "glioseg-card/1"
@@ -251,24 +260,60 @@ def save_card(path: Path, card: ModelCard) -> None:
     _atomic_write(Path(path), lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
 
 
+def _carry_over(old: Path, new: Path, skip: tuple[str, ...]) -> None:
+    """Hard-link (else copy) into ``new`` the entries of ``old`` other than ``skip``."""
+    if not old.is_dir():
+        return
+
+    def link_or_copy(src: str, dst: str) -> None:
+        try:
+            os.link(src, dst)
+        except OSError:
+            shutil.copy2(src, dst)
+
+    for entry in old.iterdir():
+        if entry.name in skip:
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.copytree(entry, new / entry.name, symlinks=True, copy_function=link_or_copy)
+        elif entry.is_symlink():
+            os.symlink(os.readlink(entry), new / entry.name)
+        else:
+            link_or_copy(str(entry), str(new / entry.name))
+
+
+def save_model_files(directory: str | os.PathLike[str], state_dict: Mapping[str, torch.Tensor],
+                     card: ModelCard, metadata: dict[str, str] | None = None) -> Path:
+    """Write ``model.safetensors`` and ``card.json`` into ``directory`` as one unit.
+
+    Both are written into a temporary folder beside ``directory`` that then replaces it
+    (``atomic_dir``); other files of an existing ``directory`` are kept (hard-linked or copied
+    into the new folder). A failure leaves the old folder as it was.
+    """
+    directory = Path(directory)
+    with atomic_dir(directory) as tmp:
+        _carry_over(directory, tmp, (WEIGHTS_NAME, CARD_NAME))
+        save_state_dict(tmp / WEIGHTS_NAME, state_dict, metadata)
+        save_card(tmp / CARD_NAME, card)
+    return directory
+
+
 def save_model(directory: str | os.PathLike[str], model: torch.nn.Module, card: ModelCard) -> Path:
-    """Write ``model.safetensors`` and ``card.json`` into ``directory`` (created if needed).
+    """Write ``model.safetensors`` and ``card.json`` into ``directory`` (created if needed) as
+    one unit (``save_model_files``).
 
     ``model`` may be wrapped in DDP or ``torch.compile``; the card's ``arch``/``model`` are set
     from the model's own config (the truth, e.g. after ``reset_head``). Returns the folder.
     """
     directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
     net = unwrap_model(model)
     cfg = _config_of(net)
     card = card.replace(arch=cfg.arch, model=cfg.to_dict())
     if len(card.modalities) != cfg.in_channels:
         raise CardError(f"card lists {len(card.modalities)} modalities {card.modalities} but the "
                         f"model takes {cfg.in_channels} input channels")
-    save_state_dict(directory / WEIGHTS_NAME, strip_wrapper_prefixes(net.state_dict()),
-                    {"format": "pt", "card_format": CARD_FORMAT})
-    save_card(directory / CARD_NAME, card)
-    return directory
+    return save_model_files(directory, strip_wrapper_prefixes(net.state_dict()), card,
+                            {"format": "pt", "card_format": CARD_FORMAT})
 
 
 def resolve_paths(path: str | os.PathLike[str]) -> tuple[Path, Path]:
@@ -332,19 +377,85 @@ def check_state_dict(model: torch.nn.Module, state_dict: Mapping[str, torch.Tens
         raise WeightsMismatchError("\n  ".join(parts))
 
 
-def load_model(path: str | os.PathLike[str], device: str | torch.device = "cpu"
-               ) -> tuple[torch.nn.Module, ModelCard]:
-    """Rebuild the network from the card and load the weights strictly; returns it in eval mode.
+_READ_TRIES = 50
 
-    ``path`` is a model folder, its ``model.safetensors`` or its ``card.json``.
+
+def read_model_files(path: str | os.PathLike[str]) -> tuple[bytes, bytes]:
+    """``(weights bytes, card bytes)`` of a model folder, ``.safetensors`` or ``card.json``.
+
+    Both files are opened through one handle on their folder: a model folder replaced
+    meanwhile (``save_model_files`` renames a new folder in) gives one version or the
+    other, never new weights with an old card. The short moment when the folder is absent
+    during a replacement is waited out (retried).
     """
-    weights_path, _ = resolve_paths(path)
-    card = load_card(path)
+    weights_path, card_path = resolve_paths(path)
+    folder = weights_path.parent
+    for attempt in range(_READ_TRIES):
+        try:
+            dfd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+        except FileNotFoundError:
+            time.sleep(0.01 * (attempt + 1))
+            continue
+        try:
+            out = []
+            for name in (weights_path.name, card_path.name):
+                fd = os.open(name, os.O_RDONLY, dir_fd=dfd)
+                with os.fdopen(fd, "rb") as fh:
+                    out.append(fh.read())
+            return out[0], out[1]
+        except FileNotFoundError:  # the folder was replaced between the two opens
+            time.sleep(0.01 * (attempt + 1))
+        finally:
+            os.close(dfd)
+    raise CardError(f"{folder}: the model folder kept changing while it was read")
+
+
+def digest_of(weights: bytes, card: bytes) -> str:
+    """sha256 (hex) naming one version of a model: its weights and its card."""
+    h = hashlib.sha256()
+    h.update(b"weights\0" + len(weights).to_bytes(8, "little"))
+    h.update(weights)
+    h.update(b"card\0" + len(card).to_bytes(8, "little"))
+    h.update(card)
+    return h.hexdigest()
+
+
+def model_digest(path: str | os.PathLike[str]) -> str:
+    """sha256 of a saved model's weights and card (``digest_of``)."""
+    return digest_of(*read_model_files(path))
+
+
+def load_model_and_digest(path: str | os.PathLike[str], device: str | torch.device = "cpu"
+                          ) -> tuple[torch.nn.Module, ModelCard, str]:
+    """``load_model`` and the ``model_digest`` of the very bytes it loaded."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load as load_bytes
+
+    weights_path, card_path = resolve_paths(path)
+    weights, card_bytes = read_model_files(path)
+    try:
+        card = ModelCard.from_json(card_bytes.decode("utf-8"))
+    except (CardError, UnicodeDecodeError) as exc:
+        raise CardError(f"{card_path}: {exc}") from None
     if card.partial:
         raise CardError(f"{weights_path}: partial weights ({card.provenance.get('note', 'not a whole model')}); "
                         "load them into a model with glioseg.model.weights.load_adapted, e.g. to fine-tune")
     model = build_model(card.config)
-    state = strip_wrapper_prefixes(load_state_dict(weights_path))
+    try:
+        state = strip_wrapper_prefixes(load_bytes(weights))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise WeightsMismatchError(f"{weights_path}: cannot read the weights: {exc}") from None
     check_state_dict(model, state, where=str(weights_path))
     model.load_state_dict(state, strict=True)
-    return model.to(device).eval(), card
+    return model.to(device).eval(), card, digest_of(weights, card_bytes)
+
+
+def load_model(path: str | os.PathLike[str], device: str | torch.device = "cpu"
+               ) -> tuple[torch.nn.Module, ModelCard]:
+    """Rebuild the network from the card and load the weights strictly; returns it in eval mode.
+
+    ``path`` is a model folder, its ``model.safetensors`` or its ``card.json``; both files are
+    read from one version of the folder (``read_model_files``).
+    """
+    model, card, _ = load_model_and_digest(path, device)
+    return model, card

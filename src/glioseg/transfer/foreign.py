@@ -51,9 +51,8 @@ from glioseg.data.labels import MODALITIES, REGIONS
 from glioseg.model.card import (
     ModelCard,
     check_state_dict,
-    save_card,
     save_model,
-    save_state_dict,
+    save_model_files,
     strip_wrapper_prefixes,
 )
 from glioseg.model.registry import ModelConfig, build_model
@@ -123,10 +122,7 @@ class ImportedModel:
         directory = Path(directory)
         if self.model is not None:
             return save_model(directory, self.model, self.card)
-        directory.mkdir(parents=True, exist_ok=True)
-        save_state_dict(directory / "model.safetensors", self.state_dict, {"format": "pt"})
-        save_card(directory / "card.json", self.card)
-        return directory
+        return save_model_files(directory, self.state_dict, self.card, {"format": "pt"})
 
 
 def _state_dict_from(obj: Any, path: Path, keys: Sequence[str] = ("state_dict", "model",
