@@ -240,7 +240,7 @@ def test_resume_skips_done_cases(ckpt: Path, tmp_path: Path) -> None:
     with pytest.raises(PredictError, match=r"other settings \(threshold 0.5 -> 0.3\)"):
         predict_dir([ckpt], tmp_path / "data", out, PredictOptions(threshold=0.3),
                     progress=False)
-    other = save_pointwise(tmp_path / "other")
+    other = save_pointwise(tmp_path / "other", bias=(-1.0, 0.0, 0.0))  # another model
     with pytest.raises(PredictError, match="models"):
         predict_dir([other], tmp_path / "data", out, progress=False)
     again = predict_dir([other], tmp_path / "data", out, PredictOptions(overwrite=True),
@@ -425,3 +425,47 @@ def test_resume_from_another_working_folder(tmp_path: Path, monkeypatch) -> None
     with pytest.raises(PredictError, match="models"):
         predict_dir(["model"], tmp_path / "data", out, progress=False)  # B/model: `other`
     assert other.resolve() != model.resolve()
+
+
+def test_resume_is_keyed_on_the_model_not_its_path(tmp_path: Path) -> None:
+    """A model folder retrained in place is another model (no resume, no mixing); the same
+    model copied to another path is the same model (resumed)."""
+    import shutil
+
+    ids = _cohort(tmp_path / "data", n=2)
+    model = save_pointwise(tmp_path / "runs" / "best")
+    out = tmp_path / "out"
+    assert predict_dir([model], tmp_path / "data", out, progress=False).predicted == ids
+    shutil.copytree(model, tmp_path / "copy")
+    again = predict_dir([tmp_path / "copy"], tmp_path / "data", out, progress=False)
+    assert again.skipped == ids and again.predicted == [] and again.ok
+    record = json.loads((out / "predict.json").read_text())
+    assert len(record["model_digests"]) == 1 and len(record["model_digests"][0]) == 64
+    # training updates runs/best: same path, other weights -> refused, nothing skipped
+    save_pointwise(tmp_path / "runs" / "best", bias=(-1.0, 0.0, 0.0))
+    with pytest.raises(PredictError, match="models .*weights or card differ"):
+        predict_dir([model], tmp_path / "data", out, progress=False)
+    # a changed card alone (e.g. glioseg card --et-threshold) is another model too
+    card = json.loads((tmp_path / "copy" / "card.json").read_text())
+    card["et_threshold"] = 3
+    (tmp_path / "copy" / "card.json").write_text(json.dumps(card))
+    with pytest.raises(PredictError, match="weights or card differ"):
+        predict_dir([tmp_path / "copy"], tmp_path / "data", out, progress=False)
+
+
+def test_overwrite_removes_the_old_output_of_a_case_that_now_fails(ckpt: Path,
+                                                                  tmp_path: Path) -> None:
+    ids = _cohort(tmp_path / "data", n=2)
+    out = tmp_path / "out"
+    first = predict_dir([ckpt], tmp_path / "data", out, PredictOptions(probabilities=True),
+                        progress=False)
+    assert first.predicted == ids
+    _corrupt(tmp_path / "data", ids[1])
+    forced = predict_dir([ckpt], tmp_path / "data", out,
+                         PredictOptions(overwrite=True, probabilities=True), progress=False)
+    assert forced.predicted == [ids[0]] and list(forced.failed) == [ids[1]]
+    assert (out / f"{ids[0]}.nii.gz").is_file()
+    assert (out / f"{ids[0]}_probabilities.nii.gz").is_file()
+    # the failed case keeps no output of the earlier run
+    assert not (out / f"{ids[1]}.nii.gz").exists()
+    assert not (out / f"{ids[1]}_probabilities.nii.gz").exists()

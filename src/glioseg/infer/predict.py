@@ -167,9 +167,13 @@ RESULT_OPTIONS = ("engine", "device", "dtype", "roi", "overlap", "tta", "thresho
 
 
 def _check_same_settings(out_dir: Path, model_paths: Sequence[str | Path],
-                         opts: PredictOptions) -> None:
+                         opts: PredictOptions, digests: Sequence[str] | None = None) -> None:
     """Refuse to add to ``out_dir`` predictions made with other models or options (its
-    ``predict.json``), so that skipping finished cases never mixes two settings."""
+    ``predict.json``), so that skipping finished cases never mixes two settings.
+
+    Models are compared by ``digests`` (sha256 of weights and card, ``model_digest``) when
+    the record has them: a folder retrained in place is another model, a copy of the same
+    model elsewhere is not. Older records without digests are compared by path."""
     record = out_dir / "predict.json"
     if not record.is_file():
         return
@@ -182,7 +186,12 @@ def _check_same_settings(out_dir: Path, model_paths: Sequence[str | Path],
     # predict.json stores resolved paths (older records may hold paths relative to the
     # folder they were run from: resolved here against this one, the best guess left)
     models = resolved_paths(model_paths)
-    if resolved_paths(before.get("models", [])) != models:
+    if digests is not None and "model_digests" in before:
+        if list(before["model_digests"]) != list(digests):
+            diffs.append(f"models {before.get('models')} -> {models} (weights or card "
+                         f"differ: sha256 {[d[:12] for d in before['model_digests']]} -> "
+                         f"{[d[:12] for d in digests]})")
+    elif resolved_paths(before.get("models", [])) != models:
         diffs.append(f"models {before.get('models')} -> {models}")
     for key in RESULT_OPTIONS:
         old = before.get("options", {}).get(key)
@@ -449,9 +458,13 @@ def predict_dir(
     opts = options or PredictOptions()
     out_dir = Path(output_dir)
     cases = discover(input_path)
-    models = [load_model(p) for p in model_paths]
+    from glioseg.model.card import load_model_and_digest
+
+    loaded = [load_model_and_digest(p) for p in model_paths]  # the resume key: what was read
+    models = [(m.eval(), c) for m, c, _ in loaded]
+    digests = [d for _, _, d in loaded]
     if not opts.overwrite:
-        _check_same_settings(out_dir, model_paths, opts)
+        _check_same_settings(out_dir, model_paths, opts, digests)
     summary = PredictSummary()
     todo = []
     for case in cases:
@@ -468,6 +481,7 @@ def predict_dir(
         out_dir.mkdir(parents=True, exist_ok=True)
         _write_json(out_dir / "predict.json", {
             "models": resolved_paths(model_paths),
+            "model_digests": digests,
             "input": str(input_path),
             "options": opts.to_dict(),
             "predicted": summary.predicted,
@@ -476,6 +490,17 @@ def predict_dir(
             "seconds": summary.seconds,
         })
 
+    if opts.overwrite and todo:
+        # every case is predicted again: its old outputs go first (before predict.json names
+        # the new settings), so a case that now fails, or is not reached before a kill,
+        # never keeps an output of the old model
+        from glioseg.io_atomic import fsync_dir
+
+        for case in todo:
+            for path in output_paths(out_dir, case.case_id):
+                path.unlink(missing_ok=True)
+        if out_dir.is_dir():
+            fsync_dir(out_dir)
     if todo:  # the settings on disk before the first file, for a resume after a kill
         record()
     bar = tqdm(todo, desc="cases", unit="case", disable=not progress)
