@@ -4,6 +4,8 @@ ONNX is exported with the TorchScript exporter (``dynamo=False``, opset 17; the 
 needs ``onnxscript``) with dynamic batch and spatial axes. OpenVINO IR is converted from that
 ONNX graph (``openvino.convert_model``) and keeps the dynamic shape; the OpenVINO engine fixes
 the shape per compilation. Files are written under a temporary name, then renamed.
+``export_checked`` (what ``glioseg export`` runs) checks the parity of the temporary file
+first, so a file that fails the check is never left under the asked name.
 
 int8: ``quantize_onnx`` statically quantises the fp32 ONNX graph with ONNX Runtime
 (``quantize_static``, QDQ format: uint8 activations, int8 weights per output channel, MinMax
@@ -17,10 +19,9 @@ from __future__ import annotations
 
 import io
 import logging
-import os
 import tempfile
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -74,8 +75,14 @@ def export_model(
     fmt: str,
     in_channels: int = 4,
     example_size: Sequence[int] = (64, 64, 64),
+    check: Callable[[Path], None] | None = None,
 ) -> Path:
     """Write ``model`` as ``fmt`` (``onnx`` -> ``.onnx``; ``openvino`` -> ``.xml`` + ``.bin``).
+
+    Args:
+        check: called with the written file under its temporary name (same extension)
+            before it is renamed; when it raises, nothing is renamed and the temporary
+            files are removed.
 
     Returns:
         The written model file (``.onnx`` or ``.xml``).
@@ -86,9 +93,18 @@ def export_model(
     data = onnx_bytes(model, in_channels, example_size)
     if fmt == "onnx":
         path = path if path.suffix == ".onnx" else path.with_suffix(".onnx")
-        _atomic_write_bytes(path, data)
+        if check is None:
+            _atomic_write_bytes(path, data)
+            return path
+        from glioseg.io_atomic import atomic_path
+
+        with atomic_path(path) as tmp:
+            tmp.write_bytes(data)
+            check(tmp)
         return path
     import openvino as ov
+
+    from glioseg.io_atomic import fsync_file, replace_durably
 
     path = path if path.suffix == ".xml" else path.with_suffix(".xml")
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -98,9 +114,45 @@ def export_model(
         ov_model = ov.convert_model(str(onnx_path))
         tmp_xml = Path(tmp) / path.name
         ov.save_model(ov_model, str(tmp_xml), compress_to_fp16=False)
-        os.replace(tmp_xml.with_suffix(".bin"), path.with_suffix(".bin"))
-        os.replace(tmp_xml, path)
+        if check is not None:
+            check(tmp_xml)
+        for f in (tmp_xml.with_suffix(".bin"), tmp_xml):
+            fsync_file(f)
+        replace_durably(tmp_xml.with_suffix(".bin"), path.with_suffix(".bin"))
+        replace_durably(tmp_xml, path)
     return path
+
+
+def export_checked(
+    model: torch.nn.Module,
+    path: str | Path,
+    fmt: str,
+    in_channels: int = 4,
+    example_size: Sequence[int] = (64, 64, 64),
+    size: Sequence[int] = (64, 64, 64),
+    atol: float = PARITY_ATOL,
+) -> tuple[Path, float]:
+    """``export_model``, renamed onto ``path`` only if its logits match PyTorch's.
+
+    The parity (``parity`` on a random ``size`` patch) is measured on the file under its
+    temporary name; beyond ``atol`` (or NaN) an ``ExportError`` is raised and ``path`` (an
+    older export there included) is left as it was.
+
+    Returns:
+        ``(written file, max |logit difference|)``.
+    """
+    diffs: list[float] = []
+
+    def check(tmp: Path) -> None:
+        diff = parity(model, engine_for_file(tmp), in_channels, size=size)
+        diffs.append(diff)
+        if not diff <= atol:
+            raise ExportError(f"exported outputs differ from PyTorch's by {diff:.2e} on a random "
+                              f"{tuple(size)} patch, beyond the tolerance {atol:g}; {path} was "
+                              "not written")
+
+    out = export_model(model, path, fmt, in_channels, example_size, check=check)
+    return out, diffs[0]
 
 
 INT8_WINDOWS = 8
@@ -194,7 +246,10 @@ def quantize_onnx(src: str | Path, dst: str | Path, windows: np.ndarray,
             )
         finally:
             root.setLevel(level)
-        os.replace(out, dst)
+        from glioseg.io_atomic import fsync_file, replace_durably
+
+        fsync_file(out)
+        replace_durably(out, dst)
     return dst
 
 
