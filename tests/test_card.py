@@ -244,3 +244,50 @@ def test_model_digest_follows_weights_and_card_not_the_path(tmp_path):
     assert model_digest(tmp_path / "b") != d  # another card
     save_model(tmp_path / "a", _filled(2.0), make_card(model))
     assert model_digest(tmp_path / "a") != d  # other weights
+
+
+def test_card_records_the_training_orientation_of_the_cache(tmp_path):
+    """The card's preprocessing.orientation is the axis codes all cached cases share."""
+    import nibabel as nib
+    import numpy as np
+    from datafiles import tiny_brats2021_case
+
+    from glioseg.model.card import cache_orientation, card_for_training
+    from glioseg.preprocess.run import preprocess_dir
+
+    data = tmp_path / "data"
+    for i in range(2):
+        tiny_brats2021_case(data, f"BraTS2021_0000{i}", seed=i)  # identity affine: R, A, S
+    preprocess_dir(data, tmp_path / "cache")
+    codes = cache_orientation(tmp_path / "cache")
+    assert codes == ["R", "A", "S"]
+    card = card_for_training(tiny(), orientation=codes)
+    assert ModelCard.from_json(card.to_json()).preprocessing["orientation"] == ["R", "A", "S"]
+    assert card_for_training(tiny()).preprocessing["orientation"] is None
+    # a cache mixing orientations records none (cases are then used as stored)
+    lps = np.diag([-1.0, -1.0, 1.0, 1.0])
+    folder = tiny_brats2021_case(data, "BraTS2021_00002", seed=2)
+    for f in folder.glob("*.nii.gz"):
+        img = nib.load(f)
+        nib.save(nib.Nifti1Image(np.asarray(img.dataobj), lps), f)
+    preprocess_dir(data, tmp_path / "cache")
+    assert cache_orientation(tmp_path / "cache") is None
+    assert cache_orientation(tmp_path / "no-cache") is None
+
+
+def test_a_training_run_card_carries_the_cache_orientation(tmp_path):
+    """train/fit.py builds the checkpoint cards with the cache's orientation."""
+    from types import SimpleNamespace
+
+    from datafiles import tiny_brats2021_case
+
+    import glioseg.config as C
+    from glioseg.preprocess.run import preprocess_dir
+    from glioseg.train.fit import _model_card
+
+    for i in range(2):
+        tiny_brats2021_case(tmp_path / "data", f"BraTS2021_0000{i}", seed=i)
+    preprocess_dir(tmp_path / "data", tmp_path / "cache")
+    cfg = C.config_from_dict({"data": {"cache_dir": str(tmp_path / "cache")}})
+    card = _model_card(cfg, SimpleNamespace(model=build_model(tiny())), 5, {}, [])
+    assert card.preprocessing["orientation"] == ["R", "A", "S"]

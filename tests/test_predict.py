@@ -469,3 +469,79 @@ def test_overwrite_removes_the_old_output_of_a_case_that_now_fails(ckpt: Path,
     # the failed case keeps no output of the earlier run
     assert not (out / f"{ids[1]}.nii.gz").exists()
     assert not (out / f"{ids[1]}_probabilities.nii.gz").exists()
+
+
+def _rewrite_case(src: Path, dst: Path, ornt: np.ndarray | None, zooms=(1.5, 2.0, 2.5)) -> None:
+    """Copy a case folder's images: voxel size set to ``zooms`` (same arrays), then voxel axes
+    permuted and flipped by ``ornt`` with the affine adjusted, so each voxel keeps its world
+    position (same anatomy in world space)."""
+    from nibabel.orientations import apply_orientation, inv_ornt_aff
+
+    dst.mkdir(parents=True)
+    for f in sorted(src.glob("*.nii.gz")):
+        if f.name.endswith("_seg.nii.gz"):
+            continue
+        img = nib.load(f)
+        data = np.asarray(img.dataobj, dtype=np.float32)
+        affine = img.affine @ np.diag([z / s for z, s in zip(zooms, img.header.get_zooms()[:3],
+                                                            strict=True)] + [1.0])
+        if ornt is not None:
+            affine = affine @ inv_ornt_aff(ornt, data.shape)
+            data = np.ascontiguousarray(apply_orientation(data, ornt))
+        nib.save(nib.Nifti1Image(data, affine), dst / f.name)
+
+
+def test_a_case_stored_in_another_orientation_gets_the_same_labels(
+        synth_cohort: list[Path], tmp_path: Path) -> None:
+    """Same anatomy stored with flipped and permuted voxel axes (as a sagittal acquisition,
+    or RAS vs LPS) -> the same labels on the same anatomy, once the card records the
+    training orientation; the result is written on each input's own grid."""
+    from nibabel.orientations import apply_orientation, io_orientation, ornt_transform
+
+    from glioseg.model.registry import preset
+
+    case = synth_cohort[0]
+    ornt = np.array([[2, -1], [0, 1], [1, -1]], dtype=float)  # x->z flipped, y->x, z->y flipped
+    _rewrite_case(case, tmp_path / "a" / case.name, None)
+    _rewrite_case(case, tmp_path / "b" / case.name, ornt)
+    src = nib.load(next((tmp_path / "a" / case.name).glob("*_flair.nii.gz")))
+    codes = nib.aff2axcodes(src.affine)
+    assert codes == ("L", "P", "S")
+    moved = nib.load(next((tmp_path / "b" / case.name).glob("*_flair.nii.gz")))
+    assert nib.aff2axcodes(moved.affine) != codes and moved.shape != src.shape
+
+    torch.manual_seed(3)
+    net = build_model(preset("small", base_width=4, max_width=8, n_stages=2,
+                             patch_size=(32, 32, 32))).eval()
+    card = ModelCard.for_model(net, label_scheme="brats2021", preprocessing={
+        "spacing": [2.0, 2.0, 2.0], "normalisation": "zscore-brain", "orientation": list(codes)})
+    model = save_model(tmp_path / "model", net, card)
+    opts = PredictOptions(overlap=0.25)
+    for root in ("a", "b"):
+        assert predict_dir([model], tmp_path / root, tmp_path / f"out_{root}", opts,
+                           progress=False).ok
+    got_a = nib.load(tmp_path / "out_a" / f"{case.name}.nii.gz")
+    got_b = nib.load(tmp_path / "out_b" / f"{case.name}.nii.gz")
+    np.testing.assert_allclose(got_b.affine, moved.affine, atol=1e-5)  # the input's own grid
+    assert got_b.shape == moved.shape
+    labels_a = np.asarray(got_a.dataobj)
+    assert 100 < np.count_nonzero(labels_a) < labels_a.size // 2  # a non-trivial result
+    back = ornt_transform(io_orientation(got_b.affine), io_orientation(got_a.affine))
+    labels_b = apply_orientation(np.asarray(got_b.dataobj), back)
+    np.testing.assert_array_equal(labels_b, labels_a)  # same labels on the same anatomy
+
+
+def test_a_card_without_orientation_uses_cases_as_stored(ckpt: Path) -> None:
+    """Old cards (no recorded orientation) keep the earlier behaviour: no reorientation."""
+    image, expected = make_case()
+    net, card = load_model(ckpt)
+    assert "orientation" not in card.preprocessing
+    flipped = np.diag([1.0, -1.0, 1.0, 1.0])  # any affine: ignored without an orientation
+    got = predict_case(net, image, card=card, scheme="brats2021", affine=flipped)
+    np.testing.assert_array_equal(got, expected)
+    oriented = ModelCard.from_dict({**card.to_dict(), "preprocessing": {
+        **card.preprocessing, "orientation": ["R", "A", "S"]}})
+    # the pointwise net gives the same labels in any orientation: the result is turned back
+    got = predict_case(net, image, card=oriented, scheme="brats2021",
+                       affine=np.diag([-1.0, 1.0, 1.0, 1.0]) @ np.eye(4)[[1, 0, 2, 3]])
+    np.testing.assert_array_equal(got, expected)

@@ -142,3 +142,67 @@ def save_volume(
     with atomic_path(path) as tmp:
         nib.save(img, tmp)
     return path
+
+
+# --------------------------------------------------------------------------- orientation
+# An orientation is nibabel's ``ornt`` array: row i = (output axis of input axis i, +1/-1
+# flip). Arrays here keep their channels first, ``(X, Y, Z)`` or ``(C, X, Y, Z)``.
+
+
+def axis_codes(affine: np.ndarray) -> tuple[str, str, str]:
+    """The world direction each voxel axis points to, e.g. ``('L', 'P', 'S')`` (BraTS)."""
+    import nibabel as nib
+
+    return tuple(nib.aff2axcodes(np.asarray(affine, dtype=np.float64)))  # type: ignore[return-value]
+
+
+def orientation_to(affine: np.ndarray, codes: tuple[str, ...] | list[str]) -> np.ndarray:
+    """The ``ornt`` turning an array on ``affine``'s grid into one whose axes point to
+    ``codes`` (axes permuted and flipped; oblique affines: the nearest axes)."""
+    from nibabel.orientations import axcodes2ornt, io_orientation, ornt_transform
+
+    codes = tuple(str(c) for c in codes)
+    try:
+        target = axcodes2ornt(codes)
+    except Exception as exc:  # nibabel raises ValueError or its own errors for bad codes
+        raise NiftiError(f"orientation {codes}: not three nibabel axis codes ({exc})") from None
+    if len(codes) != 3 or np.isnan(target).any():
+        raise NiftiError(f"orientation {codes}: not three nibabel axis codes such as L, P, S")
+    return ornt_transform(io_orientation(np.asarray(affine, dtype=np.float64)), target)
+
+
+def invert_orientation(ornt: np.ndarray) -> np.ndarray:
+    """The ``ornt`` undoing ``ornt`` (``reorient(reorient(a, o), invert_orientation(o)) == a``)."""
+    ornt = np.asarray(ornt, dtype=np.float64)
+    inv = np.empty_like(ornt)
+    for axis, (out_axis, flip) in enumerate(ornt):
+        inv[int(out_axis)] = (axis, flip)
+    return inv
+
+
+def is_identity_orientation(ornt: np.ndarray) -> bool:
+    ornt = np.asarray(ornt)
+    return bool(np.array_equal(ornt[:, 0], np.arange(len(ornt))) and (ornt[:, 1] == 1).all())
+
+
+def reorient(array: np.ndarray, ornt: np.ndarray) -> np.ndarray:
+    """``array`` ``(X, Y, Z)`` or ``(C, X, Y, Z)`` with its spatial axes permuted and flipped
+    by ``ornt`` (a contiguous copy; the array itself when ``ornt`` is the identity)."""
+    from nibabel.orientations import apply_orientation
+
+    if is_identity_orientation(ornt):
+        return array
+    if array.ndim == 3:
+        return np.ascontiguousarray(apply_orientation(array, ornt))
+    if array.ndim == 4:
+        moved = apply_orientation(np.moveaxis(array, 0, -1), ornt)
+        return np.ascontiguousarray(np.moveaxis(moved, -1, 0))
+    raise NiftiError(f"reorient: expected (X, Y, Z) or (C, X, Y, Z), got shape {array.shape}")
+
+
+def reorient_spacing(spacing, ornt: np.ndarray) -> tuple[float, float, float]:
+    """Voxel size per axis after ``reorient`` with ``ornt`` (the axes' sizes permuted)."""
+    out = [0.0, 0.0, 0.0]
+    for axis, (out_axis, _flip) in enumerate(np.asarray(ornt)):
+        out[int(out_axis)] = float(spacing[axis])
+    return tuple(out)  # type: ignore[return-value]

@@ -85,6 +85,13 @@ def card_spacing(card: Any) -> list[float] | None:
     return [float(sp)] * 3 if np.isscalar(sp) else [float(s) for s in sp]
 
 
+def card_orientation(card: Any) -> tuple[str, str, str] | None:
+    """Axis codes of the training arrays (e.g. ``('L', 'P', 'S')``); None: not recorded
+    (cases are then used as stored, whatever their orientation)."""
+    codes = _card_section(card, "preprocessing").get("orientation")
+    return tuple(str(c) for c in codes) if codes else None  # type: ignore[return-value]
+
+
 def card_allows_missing(card: Any) -> bool:
     """Whether the card lets a missing sequence be replaced by zeros (modality dropout).
 
@@ -230,10 +237,15 @@ class CasePredictor:
         first_model, self.card = models[0]
         self.modalities = card_modalities(self.card, _in_channels(first_model))
         self.spacing = card_spacing(self.card)
+        self.orientation = card_orientation(self.card)
         for i, (m, c) in enumerate(models[1:], start=2):
             if card_modalities(c, _in_channels(m)) != self.modalities or card_spacing(c) != self.spacing:
                 raise PredictError(f"checkpoint {i} was trained on other modalities or spacing "
                                    f"than checkpoint 1; an ensemble needs the same inputs")
+            if card_orientation(c) != self.orientation:
+                raise PredictError(f"checkpoint {i} was trained on arrays in orientation "
+                                   f"{card_orientation(c)}, checkpoint 1 in {self.orientation}; "
+                                   "an ensemble needs the same inputs")
         self.divisor = max(model_divisor(m) for m, _ in models)
         self.roi = tuple(options.roi) if options.roi else model_roi(first_model)
         et = options.et_min_voxels
@@ -279,6 +291,25 @@ class CasePredictor:
         probs = (total / len(self.engines)).cpu().numpy()
         return restore_to_original(probs, geometry, order=1)
 
+    def oriented_probabilities(self, image: np.ndarray, spacing: Sequence[float],
+                               affine: np.ndarray | None) -> np.ndarray:
+        """``probabilities`` of a case on a grid with voxel-to-world ``affine``: the case is
+        turned to the card's orientation (voxel axes permuted and flipped, nibabel's
+        orientation tools in ``glioseg.data.nifti``), predicted, and the result turned back
+        to the input's own axes. No recorded orientation (or no affine): as stored."""
+        if self.orientation is None or affine is None:
+            return self.probabilities(image, spacing)
+        from glioseg.data.nifti import (
+            invert_orientation,
+            orientation_to,
+            reorient,
+            reorient_spacing,
+        )
+
+        ornt = orientation_to(affine, self.orientation)
+        probs = self.probabilities(reorient(image, ornt), reorient_spacing(spacing, ornt))
+        return reorient(probs, invert_orientation(ornt))
+
     def labels(self, probabilities: np.ndarray, scheme: str | None) -> np.ndarray:
         """Post-processed labels ``(X, Y, Z)`` uint8 in ``scheme`` (None: internal)."""
         from glioseg.infer.postprocess import postprocess
@@ -306,6 +337,7 @@ def predict_case(
     card: Any = None,
     scheme: str | None = None,
     options: PredictOptions | None = None,
+    affine: np.ndarray | None = None,
     **overrides: Any,
 ) -> np.ndarray:
     """Labels of one case held in memory.
@@ -318,6 +350,8 @@ def predict_case(
         scheme: output label scheme (``brats2020``: 1/2/4, ``brats2023``: 1/2/3); None:
             internal labels (0 bg, 1 necrosis, 2 edema, 3 ET).
         options: ``PredictOptions``; keyword ``overrides`` replace its fields.
+        affine: the grid's voxel-to-world matrix: the case is turned to the orientation
+            the card records (and back); None: used as stored.
 
     Returns:
         ``(X, Y, Z)`` uint8 labels on the input grid.
@@ -326,7 +360,7 @@ def predict_case(
     pairs = [(model, card)] if isinstance(model, torch.nn.Module) else list(model)
     predictor = CasePredictor(pairs, opts)
     try:
-        return predictor.labels(predictor.probabilities(image, spacing), scheme)
+        return predictor.labels(predictor.oriented_probabilities(image, spacing, affine), scheme)
     finally:
         predictor.close()
 
@@ -511,7 +545,7 @@ def predict_dir(
             try:
                 assert predictor is not None
                 image, header = load_for_model(case, predictor.modalities, allow)
-                probs = predictor.probabilities(image, header.spacing)
+                probs = predictor.oriented_probabilities(image, header.spacing, header.affine)
                 labels = predictor.labels(probs, output_scheme(opts.scheme, case.label_scheme,
                                                                predictor.card))
                 labels_path, prob_path = output_paths(out_dir, case.case_id)

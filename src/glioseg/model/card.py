@@ -65,7 +65,10 @@ class ModelCard:
         label_scheme: label file convention of the training data; predictions are written in it
             by default (see :mod:`glioseg.data.labels`).
         regions: names of the output channels, in order (``("WT", "TC", "ET")``, sigmoid).
-        preprocessing: ``{"spacing": [sx, sy, sz] | None, "normalisation": "zscore-brain", ...}``.
+        preprocessing: ``{"spacing": [sx, sy, sz] | None, "normalisation": "zscore-brain",
+            "orientation": ["L", "P", "S"] | None, ...}``; ``orientation``: the nibabel axis
+            codes of the training arrays (``cache_orientation``), which ``predict`` turns each
+            case to (and its result back); absent or None: cases are used as stored.
         training: ``{"steps", "data", "seed", "code_version", ...}``.
         metrics: validation figures, e.g. ``{"dice": {"WT": 0.9, ...}}``.
         et_threshold: post-processing: predicted ET with fewer voxels than this becomes
@@ -189,20 +192,39 @@ def card_for_training(
     label_scheme: str = "brats2023",
     et_threshold: int | None = None,
     provenance: Mapping[str, Any] | None = None,
+    orientation: Any = None,
 ) -> ModelCard:
     """The card of a model trained on the preprocessing cache (z-scored over the brain,
-    cropped to the brain box, resampled to ``spacing`` mm or not at all when None)."""
+    cropped to the brain box, resampled to ``spacing`` mm or not at all when None; arrays in
+    ``orientation``, nibabel axis codes, or unknown when None)."""
     return ModelCard.for_model(
         config,
         modalities=tuple(modalities),
         label_scheme=label_scheme,
         preprocessing={"spacing": list(spacing) if spacing is not None else None,
-                       "normalisation": "zscore-brain", "crop": "brain-bbox"},
+                       "normalisation": "zscore-brain", "crop": "brain-bbox",
+                       "orientation": list(orientation) if orientation is not None else None},
         training=dict(training or {}),
         metrics=dict(metrics or {}),
         et_threshold=et_threshold,
         provenance=dict(provenance or {"source": "trained"}),
     )
+
+
+def cache_orientation(cache_dir: str | os.PathLike[str]) -> list[str] | None:
+    """The orientation of a cache's arrays, for a card: the nibabel axis codes (e.g.
+    ``["L", "P", "S"]``) of every cached case's ``original_affine`` (preprocessing keeps the
+    voxel axes as stored), when all cases share one; None when they differ, when a case
+    does not record its affine, or when the cache cannot be read."""
+    from glioseg.data.nifti import axis_codes
+    from glioseg.preprocess.cache import open_cache
+
+    try:
+        found = {axis_codes(c.meta["original_affine"])
+                 for c in open_cache(cache_dir, validate=False)}
+    except (ValueError, OSError, KeyError, TypeError):
+        return None
+    return list(found.pop()) if len(found) == 1 else None
 
 
 def _inline(d: Mapping[str, Any]) -> str:

@@ -472,7 +472,7 @@ def _model_card(cfg: C.Config, comp: Components, step: int, metrics: Mapping[str
                 cases: Sequence[Any]) -> Any:
     """The model card of a checkpoint (``glioseg.model.card.ModelCard``)."""
     from glioseg.data.labels import SCHEMES
-    from glioseg.model.card import ModelCard
+    from glioseg.model.card import ModelCard, cache_orientation
 
     layout = cases[0].meta.get("layout") if cases else None
     dice = {r: metrics[f"dice_{r}"] for r in ("WT", "TC", "ET") if f"dice_{r}" in metrics}
@@ -491,7 +491,8 @@ def _model_card(cfg: C.Config, comp: Components, step: int, metrics: Mapping[str
         **extra,
         label_scheme=layout if layout in SCHEMES else "brats2023",
         preprocessing={"spacing": _cache_spacing(cfg.data.cache_dir),
-                       "normalisation": "zscore-brain"},
+                       "normalisation": "zscore-brain",
+                       "orientation": cache_orientation(cfg.data.cache_dir)},
         training={"steps": step, "data": cfg.data.cache_dir, "seed": cfg.train.seed,
                   "config": C.config_to_dict(cfg)},
         metrics={"dice": dice, "step": metrics.get("step", step)} if dice else {},
