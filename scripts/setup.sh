@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # Create .venv in the project root and install glioseg with its test extras.
-# torch 2.13.0 (CPU build) is installed first and pinned through a constraints file so that
-# no dependency chain can pull a newer CUDA build of several GB.
+# torch 2.13.0 (CPU build) is installed first. Every install goes through
+# scripts/constraints.txt, which pins every package installed here (torch, MONAI, ONNX
+# Runtime, OpenVINO, nilearn, numpy, ... and their dependencies), so two setups get the same
+# versions and no dependency chain can pull a newer CUDA build of several GB. Refresh the
+# pins with: bash scripts/lock.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3.11}

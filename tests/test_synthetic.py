@@ -387,3 +387,34 @@ def test_one_case_on_the_1mm_brats_grid(tmp_path):
     assert 20.0 * 0.8 <= wt_ml <= 300.0 * 1.02
     (case,) = C.discover(tmp_path)
     assert C.check_case(case) == []
+
+
+def test_nilearn_ships_the_template_files_where_the_generator_reads_them():
+    """The generator reads nilearn's MNI152 files by name, without importing nilearn: a
+    nilearn release that moves them must show here first."""
+    folder = S.template_dir()
+    for name in S.TEMPLATE_FILES.values():
+        data, header = load_volume(folder / name)
+        assert data.shape == (197, 233, 189) and header.spacing == (1.0, 1.0, 1.0), name
+        assert float(data.max()) > 0, name
+
+
+def test_a_moved_template_file_is_a_clear_error(monkeypatch, tmp_path):
+    from importlib.metadata import version
+
+    moved = tmp_path / "data"
+    moved.mkdir()
+    real = S.template_dir()
+    first, *rest = S.TEMPLATE_FILES.values()
+    for name in rest:  # every file but the first is where it was
+        (moved / name).symlink_to(real / name)
+    monkeypatch.setattr(S, "template_dir", lambda: moved)
+    S.load_template.cache_clear()
+    try:
+        with pytest.raises(S.SynthError) as info:
+            S.load_template()
+    finally:
+        S.load_template.cache_clear()
+    msg = str(info.value)
+    assert first in msg and str(moved) in msg  # the missing file and where it was looked for
+    assert f"nilearn {version('nilearn')}" in msg  # the installed version

@@ -144,6 +144,16 @@ class Template:
     stack: np.ndarray  # (X, Y, Z, 3) float32 C-order: gm, wm, mask (for one-gather sampling)
 
 
+def nilearn_version() -> str:
+    """The installed nilearn's version (from its metadata; nilearn is not imported)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("nilearn")
+    except PackageNotFoundError:
+        return "not installed"
+
+
 def template_dir() -> Path:
     """Folder of the MNI152 files inside the installed nilearn package (nilearn is not imported)."""
     spec = importlib.util.find_spec("nilearn")
@@ -162,7 +172,11 @@ def load_template() -> Template:
     for key, name in TEMPLATE_FILES.items():
         path = folder / name
         if not path.is_file():
-            raise SynthError(f"{path}: MNI152 template missing from the nilearn installation")
+            raise SynthError(
+                f"MNI152 template {name} not found in {folder} (nilearn "
+                f"{nilearn_version()}): this nilearn moved or renamed its data files; "
+                f"install the nilearn version pinned in scripts/constraints.txt, or update "
+                f"glioseg.data.synthetic.TEMPLATE_FILES / template_dir")
         data, _ = load_volume(path, dtype=np.float32)
         vols[key] = data / max(float(data.max()), 1e-6)
     mask = (vols["t1"] > 0.2).astype(np.float32)
