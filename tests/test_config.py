@@ -87,3 +87,16 @@ def test_dump_then_load_round_trips(tmp_path: Path):
     assert raw["optim"]["lr"] == 2.5e-4 and raw["data"]["patch_size"] == [48, 48, 48]
     assert C.load_config(path) == cfg
     assert C.config_from_dict(C.config_to_dict(cfg)) == cfg
+
+
+def test_dump_config_takes_a_temporary_name_of_its_own(tmp_path: Path):
+    """Two writers of one file (every node of a launch writing OUT/launch.yaml) must not share
+    a temporary file: another writer's temporary is left alone (a fixed ``.NAME.tmp`` was
+    overwritten and renamed away under it), and nothing of ours is left behind."""
+    cfg = C.load_config("small", ["optim.lr=2.5e-4"])
+    theirs = tmp_path / ".launch.yaml.tmp"
+    theirs.write_text("half of another writer's file")
+    C.dump_config(cfg, tmp_path / "launch.yaml")
+    assert theirs.read_text() == "half of another writer's file"
+    assert C.load_config(tmp_path / "launch.yaml") == cfg
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".launch.yaml.tmp", "launch.yaml"]

@@ -461,7 +461,10 @@ def _launch_training(out: Path, data: Path | None, config: str | None,
         if nproc > 1 or nnodes > 1:
             out.mkdir(parents=True, exist_ok=True)
             launch = out / "launch.yaml"
-            C.dump_config(cfg, launch)
+            # one writer: node 0's launcher. The workers of every node read its file; they
+            # start only once every node's agent joined the rendezvous, node 0's after this.
+            if node_rank == 0:
+                C.dump_config(cfg, launch)
             args = ["--out", str(out), "--config", str(launch)]
             args += ["--resume"] if resume else []
             args += ["--profile", "--profile-steps", str(profile_steps)] if profile else []

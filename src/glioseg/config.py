@@ -31,6 +31,7 @@ from typing import Any, Literal
 import yaml
 
 from glioseg.data.labels import MODALITIES
+from glioseg.io_atomic import write_text
 from glioseg.model.registry import ModelConfig
 
 PRESETS_DIR = Path(__file__).parent / "configs"
@@ -477,13 +478,11 @@ def load_config(
 
 
 def dump_config(cfg: Config, path: str | Path | None = None) -> str:
-    """The resolved config as YAML text; also written atomically to ``path`` when given."""
+    """The resolved config as YAML text; also written atomically to ``path`` when given
+    (``glioseg.io_atomic``: a temporary name of its own, so two writers never share one)."""
     text = yaml.safe_dump(config_to_dict(cfg), sort_keys=False, default_flow_style=False)
     if path is not None:
-        path = Path(path)
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(text)
-        tmp.replace(path)
+        write_text(path, text)
     return text
 
 
