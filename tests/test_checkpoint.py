@@ -1,5 +1,6 @@
 """Training checkpoints: weights_only round trip, RNG continuity, atomic last/previous/best."""
 
+import os
 import random
 from pathlib import Path
 
@@ -99,3 +100,111 @@ def test_refuses_what_weights_only_cannot_read(tmp_path: Path):
     with pytest.raises(K.CheckpointError, match="not a glioseg training checkpoint"):
         K.load_checkpoint(tmp_path / "x.pt")
     assert K.find_resumable(tmp_path) is None
+
+
+# --------------------------------------------------------------------------- reliability
+
+def test_non_finite_weights_are_never_saved(tmp_path: Path):
+    """A NaN model never becomes a checkpoint: last.pt, previous.pt, best.pt and the model
+    folder are refused with an error naming the file and the tensor; what was there stays."""
+    model, opt, sched, scaler = _trained(1)
+    K.save_last(tmp_path, _state(1, model, opt, sched, scaler))
+    K.save_last(tmp_path, _state(2, model, opt, sched, scaler))
+    with torch.no_grad():
+        model[2].weight[0, 0, 0, 0, 0] = float("nan")
+    bad = _state(3, model, opt, sched, scaler)
+    with pytest.raises(K.CheckpointError, match=r"last\.pt.*non-finite.*2\.weight"):
+        K.save_last(tmp_path, bad)
+    with pytest.raises(K.CheckpointError, match=r"best\.pt.*2\.weight"):
+        K.save_best(tmp_path, bad)
+    with pytest.raises(K.CheckpointError, match="model.safetensors"):
+        K.save_model_card(tmp_path / "last", model, card=None)
+    assert K.load_checkpoint(tmp_path / "last.pt")["step"] == 2
+    assert K.load_checkpoint(tmp_path / "previous.pt")["step"] == 1
+    assert not (tmp_path / "best.pt").exists() and not (tmp_path / "last").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pt", "previous.pt"]
+
+
+def test_save_last_is_durable_before_previous_is_replaced(tmp_path: Path, monkeypatch):
+    """The new state is written to a temporary file and fsync'ed (file, then folder) before
+    last.pt moves to previous.pt; the renames are made durable by a folder fsync."""
+    model, opt, sched, scaler = _trained(1)
+    K.save_last(tmp_path, _state(1, model, opt, sched, scaler))
+    events: list[tuple[str, ...]] = []
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def fsync(fd: int) -> None:
+        events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}")))
+        real_fsync(fd)
+
+    def replace(src, dst) -> None:
+        events.append(("replace", str(src), str(dst)))
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "replace", replace)
+    K.save_last(tmp_path, _state(2, model, opt, sched, scaler))
+    last, previous, folder = (str(tmp_path / "last.pt"), str(tmp_path / "previous.pt"),
+                              str(tmp_path))
+    rotate = events.index(("replace", last, previous))
+    renamed = next(i for i, e in enumerate(events) if e[0] == "replace" and e[2] == last)
+    tmp = events[renamed][1]
+    assert Path(tmp).parent == tmp_path and Path(tmp).name.startswith(".last.pt.")
+    # file fsync, folder fsync, then the rotation, then the rename, then a folder fsync
+    synced_file = events.index(("fsync", tmp))
+    synced_dir = events.index(("fsync", folder), synced_file)
+    assert synced_file < synced_dir < rotate < renamed
+    assert ("fsync", folder) in events[renamed + 1:]
+    assert K.load_checkpoint(tmp_path / "last.pt")["step"] == 2
+    assert K.load_checkpoint(tmp_path / "previous.pt")["step"] == 1
+
+
+def test_save_last_failure_keeps_last_and_previous(tmp_path: Path, monkeypatch):
+    """A failing write (disk full) before the rotation leaves last.pt and previous.pt as they
+    were and no temporary file."""
+    model, opt, sched, scaler = _trained(1)
+    K.save_last(tmp_path, _state(1, model, opt, sched, scaler))
+    K.save_last(tmp_path, _state(2, model, opt, sched, scaler))
+
+    def full(fd: int) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", full)
+    with pytest.raises(OSError, match="No space"):
+        K.save_last(tmp_path, _state(3, model, opt, sched, scaler))
+    monkeypatch.undo()
+    assert K.load_checkpoint(tmp_path / "last.pt")["step"] == 2
+    assert K.load_checkpoint(tmp_path / "previous.pt")["step"] == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pt", "previous.pt"]
+
+
+def test_choose_resume_reports_what_it_passes_over_and_refuses_unreadable(tmp_path: Path):
+    model, opt, sched, scaler = _trained(1)
+    K.save_last(tmp_path, _state(1, model, opt, sched, scaler))
+    K.save_last(tmp_path, _state(2, model, opt, sched, scaler))
+    choice = K.choose_resume(tmp_path)
+    assert choice.path == tmp_path / "last.pt" and choice.step == 2 and choice.notes == []
+    # a torn last.pt: previous.pt, with a note naming last.pt
+    (tmp_path / "last.pt").write_bytes((tmp_path / "last.pt").read_bytes()[:100])
+    choice = K.choose_resume(tmp_path)
+    assert choice.path == tmp_path / "previous.pt" and choice.step == 1
+    assert len(choice.notes) == 1 and f"{tmp_path / 'last.pt'}: unreadable" in choice.notes[0]
+    # a last.pt holding a NaN model (written before they were refused) is passed over too
+    state = _state(2, model, opt, sched, scaler)
+    state["model"] = {k: v.clone() for k, v in state["model"].items()}
+    state["model"]["0.bias"][0] = float("inf")
+    torch.save(state, tmp_path / "last.pt")
+    choice = K.choose_resume(tmp_path)
+    assert choice.path == tmp_path / "previous.pt" and "0.bias" in choice.notes[0]
+    # nothing readable: an error naming both files, never a fresh start
+    (tmp_path / "previous.pt").write_bytes(b"\0" * 64)
+    with pytest.raises(K.CheckpointError) as err:
+        K.choose_resume(tmp_path)
+    assert "last.pt" in str(err.value) and "previous.pt" in str(err.value)
+    with pytest.raises(K.CheckpointError):
+        K.find_resumable(tmp_path)
+    # only previous.pt, unreadable: refused as well
+    (tmp_path / "last.pt").unlink()
+    with pytest.raises(K.CheckpointError, match="previous.pt"):
+        K.choose_resume(tmp_path)
+    assert K.choose_resume(tmp_path / "fresh") is None

@@ -15,6 +15,7 @@ steps (seen: at most 6e-8); the steps move the trained parameters by 5e-4 to 0.2
 
 import os
 import socket
+import time
 from pathlib import Path
 
 import torch
@@ -380,3 +381,63 @@ def test_attempt_prefix_only_for_one_agent(monkeypatch):
     monkeypatch.setenv("GROUP_WORLD_SIZE", "1")
     monkeypatch.setenv("TORCHELASTIC_USE_AGENT_STORE", "False")  # rank 0 hosts a new store
     assert D.attempt_prefix() is None
+
+
+# --------------------------------------------------------------------------- resume choice
+
+def _resume_worker(rank: int, world: int, port: int, runs: list[str], cache: str,
+                   out: str) -> None:
+    """Rank ``rank`` of a 2-rank ``fit`` in ``runs[rank]``; writes what happened to
+    ``out/<rank>.txt``."""
+    from test_train import TINY as TRAIN_TINY
+
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank),
+                      LOCAL_WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    cfg = C.load_config("small", [*TRAIN_TINY, f"data.cache_dir={cache}", "train.steps=4",
+                                  "train.device=cpu"])
+    try:
+        summary = F.fit(cfg, runs[rank])
+        text = f"ok {summary['step']}"
+    except F.TrainError as exc:
+        text = f"TrainError {exc}"
+    Path(out, f"{rank}.txt").write_text(text)
+
+
+def test_ranks_resume_from_the_checkpoint_rank_0_chose(tmp_path: Path):
+    """Rank 0 chooses the checkpoint and broadcasts it; a rank that sees another file under
+    that name (a stale copy on its node: step 1 where rank 0 reads step 2) makes the run fail
+    on every rank with an error naming it, instead of resuming at another step and hanging."""
+    import shutil
+
+    from test_train import TINY as TRAIN_TINY
+    from test_train import _tiny_cache
+
+    torch.set_num_threads(1)
+    cache = _tiny_cache(tmp_path / "cache", n=2)
+    seen_by_0, seen_by_1 = tmp_path / "run", tmp_path / "stale"
+    cfg = C.load_config("small", [*TRAIN_TINY, f"data.cache_dir={cache}", "train.steps=2",
+                                  "train.ckpt_every=1", "train.device=cpu"])
+    F.fit(cfg, seen_by_0)
+    shutil.copytree(seen_by_0, seen_by_1)
+    shutil.copy(seen_by_0 / "previous.pt", seen_by_1 / "last.pt")  # step 1 under last.pt
+    out = tmp_path / "out"
+    out.mkdir()
+    ctx = mp.start_processes(_resume_worker, nprocs=2, join=False, start_method="spawn",
+                             args=(2, _free_port(), [str(seen_by_0), str(seen_by_1)],
+                                   str(cache), str(out)))
+    deadline = time.monotonic() + 120
+    try:
+        while not ctx.join(timeout=1):
+            assert time.monotonic() < deadline, "the ranks did not finish (hung?)"
+    finally:
+        for p in ctx.processes:
+            if p.is_alive():
+                p.kill()
+    results = [(out / f"{r}.txt").read_text() for r in (0, 1)]
+    for text in results:
+        assert text.startswith("TrainError"), results
+        assert "rank 0 resumes from last.pt at step 2" in text
+        assert f"rank 1: {seen_by_1 / 'last.pt'} holds step 1" in text
+    # neither folder was touched by the failed start
+    assert torch.load(seen_by_0 / "last.pt", weights_only=True)["step"] == 2
+    assert torch.load(seen_by_1 / "last.pt", weights_only=True)["step"] == 1

@@ -301,3 +301,132 @@ def test_metrics_log_survives_a_torn_last_line(tmp_path: Path):
     path.write_text('{"step": 1}\nnot json\n{"step": 3}\n')
     with pytest.raises(F.TrainError, match="line 2"):
         F.parse_metrics(path)
+
+
+# --------------------------------------------------------------------------- reliability
+
+def _fit(cache: Path, run: Path, *sets: str, resume: bool = False) -> dict:
+    """``fit`` in this process on the tiny cache (one thread, no loader worker)."""
+    from glioseg import config as C
+
+    torch.set_num_threads(1)
+    cfg = C.load_config("small", [*TINY, f"data.cache_dir={cache}", *sets])
+    return F.fit(cfg, run, resume=resume)
+
+
+def test_non_finite_gradient_is_skipped_and_logged(tmp_path: Path, monkeypatch, capsys):
+    """A step whose loss (hence gradient) is NaN is skipped, not applied: it is counted in the
+    step's ``skipped_steps``, the run goes on and every checkpoint holds finite weights."""
+    real = F.make_loss
+    calls = []
+
+    def poisoned(cfg):
+        loss = real(cfg)
+
+        def fn(logits, target):
+            calls.append(1)
+            value = loss(logits, target)
+            return value * float("nan") if len(calls) == 2 else value
+        return fn
+
+    monkeypatch.setattr(F, "make_loss", poisoned)
+    cache = _tiny_cache(tmp_path / "cache", n=2)
+    run = tmp_path / "run"
+    summary = _fit(cache, run, "train.steps=3", "train.ckpt_every=1", "train.val_every=3")
+    assert summary["step"] == 3
+    train = [r for r in _records(run) if r["split"] == "train"]
+    assert [(r["step"], r["skipped_steps"]) for r in train] == [(1, 0), (2, 1), (3, 0)]
+    assert all(np.isfinite(r["loss"]) for r in (train[0], train[2]))
+    assert "step 2: gradient norm nan" in capsys.readouterr().out
+    for name in ("last.pt", "previous.pt", "best.pt"):
+        state = torch.load(run / name, weights_only=True)
+        assert all(torch.isfinite(v).all() for v in state["model"].values()), name
+
+
+def test_a_run_whose_gradients_stay_non_finite_stops(tmp_path: Path, monkeypatch):
+    """Skips in a row beyond ``MAX_SKIPS_IN_A_ROW`` stop the run with the remedies; the last
+    checkpoint is the finite state before them."""
+    real = F.make_loss
+
+    def poisoned(cfg):
+        loss = real(cfg)
+        calls = []
+
+        def fn(logits, target):
+            calls.append(1)
+            value = loss(logits, target)
+            return value * float("nan") if len(calls) > 1 else value
+        return fn
+
+    monkeypatch.setattr(F, "make_loss", poisoned)
+    monkeypatch.setattr(F, "MAX_SKIPS_IN_A_ROW", 2)
+    cache = _tiny_cache(tmp_path / "cache", n=2)
+    run = tmp_path / "run"
+    with pytest.raises(F.TrainError, match=r"step 3: .*2 steps in a row.*optim\.lr.*train\.amp"):
+        _fit(cache, run, "train.steps=5", "train.ckpt_every=1", "train.val_every=5")
+    state = torch.load(run / "last.pt", weights_only=True)
+    assert state["step"] == 2
+    assert all(torch.isfinite(v).all() for v in state["model"].values())
+
+
+def test_resume_with_lower_lr_and_other_precision(tmp_path: Path, capsys):
+    """The remedies the divergence error names can be applied on resume: another
+    ``optim.lr`` (the schedule then peaks at it) and another ``train.amp``; what changed is
+    printed and kept as a ``resume`` record of metrics.jsonl."""
+    from glioseg.train.schedule import lr_factor
+
+    cache = _tiny_cache(tmp_path / "cache", n=2)
+    run = tmp_path / "run"
+    _fit(cache, run, "train.steps=2", "train.ckpt_every=1", "train.val_every=2",
+         "optim.lr=0.01")
+    capsys.readouterr()
+    summary = _fit(cache, run, "train.steps=4", "train.ckpt_every=1", "train.val_every=2",
+                   "optim.lr=0.001", "train.amp=bf16", resume=True)
+    assert summary["step"] == 4
+    out = capsys.readouterr().out
+    assert "resume: optim.lr changed: 0.01 -> 0.001" in out
+    assert "resume: train.amp changed: 'none' -> 'bf16'" in out
+    records = _records(run)
+    resumed = [r for r in records if r["split"] == "resume"]
+    assert len(resumed) == 1 and resumed[0]["step"] == 2
+    assert resumed[0]["checkpoint"] == "last.pt"
+    assert resumed[0]["changed"]["optim.lr"] == [0.01, 0.001]
+    assert resumed[0]["changed"]["train.amp"] == ["none", "bf16"]
+    # the learning rate after each resumed step is the new peak times the schedule's factor
+    # (the record's lr is the one the next step uses)
+    lrs = {r["step"]: r["lr"] for r in records if r["split"] == "train"}
+    assert lrs[1] == pytest.approx(0.01 * lr_factor(1, 2, 0, "poly"))
+    for step in (3, 4):
+        assert lrs[step] == pytest.approx(0.001 * lr_factor(step, 4, 0, "poly"))
+    final = torch.load(run / "last.pt", weights_only=True)
+    assert final["config"]["optim"]["lr"] == 0.001 and final["config"]["train"]["amp"] == "bf16"
+    # a key outside those that may change is still refused
+    with pytest.raises(F.TrainError, match="train.seed"):
+        _fit(cache, run, "train.steps=4", "train.seed=3")
+
+
+def test_unreadable_checkpoints_are_reported_and_never_overwritten(tmp_path: Path, capsys):
+    """A torn last.pt: the run resumes from previous.pt with a warning naming last.pt. No
+    readable checkpoint at all: an error naming them; metrics.jsonl and best/ are untouched."""
+    from datafiles import truncate as torn
+
+    cache = _tiny_cache(tmp_path / "cache", n=2)
+    run = tmp_path / "run"
+    _fit(cache, run, "train.steps=2", "train.ckpt_every=1", "train.val_every=2")
+    torn(run / "last.pt")
+    capsys.readouterr()
+    assert _fit(cache, run, "train.steps=3", "train.ckpt_every=1", "train.val_every=3")["step"] == 3
+    out = capsys.readouterr().out
+    assert f"warning: {run / 'last.pt'}: unreadable checkpoint" in out
+    assert "resuming from previous.pt (step 1)" in out
+    assert f"resuming {run} from step 1" in out
+    resumed = [r for r in _records(run) if r["split"] == "resume"]
+    assert resumed[0]["checkpoint"] == "previous.pt" and "last.pt" in resumed[0]["notes"][0]
+
+    torn(run / "last.pt")
+    torn(run / "previous.pt")
+    kept = {p: p.read_bytes() for p in [run / "metrics.jsonl", *(run / "best").iterdir()]}
+    with pytest.raises(F.TrainError) as err:
+        _fit(cache, run, "train.steps=3")
+    assert "last.pt" in str(err.value) and "previous.pt" in str(err.value)
+    assert {p: p.read_bytes() for p in kept} == kept

@@ -14,7 +14,15 @@ A training state is a dict of tensors and primitive containers only, so that it 
      "model": state_dict, "optimizer": state_dict, "scheduler": state_dict,
      "scaler": state_dict | None, "rng": [per-rank RNG states], "best": {...}, "extra": {...}}
 
-Every file is written to a temporary name in the same folder, then renamed (``os.replace``).
+Every file is written to a temporary name in the same folder, flushed to the disk (``fsync`` of
+the file, then of the folder) and renamed (``os.replace``); ``save_last`` moves the former
+``last.pt`` to ``previous.pt`` only once the new file is durable, so a power or node failure
+leaves at least one whole checkpoint. A state whose model holds a non-finite value is never
+written (``CheckpointError``), so neither ``last.pt`` nor ``previous.pt`` can be a NaN model.
+
+Choosing where to resume (``choose_resume``): ``last.pt``, else ``previous.pt`` with a note
+naming the unreadable ``last.pt``; a folder whose checkpoints all fail to read is an error
+naming them, never a silent fresh start.
 """
 
 from __future__ import annotations
@@ -22,13 +30,14 @@ from __future__ import annotations
 import os
 import random
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from glioseg.io_atomic import atomic_path
+from glioseg.io_atomic import atomic_path, fsync_dir, fsync_file, temporary_name
 
 CHECKPOINT_FORMAT = "glioseg-train/1"
 LAST, PREVIOUS, BEST = "last.pt", "previous.pt", "best.pt"
@@ -144,26 +153,76 @@ def training_state(
     return state
 
 
+def non_finite(tensors: Mapping[str, Any]) -> list[str]:
+    """Names of the floating-point tensors of a state dict holding a nan or an inf (one host
+    sync for the whole dict)."""
+    names = [k for k, v in tensors.items()
+             if isinstance(v, torch.Tensor) and (v.is_floating_point() or v.is_complex())]
+    if not names:
+        return []
+    ok = torch.stack([torch.isfinite(tensors[k]).all().cpu() for k in names])
+    if bool(ok.all()):
+        return []
+    return [k for k, good in zip(names, ok.tolist(), strict=True) if not good]
+
+
+def _refuse_non_finite(state: Any, path: Path) -> None:
+    """``CheckpointError`` naming ``path`` and the tensors when a training state's model (or a
+    model state dict) holds a non-finite value."""
+    if not isinstance(state, Mapping):
+        return
+    model = state.get("model") if isinstance(state.get("model"), Mapping) else None
+    if model is None and state and all(isinstance(v, torch.Tensor) for v in state.values()):
+        model = state  # a bare state dict
+    bad = non_finite(model) if model is not None else []
+    if bad:
+        raise CheckpointError(
+            f"{path}: not written: the model holds non-finite values (nan or inf) in "
+            f"{', '.join(bad[:5])}{' ...' if len(bad) > 5 else ''}; the checkpoints already "
+            "there are kept; resume from them with a lower optim.lr or train.amp=none")
+
+
 def atomic_save(obj: Any, path: str | Path) -> Path:
-    """``torch.save`` to a temporary file beside ``path``, then rename onto it."""
+    """``torch.save`` to a temporary file beside ``path``, then rename onto it (``atomic_path``
+    fsyncs the file before the rename and the folder after). A training state with non-finite
+    model weights is refused."""
     path = Path(path)
+    _refuse_non_finite(obj, path)
     with atomic_path(path) as tmp:
         torch.save(obj, tmp)
     return path
 
 
 def save_last(run_dir: str | Path, state: Mapping[str, Any]) -> Path:
-    """Write ``last.pt``; the former ``last.pt`` becomes ``previous.pt``."""
+    """Write ``last.pt``; the former ``last.pt`` becomes ``previous.pt``.
+
+    Order: the new state goes to a temporary file, which is fsync'ed with its folder; only
+    then is ``last.pt`` renamed to ``previous.pt`` and the temporary renamed to ``last.pt``
+    (and the folder fsync'ed again). Whenever the machine stops, ``last.pt`` or ``previous.pt``
+    is a whole checkpoint. A state with non-finite model weights is refused before anything
+    is written.
+    """
     run_dir = Path(run_dir)
-    with atomic_path(run_dir / LAST) as tmp:
+    last = run_dir / LAST
+    _refuse_non_finite(state, last)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    tmp = temporary_name(last)
+    try:
         torch.save(dict(state), tmp)
-        if (run_dir / LAST).is_file():  # the rename onto last.pt follows when the block ends
-            os.replace(run_dir / LAST, run_dir / PREVIOUS)
-    return run_dir / LAST
+        fsync_file(tmp)
+        fsync_dir(run_dir)
+        if last.is_file():
+            os.replace(last, run_dir / PREVIOUS)
+        os.replace(tmp, last)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    fsync_dir(run_dir)
+    return last
 
 
 def save_best(run_dir: str | Path, state: Mapping[str, Any]) -> Path:
-    """Write ``best.pt``."""
+    """Write ``best.pt`` (durably, as ``atomic_save``)."""
     return atomic_save(dict(state), Path(run_dir) / BEST)
 
 
@@ -186,18 +245,67 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     return state
 
 
-def find_resumable(run_dir: str | Path) -> Path | None:
-    """``last.pt`` when it reads back, else ``previous.pt`` when that does, else None."""
+@dataclass
+class ResumeChoice:
+    """Where a run resumes: the checkpoint file, its state, and notes on the checkpoints passed
+    over (``"RUN/last.pt: unreadable checkpoint (...)"``), to be reported."""
+
+    path: Path
+    state: dict[str, Any]
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def step(self) -> int:
+        return int(self.state["step"])
+
+
+def load_usable(path: str | Path) -> dict[str, Any]:
+    """``load_checkpoint``, and a ``CheckpointError`` too when the model it holds is not finite
+    (a checkpoint written before non-finite weights were refused)."""
+    state = load_checkpoint(path)
+    model = state.get("model")
+    bad = non_finite(model) if isinstance(model, Mapping) else []
+    if bad:
+        raise CheckpointError(f"{path}: the model holds non-finite values (nan or inf) in "
+                              f"{', '.join(bad[:5])}")
+    return state
+
+
+def choose_resume(run_dir: str | Path) -> ResumeChoice | None:
+    """The checkpoint a run in ``run_dir`` resumes from: ``last.pt`` when it is usable, else
+    ``previous.pt`` (with a note naming ``last.pt`` and why it was passed over); None when the
+    folder holds neither file (a fresh run).
+
+    Raises:
+        CheckpointError: when ``last.pt`` or ``previous.pt`` exists but none can be used; the
+            message names each file and its problem (starting afresh would overwrite the run).
+    """
     run_dir = Path(run_dir)
+    problems: list[str] = []
     for name in (LAST, PREVIOUS):
         path = run_dir / name
-        if path.is_file():
-            try:
-                load_checkpoint(path)
-            except CheckpointError:
-                continue
-            return path
+        if not path.exists():
+            continue
+        try:
+            state = load_usable(path)
+        except CheckpointError as exc:
+            problems.append(str(exc))
+            continue
+        return ResumeChoice(path, state, [f"{p}; resuming from {name} (step {state['step']})"
+                                          for p in problems])
+    if problems:
+        raise CheckpointError(
+            f"{run_dir}: no checkpoint to resume from can be read ({'; '.join(problems)}); "
+            "the run folder was left as it is: move those files away to start afresh in it, "
+            "or use another --out")
     return None
+
+
+def find_resumable(run_dir: str | Path) -> Path | None:
+    """The path ``choose_resume`` picks, or None for a folder without checkpoints (raises as
+    it does when they exist but none is usable)."""
+    choice = choose_resume(run_dir)
+    return None if choice is None else choice.path
 
 
 def restore(
@@ -234,5 +342,6 @@ def save_model_card(
     from glioseg.model.card import save_model
 
     out_dir = Path(out_dir)
+    _refuse_non_finite(unwrap(model).state_dict(), out_dir / "model.safetensors")
     save_model(out_dir, unwrap(model), card)
     return out_dir

@@ -9,7 +9,9 @@ A run folder holds everything about a run::
 
 A worker always resumes from the run folder's last checkpoint when there is one and its config
 matches (so torchrun ``--max-restarts`` brings a crashed run back by itself); the steps and the
-records of ``metrics.jsonl`` continue from the checkpoint's step.
+records of ``metrics.jsonl`` continue from the checkpoint's step. Rank 0 chooses the checkpoint
+for every rank; one that cannot be read is reported (``previous.pt`` is then used) and a folder
+whose checkpoints all fail to read is refused, never restarted from step 0.
 
 Validation: ``data.n_val`` labelled cases are held out at random (seeded by ``train.seed``,
 see ``split_cases``; or every case of ``data.val_cache``); every
@@ -41,8 +43,16 @@ from glioseg.train import loop as L
 RESUME_MUTABLE = frozenset({
     "data.cache_dir", "data.workers", "train.steps", "train.val_every", "train.ckpt_every",
     "train.log_every", "train.threads", "train.device", "train.compile",
+    "optim.lr", "train.amp",
 })
-"""Config keys that may differ between a checkpoint and the run that resumes it."""
+"""Config keys that may differ between a checkpoint and the run that resumes it (what changed
+is printed and logged as a ``split: resume`` record of ``metrics.jsonl``). ``optim.lr`` and
+``train.amp`` are the remedies a diverged run needs: a new ``optim.lr`` replaces the schedule's
+peak from the resumed step on (``apply_lr``); a new precision takes a fresh loss scaler."""
+
+MAX_SKIPS_IN_A_ROW = 50
+"""Consecutive steps with a non-finite gradient (each skipped, as a GradScaler skips) after
+which the run stops: the model is no longer learning (fp16's scaler needs a handful at most)."""
 
 
 class TrainError(ValueError):
@@ -65,6 +75,13 @@ def _flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
         else:
             out[key] = v
     return out
+
+
+def resume_changes(saved: Mapping[str, Any], current: Mapping[str, Any]) -> dict[str, list[Any]]:
+    """Keys of ``RESUME_MUTABLE`` whose values differ: ``{"optim.lr": [old, new], ...}``."""
+    a, b = _flatten(saved), _flatten(current)
+    return {k: [a.get(k), b.get(k)] for k in sorted(RESUME_MUTABLE)
+            if a.get(k, "<absent>") != b.get(k, "<absent>")}
 
 
 def config_differences(saved: Mapping[str, Any], current: Mapping[str, Any]) -> list[str]:
@@ -544,20 +561,79 @@ def _save(run_dir: Path, cfg: C.Config, comp: Components, info: D.DistInfo, rs: 
     ckpt.save_model_card(run_dir / "last", comp.model, _model_card(cfg, comp, rs.step, metrics, cases))
 
 
-def _resume_point(run_dir: Path, cfg: C.Config, resume: bool) -> dict[str, Any] | None:
-    path = ckpt.find_resumable(run_dir)
-    if path is None:
+def _choose_checkpoint(run_dir: Path, info: D.DistInfo) -> ckpt.ResumeChoice | None:
+    """Rank 0 chooses the checkpoint (``checkpoint.choose_resume``) and broadcasts its name and
+    step; every other rank loads that file and checks its step. Ranks never choose on their
+    own: on shared storage they could see different files and resume at different steps. Any
+    rank's failure (an unreadable file, another step) is an error on every rank, not a hang."""
+    mine: ckpt.ResumeChoice | None = None
+    decision: dict[str, Any] = {"error": None, "name": None, "step": None, "notes": []}
+    if info.is_main:
+        try:
+            mine = ckpt.choose_resume(run_dir)
+        except ckpt.CheckpointError as exc:
+            decision["error"] = str(exc)
+        if mine is not None:
+            decision.update(name=mine.path.name, step=mine.step, notes=mine.notes)
+    decision = D.broadcast_object(decision)
+    if decision["error"]:
+        raise TrainError(decision["error"])
+    if decision["name"] is None:
+        return None
+    problem = None
+    if not info.is_main:
+        path = run_dir / decision["name"]
+        try:
+            state = ckpt.load_usable(path)
+            mine = ckpt.ResumeChoice(path, state, decision["notes"])
+            if mine.step != decision["step"]:
+                problem = f"{path} holds step {mine.step}"
+        except ckpt.CheckpointError as exc:
+            problem = str(exc)
+    problems = [(r, p) for r, p in enumerate(D.all_gather_objects(problem)) if p]
+    if problems:
+        raise TrainError(
+            f"{run_dir}: rank 0 resumes from {decision['name']} at step {decision['step']} but "
+            + "; ".join(f"rank {r}: {p}" for r, p in problems)
+            + " (do all nodes see the same run folder?)")
+    return mine
+
+
+def _resume_point(run_dir: Path, cfg: C.Config, resume: bool,
+                  info: D.DistInfo | None = None) -> dict[str, Any] | None:
+    """The training state to resume from (the same file on every rank, see
+    ``_choose_checkpoint``), or None to start afresh. The state's ``"resume"`` entry says what
+    to report: the file, checkpoints passed over, config keys that changed."""
+    choice = _choose_checkpoint(run_dir, info or D.DistInfo())
+    if choice is None:
         if resume:
             raise TrainError(f"{run_dir}: --resume given but there is no readable last.pt or "
                              "previous.pt to resume from")
         return None
-    state = ckpt.load_checkpoint(path)
-    diffs = config_differences(state["config"], C.config_to_dict(cfg))
+    state, path = choice.state, choice.path
+    current = C.config_to_dict(cfg)
+    diffs = config_differences(state["config"], current)
     if diffs:
         raise TrainError(f"{run_dir}: holds a run ({path.name}, step {state['step']}) with another "
                          f"config ({'; '.join(diffs[:3])}); use another --out, or --resume "
                          "without --config to continue it")
+    state["resume"] = {"checkpoint": path.name, "notes": choice.notes,
+                       "changed": resume_changes(state["config"], current)}
     return state
+
+
+def apply_lr(comp: Components, fresh_base_lrs: Sequence[float]) -> None:
+    """After a restore, make the schedule peak at this run's ``optim.lr`` from the restored
+    step on: the optimiser and scheduler states hold the checkpoint's learning rates, so each
+    group's base rate is set to the freshly built one (``optim.lr`` x its scale) and the
+    current rate to base x the schedule's factor at the restored step."""
+    sched = comp.scheduler
+    sched.base_lrs = list(fresh_base_lrs)
+    for group, base, factor in zip(comp.optimizer.param_groups, sched.base_lrs,
+                                   sched.lr_lambdas, strict=True):
+        group["initial_lr"] = base
+        group["lr"] = base * factor(sched.last_epoch)
+    sched._last_lr = [g["lr"] for g in comp.optimizer.param_groups]  # type: ignore[attr-defined]
 
 
 def fit(cfg: C.Config, run_dir: str | Path, *, resume: bool = False) -> dict[str, Any]:
@@ -592,17 +668,25 @@ def _run(cfg: C.Config, run_dir: Path, info: D.DistInfo, resume: bool,
     cases = open_cache(cfg.data.cache_dir)
     val_pool = open_cache(cfg.data.val_cache) if cfg.data.val_cache else None
     train_cases, val_cases = select_cases(cfg, cases, val_pool)
-    state = _resume_point(run_dir, cfg, resume)
-    if state is not None and info.is_main:
+    state = _resume_point(run_dir, cfg, resume, info)
+    resumed = state.pop("resume") if state is not None else None
+    if resumed is not None and info.is_main:
+        for note in resumed["notes"]:
+            tqdm.write(f"warning: {note}")
         tqdm.write(f"resuming {run_dir} from step {state['step']}")
+        for key, (old, new) in resumed["changed"].items():
+            tqdm.write(f"resume: {key} changed: {old!r} -> {new!r}")
 
     comp = build_components(cfg, info, fresh=state is None)
     if comp.load_report is not None and info.is_main:
         write_load_report(run_dir, cfg, comp)
     rs = RunState()
     if state is not None:
+        fresh_base_lrs = list(comp.scheduler.base_lrs)
         rs.step = ckpt.restore(state, model=comp.model, optimizer=comp.optimizer,
                                scheduler=comp.scheduler, scaler=comp.scaler, rank=info.rank)
+        if resumed is not None and "optim.lr" in resumed["changed"]:
+            apply_lr(comp, fresh_base_lrs)
         rs.best_metric = float(state["best"].get("metric", -math.inf))
         rs.best_step = int(state["best"].get("step", 0))
         rs.elapsed_s = float(state["extra"].get("elapsed_s", 0.0))
@@ -616,6 +700,8 @@ def _run(cfg: C.Config, run_dir: Path, info: D.DistInfo, resume: bool,
 
     logger = Logger(run_dir, info, rs.step if rs.step > 0 else None)
     live["logger"] = logger
+    if resumed is not None:  # what the resume did, in the run's own log
+        logger.log({"step": rs.step, "split": "resume", **resumed})
     try:
         last_val = _train(cfg, run_dir, info, comp, rs, train_cases, val_cases, logger)
     finally:
@@ -673,7 +759,9 @@ def _train(cfg: C.Config, run_dir: Path, info: D.DistInfo, comp: Components, rs:
     batches = forever(loader)
     bar = tqdm(total=t.steps, initial=rs.step, disable=not info.is_main, desc="train",
                dynamic_ncols=True, unit="step")
-    window = {"loss": 0.0, "n": 0, "patches": 0, "wait": 0.0, "t0": time.perf_counter()}
+    window = {"loss": 0.0, "n": 0, "patches": 0, "wait": 0.0, "skipped": 0,
+              "t0": time.perf_counter()}
+    skips_in_a_row = 0
     last_val: dict[str, Any] = {}
     t_start = time.perf_counter()
     elapsed0 = rs.elapsed_s
@@ -689,21 +777,32 @@ def _train(cfg: C.Config, run_dir: Path, info: D.DistInfo, comp: Components, rs:
         window["wait"] += time.perf_counter() - t0
         res = L.train_step(comp.net, micro, comp.loss_fn, comp.optimizer, comp.scaler, t.amp,
                            cfg.optim.grad_clip)
-        if not math.isfinite(res.loss):
-            raise TrainError(f"step {rs.step + 1}: the loss is {res.loss}; lower optim.lr or "
-                             "use train.amp=none")
+        skips_in_a_row = skips_in_a_row + 1 if res.skipped else 0
+        if res.skipped:  # the weights are unchanged (L.train_step); the step still counts
+            window["skipped"] += 1
+            if skips_in_a_row >= MAX_SKIPS_IN_A_ROW:
+                raise TrainError(
+                    f"step {rs.step + 1}: the gradient was not finite at {skips_in_a_row} steps "
+                    f"in a row (loss {res.loss}); the checkpoints in {run_dir} hold finite "
+                    "weights: resume with a lower learning rate (--resume --set optim.lr=...) "
+                    "or another precision (--set train.amp=none)")
+            if info.is_main and not comp.scaler.is_enabled():  # fp16's scaler skips by design
+                bar.write(f"step {rs.step + 1}: gradient norm {res.grad_norm} (loss "
+                          f"{res.loss}): update skipped")
         comp.scheduler.step()
         rs.step += 1
         rs.elapsed_s = elapsed0 + time.perf_counter() - t_start
-        window["loss"] += res.loss
-        window["n"] += 1
+        if math.isfinite(res.loss):  # a skipped step's loss would poison the mean
+            window["loss"] += res.loss
+            window["n"] += 1
         window["patches"] += res.patches
         bar.update(1)
         if rs.step % t.log_every == 0 or rs.step == t.steps:
             rec = _train_record(window, rs, comp, info)
             bar.set_postfix(loss=f"{rec['loss']:.4f}", pps=f"{rec['patches_per_s']:.2f}")
             logger.log(rec)
-            window = {"loss": 0.0, "n": 0, "patches": 0, "wait": 0.0, "t0": time.perf_counter()}
+            window = {"loss": 0.0, "n": 0, "patches": 0, "wait": 0.0, "skipped": 0,
+                      "t0": time.perf_counter()}
         best = False
         t_pause = time.perf_counter()
         if val_cases and (rs.step % t.val_every == 0 or rs.step == t.steps):
@@ -728,10 +827,13 @@ def _train(cfg: C.Config, run_dir: Path, info: D.DistInfo, comp: Components, rs:
 
 def _train_record(window: dict[str, float], rs: RunState, comp: Components,
                   info: D.DistInfo) -> dict[str, Any]:
-    """Mean loss over the window and ranks; patches/s over all ranks; data-wait fraction."""
+    """Mean loss over the window and ranks (over the steps with a finite loss; nan when there
+    were none); patches/s over all ranks; data-wait fraction; steps skipped in the window
+    (non-finite gradient: the same steps on every rank)."""
     dt = max(time.perf_counter() - window["t0"], 1e-9)
-    stats = torch.tensor([window["loss"] / max(window["n"], 1), window["wait"] / dt,
-                          window["patches"] / dt], dtype=torch.float64)
+    loss = window["loss"] / window["n"] if window["n"] else math.nan
+    stats = torch.tensor([loss, window["wait"] / dt, window["patches"] / dt],
+                         dtype=torch.float64)
     if D.is_initialized():
         stats = stats.to(D._collective_device())
         D.all_reduce_sum(stats)
@@ -740,7 +842,7 @@ def _train_record(window: dict[str, float], rs: RunState, comp: Components,
     return {"step": rs.step, "split": "train", "loss": float(stats[0]),
             "lr": float(comp.optimizer.param_groups[0]["lr"]),
             "patches_per_s": float(stats[2]), "data_wait": float(stats[1]),
-            "elapsed_s": round(rs.elapsed_s, 2)}
+            "skipped_steps": int(window["skipped"]), "elapsed_s": round(rs.elapsed_s, 2)}
 
 
 # --------------------------------------------------------------------------- launching

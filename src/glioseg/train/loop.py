@@ -10,6 +10,7 @@ Tensor layouts: images ``(B, 4, X, Y, Z)`` float32, region targets ``(B, 3, X, Y
 from __future__ import annotations
 
 import contextlib
+import math
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -143,11 +144,13 @@ def to_batch(raw: Any, device: torch.device, channels_last: bool) -> Batch:
 @dataclass
 class StepResult:
     """What one optimiser step reports: the mean loss over its micro-batches, the gradient
-    norm before clipping (nan when not computed) and the patches it saw on this process."""
+    norm before clipping, the patches it saw on this process, and whether the update was
+    skipped because the gradient was not finite (nan or inf; the weights are then unchanged)."""
 
     loss: float
     grad_norm: float
     patches: int
+    skipped: bool = False
 
 
 def _no_sync(model: torch.nn.Module, last: bool) -> contextlib.AbstractContextManager:
@@ -171,6 +174,12 @@ def train_step(
 
     The loss of each micro-batch is divided by their number, so the update equals that of one
     batch holding all of them (for per-sample losses averaged over the batch).
+
+    A gradient whose norm is not finite skips the update, as a GradScaler does (which, for
+    fp16, then lowers its scale): the weights and the optimiser state stay as they were and the
+    result says ``skipped``. The norm (after unscaling, before clipping) is computed at every
+    step; its finiteness is the step's one host sync besides the loss values. Under DDP the
+    gradients are already averaged, so every rank takes the same decision.
     """
     device = micro_batches[0].image.device
     n = len(micro_batches)
@@ -186,14 +195,19 @@ def train_step(
         total += float(loss.detach())
         patches += mb.size
     with _section(timer, "optimizer"):
-        grad_norm = float("nan")
+        scaler.unscale_(optimizer)  # a no-op without fp16; then step does not unscale again
         if grad_clip > 0:
-            scaler.unscale_(optimizer)
-            grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip))
-        scaler.step(optimizer)
-        scaler.update()
+            norm = torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+        else:
+            norm = torch.nn.utils.get_total_norm(
+                [p.grad for p in model.parameters() if p.grad is not None])
+        grad_norm = float(norm)
+        skipped = not math.isfinite(grad_norm)
+        if not skipped:
+            scaler.step(optimizer)
+        scaler.update()  # fp16: lowers the scale after an overflow; a no-op otherwise
         optimizer.zero_grad(set_to_none=True)
-    return StepResult(total / n, grad_norm, patches)
+    return StepResult(total / n, grad_norm, patches, skipped)
 
 
 class StepTimer:
