@@ -309,3 +309,15 @@ def test_figures_read_predictions_in_their_named_scheme(legacy_data, tmp_path):
                             figures=True, progress=False)
     assert named.rows == same.rows
     assert named.paths["overlay_best"].is_file()
+
+
+def test_hidden_temporaries_are_not_predictions(legacy_data, tmp_path):
+    """A predict killed mid-write leaves ``.<case>.nii.gz.<random>.tmp.nii.gz`` beside the
+    finished files (glioseg bench faults): not a prediction, not an unmatched one."""
+    ref_dir, pred_dir, segs, _ = legacy_data
+    (pred_dir / "BraTS2021_00099.nii.gz").unlink()
+    save_volume(pred_dir / ".BraTS2021_00003.nii.gz.1a2b3c4d.tmp.nii.gz", segs[3], AFFINE,
+                np.uint8)
+    summary = evaluate_folder(pred_dir, ref_dir, tmp_path / "out", progress=False).summary
+    assert summary["unmatched_predictions"] == []
+    assert summary["missing_predictions"] == ["BraTS2021_00003"]

@@ -393,6 +393,27 @@ def bench_eval_cmd(
         _fail(str(exc))
 
 
+@bench_app.command("faults")
+def bench_faults_cmd(
+    stages: Annotated[str, typer.Option(help="Stages to kill, comma-separated.")] =
+        "preprocess,train,predict,evaluate",
+    moments: Annotated[str, typer.Option(help="Kill moments: early, middle, write.")] =
+        "early,middle,write",
+    work: Annotated[Path | None, typer.Option(help="Workspace to keep (default: a temporary "
+                                              "folder, removed).")] = None,
+) -> None:
+    """SIGKILL each stage at several moments, re-run it, compare with an uninterrupted run."""
+    from glioseg.bench.faults import bench_faults
+
+    try:
+        results = bench_faults([s.strip() for s in stages.split(",") if s.strip()],
+                               [m.strip() for m in moments.split(",") if m.strip()], work=work)
+    except (ValueError, RuntimeError) as exc:
+        _fail(str(exc))
+    if not all(r.ok for r in results):
+        raise typer.Exit(1)
+
+
 # Options shared by train, finetune and pretrain (one definition, one help text).
 ConfigOpt = Annotated[str | None, typer.Option("--config", help="YAML file or preset (small, "
                                                "full); default small, or OUT/config.yaml with "

@@ -350,9 +350,12 @@ def _plan(
         tasks.append(_Task(case.case_id, case.seg, pred, case.label_scheme, pred_label_scheme,
                            scheme, spacing_mm))
     ids = {c.case_id for c in cases}
+    # hidden files are not predictions: a predict killed mid-write leaves its temporary
+    # (``.<case>.nii.gz.<random>.tmp.nii.gz``) beside the finished ones
     lists["unmatched_predictions"] = sorted(
         p.name for p in pred_dir.iterdir()
-        if p.name.endswith(PRED_EXTS) and p.name.split(".nii")[0] not in ids
+        if p.name.endswith(PRED_EXTS) and not p.name.startswith(".")
+        and p.name.split(".nii")[0] not in ids
     )
     if len(lists["missing_predictions"]) == len(tasks):  # surely a naming or folder mistake
         found = lists["unmatched_predictions"]
