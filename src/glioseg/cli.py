@@ -31,7 +31,7 @@ def synth(
     out_dir: Annotated[Path, typer.Argument(help="Folder to write the cohort into.")],
     cases: Annotated[int, typer.Option(help="Number of cases.")] = 10,
     layout: Annotated[str, typer.Option(help="brats2020, brats2021 or brats2023.")] = "brats2021",
-    site: Annotated[str, typer.Option(help="Site profile: source or target.")] = "source",
+    site: Annotated[str, typer.Option(help="Site profile: source, target or target-severe.")] = "source",
     seed: Annotated[int, typer.Option(help="Random seed; same seed, same bytes.")] = 0,
     spacing: Annotated[float, typer.Option(help="Voxel size in mm (1 = BraTS grid).")] = 1.0,
     start: Annotated[int, typer.Option(help="Index of the first case id.")] = 0,
@@ -212,6 +212,20 @@ def _parse_roi(roi: str | None) -> tuple[int, int, int] | None:
     return (values[0], values[1], values[2])
 
 
+def _parse_sizes(sizes: str | None) -> tuple[float, float, float] | None:
+    """``--min-size WT,TC,ET`` (mm^3) -> three floats, or None."""
+    if sizes is None:
+        return None
+    try:
+        values = tuple(float(v) for v in sizes.split(","))
+    except ValueError:
+        values = ()
+    if len(values) != 3 or min(values) < 0:
+        _fail(f"--min-size must be three sizes in mm^3, WT,TC,ET (e.g. 250,150,100), got "
+              f"{sizes!r}")
+    return values  # type: ignore[return-value]
+
+
 @app.command()
 def predict(
     model: Annotated[list[Path], typer.Option("--model", "-m", help="Checkpoint (folder or "
@@ -225,8 +239,12 @@ def predict(
     tta: Annotated[bool, typer.Option(help="Mirror test-time augmentation (8x slower).")] = False,
     overlap: Annotated[float, typer.Option(help="Window overlap fraction.")] = 0.5,
     batch: Annotated[int, typer.Option(help="Windows per network call.")] = 1,
+    mode: Annotated[str, typer.Option(help="auto: the whole brain box in one forward, as "
+                                      "training validates, when it fits in memory, else "
+                                      "windows; whole; or sliding (windows of --roi).")] = "auto",
     roi: Annotated[str | None, typer.Option(help="Window size, e.g. 128 or 160,192,160 "
-                                            "(default: the model's patch size).")] = None,
+                                            "(sliding windows; default: the model's patch "
+                                            "size).")] = None,
     probabilities: Annotated[bool, typer.Option(help="Also write WT/TC/ET probabilities "
                                            "(<case>_probabilities.nii.gz).")] = False,
     scheme: Annotated[str | None, typer.Option(help="Output labels: brats2020 (1/2/4) or "
@@ -236,6 +254,10 @@ def predict(
                                                      "the card's, else off).")] = None,
     min_component: Annotated[int, typer.Option(help="Remove tumour components smaller than "
                                                "this (voxels).")] = 0,
+    min_size: Annotated[str | None, typer.Option(help="Smallest component kept per region, "
+                                                 "WT,TC,ET in mm^3 (e.g. 250,150,100; 0,0,0 "
+                                                 "turns it off); default: the card's "
+                                                 "(glioseg tune-postprocess).")] = None,
     threshold: Annotated[float, typer.Option(help="Region probability threshold.")] = 0.5,
     threads: Annotated[int | None, typer.Option(help="CPU threads (default: all).")] = None,
     overwrite: Annotated[bool, typer.Option(help="Predict cases already predicted.")] = False,
@@ -247,9 +269,11 @@ def predict(
         import torch
 
         torch.set_num_threads(threads)
-    opts = PredictOptions(engine=engine, device=device, dtype=dtype, roi=_parse_roi(roi),
-                          overlap=overlap, batch=batch, tta=tta, threshold=threshold,
-                          et_min_voxels=et_threshold, min_component=min_component, scheme=scheme,
+    opts = PredictOptions(engine=engine, device=device, dtype=dtype, mode=mode,
+                          roi=_parse_roi(roi), overlap=overlap, batch=batch, tta=tta,
+                          threshold=threshold, et_min_voxels=et_threshold,
+                          min_component=min_component, min_size_mm3=_parse_sizes(min_size),
+                          scheme=scheme,
                           probabilities=probabilities, overwrite=overwrite, threads=threads)
     try:
         summary = predict_dir(model, input, output, opts)
@@ -261,6 +285,28 @@ def predict(
         typer.secho(f"FAILED {case_id}: {message}", fg=typer.colors.RED, err=True)
     if summary.failed:
         raise typer.Exit(1)
+
+
+@app.command("tune-postprocess")
+def tune_postprocess_cmd(
+    model: Annotated[Path, typer.Option("--model", "-m", help="Model folder (a run's best/ or "
+                                        "last/).")],
+    input: Annotated[Path, typer.Option("--input", "-i", help="Labelled validation cases (a "
+                                        "BraTS folder) that will never be scored afterwards.")],
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the choice; leave the card "
+                                          "unchanged.")] = False,
+) -> None:
+    """Choose per-region size thresholds (WT, TC, ET) on validation cases to maximise
+    lesion-wise Dice, record them in the model card (predict applies them), print before/after."""
+    from glioseg.evaluate.tune_postprocess import tune_postprocess
+
+    try:
+        result = tune_postprocess(model, input, write=not dry_run)
+    except ValueError as exc:
+        _fail(str(exc))
+    typer.echo(result.table())
+    typer.echo("card unchanged (--dry-run)" if dry_run else f"recorded in {model}'s card; "
+               "glioseg predict applies it (--min-size overrides)")
 
 
 @app.command()
@@ -507,6 +553,10 @@ def _launch_training(out: Path, data: Path | None, config: str | None,
         typer.echo(f"step {summary['step']}: validation Dice WT {summary['dice_WT']:.3f} "
                    f"TC {summary['dice_TC']:.3f} ET {summary['dice_ET']:.3f}; best mean "
                    f"{summary['best_metric']:.3f} at step {summary['best_step']}; run in {out}")
+        pipeline = summary.get("val_pipeline", "")
+        typer.echo(f"validated with: {pipeline}" + (
+            " (as glioseg predict does by default)" if pipeline == "whole volume" else
+            " (glioseg predict --mode sliding with this ROI and overlap repeats it)"))
     else:
         typer.echo(f"step {summary['step']}; run in {out}")
 

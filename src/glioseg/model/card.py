@@ -73,6 +73,9 @@ class ModelCard:
         metrics: validation figures, e.g. ``{"dice": {"WT": 0.9, ...}}``.
         et_threshold: post-processing: predicted ET with fewer voxels than this becomes
             necrosis (``None``: no such step).
+        postprocessing: chosen post-processing that ``predict`` applies, e.g.
+            ``{"min_size_mm3": {"WT": 250, "TC": 150, "ET": 100}, "chosen_on": [...],
+            "before": {...}, "after": {...}}`` (``glioseg tune-postprocess``); empty: none.
         provenance: where the weights come from (``{"source": "trained" | "imported", ...}``).
         created: UTC time stamp (ISO 8601).
         format: card format version.
@@ -90,6 +93,7 @@ class ModelCard:
     training: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)
     et_threshold: int | None = None
+    postprocessing: dict[str, Any] = field(default_factory=dict)
     provenance: dict[str, Any] = field(default_factory=dict)
     created: str = field(
         default_factory=lambda: dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
@@ -176,6 +180,7 @@ class ModelCard:
             f"training       {_inline(self.training) or '-'}",
             f"metrics        {_inline(self.metrics) or '-'}",
             f"et_threshold   {self.et_threshold if self.et_threshold is not None else '-'}",
+            f"postprocessing {_inline(self.postprocessing.get('min_size_mm3') or {}) or '-'}",
             f"provenance     {_inline(self.provenance) or '-'}",
             f"created        {self.created}  ({self.format})",
         ]

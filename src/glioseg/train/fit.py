@@ -707,7 +707,17 @@ def _run(cfg: C.Config, run_dir: Path, info: D.DistInfo, resume: bool,
     finally:
         logger.close()
     return {"step": rs.step, "best_metric": rs.best_metric, "best_step": rs.best_step,
-            "rank": info.rank, **last_val}
+            "rank": info.rank, "val_pipeline": validation_pipeline(cfg), **last_val}
+
+
+def validation_pipeline(cfg: C.Config) -> str:
+    """How validation predicts, in words: ``whole volume`` (one forward of the cropped box, as
+    ``glioseg predict``'s default ``--mode auto`` does when it fits in memory) or the windows
+    (``predict --mode sliding --roi .. --overlap ..`` repeats them)."""
+    if cfg.train.val_mode == "whole":
+        return "whole volume"
+    roi = ",".join(str(int(v)) for v in cfg.patch_size)
+    return f"sliding windows {roi}, overlap {cfg.train.val_overlap:g}"
 
 
 def write_load_report(run_dir: Path, cfg: C.Config, comp: Components) -> None:
