@@ -289,7 +289,7 @@ def test_target_is_noisier_blurrier_and_flatter_than_source(source_cases, target
             < np.median([gm_wm_contrast(c) for c in source_cases]))
     src_th = [c.stats["thickness_mm"]["flair"] for c in source_cases]
     tgt_th = [c.stats["thickness_mm"]["flair"] for c in target_cases]
-    assert max(src_th) <= 3.0 < 4.0 <= min(tgt_th)
+    assert max(src_th) <= 3.0 <= min(tgt_th)  # target: 3-5 mm slices (target-severe: 4-6)
 
 
 def test_marker_records_parameters_and_volumes(synth_cohort):

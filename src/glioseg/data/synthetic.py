@@ -1,5 +1,10 @@
 """Realistic synthetic BraTS-like cohorts: anatomy from MNI152, tumours, site effects.
 
+Site profiles (``glioseg.data.sites``): ``source`` (clean BraTS centres), ``target`` (a
+low-resource site, calibrated so that a well-trained source model loses 17% of its mean Dice
+on it, within the ~20% published for BraTS 2021 -> BraTS-SSA transfer, arXiv 2412.14100; see
+``docs/synthetic-sites.md``) and ``target-severe`` (a harsh shift: 52% lost).
+
 Recipe (in the spirit of SynthSeg / lab2im, Billot et al. 2023, and of Hu et al. 2023):
 
 1. Anatomy: the MNI152 2009 T1 template with its grey- and white-matter maps, shipped inside
@@ -47,7 +52,7 @@ from glioseg.data.nifti import save_volume
 from glioseg.data.sites import NON_ENHANCING, TISSUES, SiteProfile, get_site
 from glioseg.io_atomic import atomic_dir
 
-GENERATOR_VERSION = "glioseg-synth/1"
+GENERATOR_VERSION = "glioseg-synth/2"  # 2: the calibrated target site (target-severe is the old one)
 BRATS_SHAPE: tuple[int, int, int] = (240, 240, 155)
 BRATS_AFFINE = np.array(
     [[-1.0, 0, 0, 0], [0, -1.0, 0, 239.0], [0, 0, 1.0, 0], [0, 0, 0, 1.0]], dtype=np.float64
