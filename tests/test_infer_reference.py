@@ -84,7 +84,8 @@ def test_case_probabilities_match_reference(net: torch.nn.Module, engine: str) -
     image = make_image()
     ref = reference_probabilities(net, image)
     card = ModelCard.for_model(net)
-    predictor = CasePredictor([(net, card)], PredictOptions(engine=engine, threads=1, batch=2))
+    predictor = CasePredictor([(net, card)], PredictOptions(engine=engine, threads=1, batch=2,
+                                                                mode="sliding"))
     try:
         got = predictor.probabilities(image, (1.0, 1.0, 1.0))
     finally:
@@ -103,7 +104,8 @@ def test_case_labels_match_reference(net: torch.nn.Module) -> None:
     assert decisive.mean() > 0.9
     expected = labels_by_hand(ref)
     assert len(np.unique(expected[BOX])) >= 2  # the test can tell labels apart
-    got = predict_case(net, image, card=ModelCard.for_model(net), scheme="brats2021", threads=1)
+    got = predict_case(net, image, card=ModelCard.for_model(net), scheme="brats2021", threads=1,
+                       mode="sliding")
     assert got.shape == SHAPE and got.dtype == np.uint8
     np.testing.assert_array_equal(got[decisive], expected[decisive])
 
@@ -113,7 +115,7 @@ def test_mirror_tta_matches_reference(net: torch.nn.Module) -> None:
     ref = reference_probabilities(net, image, tta=True)
     plain = reference_probabilities(net, image)
     assert np.abs(ref - plain).max() > 1e-3  # TTA changes the result: the test can fail
-    predictor = CasePredictor([(net, None)], PredictOptions(tta=True, threads=1))
+    predictor = CasePredictor([(net, None)], PredictOptions(tta=True, threads=1, mode="sliding"))
     try:
         got = predictor.probabilities(image, (1.0, 1.0, 1.0))
     finally:
