@@ -9,9 +9,11 @@ Six stages, each the function behind a CLI command (nothing re-implemented here)
 3. ``source``: a model trained on the source site (``glioseg train``);
 4. ``target``: the same budget of steps on a few labelled target cases twice: fine-tuned from
    the source model's ``best/`` (``glioseg finetune``), and from scratch;
-5. ``evaluate``: the held-out target test cases predicted (``glioseg predict``) by the
-   source model as it is, the scratch model and the fine-tuned model (each run's ``last/``:
-   the test cases choose nothing), scored with the BraTS metrics (``glioseg evaluate``);
+5. ``evaluate``: each model's post-processing (per-region size thresholds) chosen on the
+   labelled target cases (``glioseg tune-postprocess``), then the held-out target test cases
+   predicted (``glioseg predict``) by the source model as it is, the scratch model and the
+   fine-tuned model (each run's ``last/``: the test cases choose nothing), scored with the
+   BraTS metrics, legacy and lesion-wise (``glioseg evaluate``);
 6. ``report``: ``summary.md`` (the Dice table), two comparison figures, ``timings.json``,
    ``hardware.json``, then ``report.html`` / ``report.md`` (``glioseg report``).
 
@@ -220,7 +222,8 @@ def dice_rows(summaries: Mapping[str, Mapping[str, Any]]) -> list[dict[str, Any]
 
     Each row: ``model``, ``label``, ``n_cases``, and per region ``WT``/``TC``/``ET`` the mean
     and sample sd (``WT_sd`` ...; None for one case) of the legacy Dice over cases, plus
-    ``mean``: the mean of the three regions' mean Dice.
+    ``mean``: the mean of the three regions' mean Dice; ``lesion_WT`` ... and
+    ``lesion_mean``: the same of the lesion-wise Dice (None when not scored).
     """
     rows = []
     for arm, summary in summaries.items():
@@ -231,6 +234,11 @@ def dice_rows(summaries: Mapping[str, Mapping[str, Any]]) -> list[dict[str, Any]
             row[region] = float(dice[region]["mean"])
             row[f"{region}_sd"] = dice[region]["std"]
         row["mean"] = sum(row[r] for r in REGIONS) / len(REGIONS)
+        lesion = summary["metrics"].get("lesion_dice")
+        for region in REGIONS:
+            row[f"lesion_{region}"] = float(lesion[region]["mean"]) if lesion else None
+        row["lesion_mean"] = (sum(row[f"lesion_{r}"] for r in REGIONS) / len(REGIONS)
+                              if lesion else None)
         rows.append(row)
     return rows
 
@@ -241,10 +249,17 @@ def table_markdown(rows: Sequence[Mapping[str, Any]]) -> str:
         sd = row[f"{region}_sd"]
         return f"{row[region]:.3f}" + ("" if sd is None else f" ± {sd:.3f}")
 
-    lines = ["| model | WT | TC | ET | mean |", "|---|---|---|---|---|"]
+    lesion = all(r.get("lesion_mean") is not None for r in rows)
+    head = "| model | WT | TC | ET | mean |" + (" lesion-wise WT / TC / ET | lesion-wise mean |"
+                                                if lesion else "")
+    lines = [head, "|---|---|---|---|---|" + ("---|---|" if lesion else "")]
     for r in rows:
-        lines.append(f"| {r['label']} | {cell(r, 'WT')} | {cell(r, 'TC')} | {cell(r, 'ET')} | "
-                     f"{r['mean']:.3f} |")
+        line = (f"| {r['label']} | {cell(r, 'WT')} | {cell(r, 'TC')} | {cell(r, 'ET')} | "
+                f"{r['mean']:.3f} |")
+        if lesion:
+            line += (f" {r['lesion_WT']:.3f} / {r['lesion_TC']:.3f} / {r['lesion_ET']:.3f} | "
+                     f"{r['lesion_mean']:.3f} |")
+        lines.append(line)
     return "\n".join(lines) + "\n"
 
 
@@ -461,12 +476,21 @@ def model_paths(out: Path) -> dict[str, Path]:
 
 
 def run_evaluate(out: Path, plan: DemoPlan, log: Callable[[str], None]) -> None:
-    """``glioseg predict`` + ``glioseg evaluate --figures`` of every model on the test cases."""
+    """``glioseg tune-postprocess`` on the labelled target cases (never scored), then
+    ``glioseg predict`` + ``glioseg evaluate --figures`` of every model on the test cases."""
     from glioseg.evaluate.folder import evaluate_folder
+    from glioseg.evaluate.tune_postprocess import tune_postprocess
     from glioseg.infer.predict import PredictOptions, predict_dir
 
     test = _raw(out, "target_test")
     for arm, model in model_paths(out).items():
+        tuned = tune_postprocess(model, _raw(out, "target_train"), progress=False)
+        log(f"  {arm}: post-processing chosen on the {plan.n_target_train} labelled target "
+            "cases: smallest component " + ", ".join(
+                f"{r} {tuned.min_size_mm3[r]:g} mm^3" for r in REGIONS)
+            + " (lesion-wise Dice there " + ", ".join(
+                f"{r} {tuned.before['lesion_dice'][r]:.2f}->{tuned.after['lesion_dice'][r]:.2f}"
+                for r in REGIONS) + ")")
         log(f"  {arm}: predict {plan.n_target_test} cases with {model}")
         pred = out / "predictions" / arm
         summary = predict_dir([model], test, pred, PredictOptions(overlap=plan.predict_overlap))
@@ -495,7 +519,10 @@ def summary_markdown(plan: DemoPlan, rows: Sequence[Mapping[str, Any]], text: st
     """``summary.md`` of the demo folder: verdict, Dice table, what ran."""
     lines = ["# Transfer learning on a new site", "", f"**{text}**", "",
              f"Dice on the {plan.n_target_test} held-out target-site cases (mean ± sample sd "
-             "over cases; legacy BraTS Dice per region; `eval/<model>/` has every metric):", "",
+             "over cases; legacy BraTS Dice per region, then the BraTS 2023 lesion-wise Dice; "
+             "`eval/<model>/` has every metric). Each model's post-processing (smallest "
+             "component per region) was chosen on the labelled target cases, never on these:",
+             "",
              table_markdown(rows), "## What ran", "",
              *[f"    {line.strip()}" for line in describe_plan(plan)], "",
              "The target runs' learning curves are validations on the test cases, for "
