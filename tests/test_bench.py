@@ -125,3 +125,34 @@ def test_bench_data_ours_beside_monai(tmp_path: Path, capsys):
     r = regions.numpy().astype(bool)
     assert set(np.unique(regions.numpy())) <= {0.0, 1.0}
     assert not (r[:, 1] & ~r[:, 0]).any() and not (r[:, 2] & ~r[:, 1]).any()
+
+
+def test_bench_data_monai_reads_cached_indices(tmp_path: Path, monkeypatch):
+    """The MONAI baseline is written as a MONAI user would: foreground / background indices
+    are computed once per case (``FgBgToIndicesd``, cached by ``CacheDataset``) and the crop
+    reads them; its own per-sample label scan is never reached."""
+    import monai.transforms.croppad.array as crop_array
+    import monai.transforms.utility.array as utility_array
+
+    from glioseg.bench.data import monai_loader
+    from glioseg.preprocess.cache import open_cache
+
+    cache = _tiny_cache(tmp_path / "cache", n=3)
+    scans = []
+    real = utility_array.map_binary_to_indices
+
+    def counted(*args, **kwargs):
+        scans.append(1)
+        return real(*args, **kwargs)
+
+    def rescan(*args, **kwargs):
+        raise AssertionError("RandCropByPosNegLabeld rescanned a label volume")
+
+    monkeypatch.setattr(utility_array, "map_binary_to_indices", counted)
+    monkeypatch.setattr(crop_array, "map_binary_to_indices", rescan)
+    it = iter(monai_loader(open_cache(cache), (SIZE,) * 3, 2, 0, seed=0))
+    for _ in range(5):
+        batch = next(it)
+    assert tuple(batch["image"].shape) == (2, 4, SIZE, SIZE, SIZE)
+    assert set(batch) == {"image", "label"}  # the index arrays do not reach the batch
+    assert len(scans) == 3  # once per case, when the dataset is cached

@@ -96,3 +96,48 @@ def test_training_scheduler_follows_lr_factor():
     bad = C.replace(cfg, optim=dataclasses.replace(cfg.optim, schedule="step"))
     with pytest.raises(F.TrainError, match="unknown schedule"):
         F.make_scheduler(bad, opt)
+
+
+@pytest.mark.parametrize("name", ["adamw", "sgd"])
+def test_multi_tensor_update_on_cpu_equals_the_loop(name):
+    """On CPU the optimiser uses the multi-tensor (``foreach``) kernels; ten steps give the
+    weights of torch's per-parameter loop to float rounding."""
+    torch.manual_seed(0)
+    init = [torch.randn(7, 5), torch.randn(5)]
+    grads = [[torch.randn_like(t) for t in init] for _ in range(10)]
+    ours = [torch.nn.Parameter(t.clone()) for t in init]
+    ref = [torch.nn.Parameter(t.clone()) for t in init]
+    opt = build_optimizer(ours, name, lr=0.01, weight_decay=0.01)
+    assert opt.param_groups[0]["foreach"] is True and not opt.param_groups[0]["fused"]
+    cls = {"adamw": torch.optim.AdamW, "sgd": torch.optim.SGD}[name]
+    extra = {"momentum": 0.99, "nesterov": True} if name == "sgd" else {}
+    ref_opt = cls(ref, lr=0.01, weight_decay=0.01, foreach=False, **extra)
+    for g in grads:
+        for p, q, gi in zip(ours, ref, g, strict=True):
+            p.grad, q.grad = gi.clone(), gi.clone()
+        opt.step()
+        ref_opt.step()
+    for p, q in zip(ours, ref, strict=True):
+        assert torch.allclose(p, q, atol=1e-6, rtol=0)
+
+
+def test_fused_kernels_for_gpu_parameters_and_kept_across_a_resume():
+    """Parameters all on a GPU ask for the fused kernels; a checkpoint written with them and
+    restored on a CPU run keeps this run's choice (``load_state_dict`` would copy the saved
+    one)."""
+    from glioseg.train import checkpoint as ckpt
+    from glioseg.train.schedule import optimizer_kernels
+
+    class OnGpu:
+        device = torch.device("cuda")
+
+    assert optimizer_kernels([OnGpu(), OnGpu()]) == {"fused": True}
+    assert optimizer_kernels([{"params": [OnGpu()]}, {"params": [torch.zeros(1)]}]) == {
+        "foreach": True}
+    model = torch.nn.Linear(3, 2)
+    opt = build_optimizer(model.parameters(), "adamw", lr=1e-3)
+    state = opt.state_dict()
+    state["param_groups"][0].update(fused=True, foreach=None)  # as saved by a GPU run
+    ckpt.restore({"model": model.state_dict(), "optimizer": state, "step": 4}, model=model,
+                 optimizer=opt)
+    assert opt.param_groups[0]["foreach"] is True and opt.param_groups[0]["fused"] is None

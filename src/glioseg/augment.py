@@ -261,6 +261,14 @@ def _exact(x: torch.Tensor, m: np.ndarray, size: Sequence[int]) -> torch.Tensor:
     return y.flip([i + 1 for i in flips]) if flips else y
 
 
+def host_to_device(array: np.ndarray, device: torch.device | str) -> torch.Tensor:
+    """A small host array as a float32 tensor on ``device``. The copy is ``non_blocking``:
+    from pageable memory CUDA stages it at once, so the host never waits for the device's
+    queue (a blocking copy would synchronise the stream, once per batch)."""
+    t = torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))
+    return t.to(device, non_blocking=True)
+
+
 def sampling_grid(
     params: AugmentParams,
     idx: Sequence[int],
@@ -287,13 +295,13 @@ def sampling_grid(
     a = scale[None, :, None] * params.matrix[idx] * ((p - 1) / 2)[None, None, :]
     t = np.asarray(centres, dtype=np.float64) * scale - 1
     theta = np.concatenate([a[:, ::-1, ::-1], t[:, ::-1, None]], axis=2)
-    theta_t = torch.as_tensor(theta.copy(), dtype=torch.float32, device=device)
+    theta_t = host_to_device(theta, device)
     grid = F.affine_grid(theta_t, [b, 1, *(int(s) for s in size)], align_corners=True)
     if params.elastic is not None and params.elastic[idx].any():
-        d = torch.as_tensor(params.elastic[idx], device=device)
+        d = host_to_device(params.elastic[idx], device)
         d = F.interpolate(d, size=tuple(int(s) for s in size), mode="trilinear",
                           align_corners=True)
-        d = d * torch.as_tensor(scale, dtype=d.dtype, device=device).view(1, 3, 1, 1, 1)
+        d = d * host_to_device(scale, device).view(1, 3, 1, 1, 1)
         grid = grid + d.permute(0, 2, 3, 4, 1).flip(-1)
     return grid
 

@@ -79,6 +79,12 @@ class DataConfig:
     aug_elastic: bool = False
     """Smooth elastic deformation (probability 0.2 when on); off by default, as in nnU-Net
     v2, where it cost time for no measured gain."""
+    augment_device: Literal["auto", "cpu", "cuda"] = "auto"
+    """Where the augmentation runs. ``cpu``: in the loader workers (each builds augmented
+    batches). ``cuda``: the workers only crop patches and the same transforms, drawn the same
+    way, run batched on the GPU after the batch is moved there (``glioseg.augment_batched``),
+    so fewer CPU workers keep a fast step fed. ``auto``: ``cuda`` when training on a GPU,
+    else ``cpu``."""
     n_val: int = 2
     """Labelled cases held out at random (seeded by ``train.seed``) for validation."""
     modalities: tuple[str, ...] = ("t1", "t1ce", "t2", "flair")

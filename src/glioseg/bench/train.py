@@ -80,6 +80,8 @@ def measure(
     else:
         pool = _synthetic_batches(4, b, patch, cfg.train.seed + info.rank,
                                   len(cfg.data.modalities))
+        if info.device.type == "cuda":  # as the loader's batches: pinned, copied non-blocking
+            pool = [(image.pin_memory(), target.pin_memory()) for image, target in pool]
         source = (pool[i % len(pool)] for i in range(10**9))
     if info.device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(info.device)

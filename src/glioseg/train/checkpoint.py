@@ -324,7 +324,11 @@ def restore(
     """
     unwrap(model).load_state_dict(state["model"])
     if optimizer is not None:
+        from glioseg.train.schedule import keep_kernels
+
+        kernels = {k: bool(optimizer.param_groups[0].get(k)) for k in ("fused", "foreach")}
         optimizer.load_state_dict(state["optimizer"])
+        keep_kernels(optimizer, kernels)  # the saved run's device chose its own
     if scheduler is not None and state.get("scheduler") is not None:
         scheduler.load_state_dict(state["scheduler"])
     if scaler is not None and state.get("scaler") is not None and scaler.is_enabled():

@@ -11,6 +11,11 @@ regions in the order WT, TC, ET. Each batch is built by ``sample_batch``:
 3. one batched spatial + intensity augmentation (``glioseg.augment.augment_batch``);
 4. labels -> regions.
 
+With ``augment_on="device"`` the workers stop after step 2: they yield
+``glioseg.augment_batched.PatchBoxes`` (the crops and the drawn parameters, drawn with the
+same generator calls), and ``glioseg.train.loop.to_batch`` applies steps 3-4 to the batch on
+the training device.
+
 Randomness: each (seed, rank, worker, epoch) has its own ``np.random.Generator``, so every DDP
 rank and every loader worker draws different patches, and a run is reproducible. Ranks do not
 partition the cases: each draws from all of them, as random patch sampling needs no sharding.
@@ -150,6 +155,8 @@ class PatchStream(IterableDataset):
     Args:
         cases: cached cases with labels.
         patch_size, batch_size, oversample_fg, augment_cfg, border: see ``sample_batch``.
+        augment_on: ``worker`` (augmented batches) or ``device`` (``PatchBoxes``, augmented
+            after the move to the training device).
         seed, rank: seed of the run and DDP rank; with the worker id and the epoch they seed
             each worker's generator.
         batches_per_epoch: batches one iteration yields in total over the workers; None:
@@ -167,6 +174,7 @@ class PatchStream(IterableDataset):
         augment_cfg: AugmentConfig | None = None,
         batches_per_epoch: int | None = None,
         border: float = 0.0,
+        augment_on: str = "worker",
     ) -> None:
         super().__init__()
         self.cases = list(cases)
@@ -177,6 +185,9 @@ class PatchStream(IterableDataset):
         self.augment_cfg = augment_cfg
         self.batches_per_epoch = batches_per_epoch
         self.border = float(border)
+        if augment_on not in ("worker", "device"):
+            raise DataError(f"augment_on={augment_on!r} is not worker or device")
+        self.augment_on = augment_on
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -196,15 +207,37 @@ class PatchStream(IterableDataset):
         else:
             count = len(range(worker, self.batches_per_epoch, n_workers))
         done = 0
+        draw = sample_batch
+        if self.augment_on == "device":
+            from glioseg.augment_batched import crop_boxes
+
+            draw = crop_boxes  # type: ignore[assignment]
         while count is None or done < count:
-            yield sample_batch(self.cases, self.patch_size, self.batch_size, rng,
-                               self.oversample_fg, self.augment_cfg, self.border)
+            yield draw(self.cases, self.patch_size, self.batch_size, rng,
+                       self.oversample_fg, self.augment_cfg, self.border)
             done += 1
 
     def __len__(self) -> int:
         if self.batches_per_epoch is None:
             raise TypeError("an endless PatchStream has no length")
         return self.batches_per_epoch
+
+
+def augment_on(augment_device: str, device: torch.device) -> str:
+    """Where ``data.augment_device`` puts the augmentation of a run on ``device``: ``worker``
+    (``cpu``, or ``auto`` off a GPU) or ``device`` (``cuda``, or ``auto`` on a GPU).
+
+    Raises:
+        DataError: ``cuda`` for a run that does not train on a GPU, or an unknown value.
+    """
+    if augment_device not in ("auto", "cpu", "cuda"):
+        raise DataError(f"data.augment_device={augment_device!r} is not auto, cpu or cuda")
+    on_gpu = device.type == "cuda"
+    if augment_device == "cuda" and not on_gpu:
+        raise DataError(f"data.augment_device=cuda, but this run trains on {device.type}; "
+                        "use auto or cpu")
+    return "device" if (augment_device == "cuda" or (augment_device == "auto" and on_gpu)) \
+        else "worker"
 
 
 def _worker_init(_: int) -> None:
@@ -225,6 +258,7 @@ def make_loader(
     batches_per_epoch: int | None = None,
     pin_memory: bool | None = None,
     border: float = 0.0,
+    augment_on: str = "worker",
 ) -> DataLoader:
     """A DataLoader of training batches ``(image (B, 4, px, py, pz), regions (B, 3, ...))``.
 
@@ -241,6 +275,9 @@ def make_loader(
         pin_memory: default: when CUDA is available.
         border: how far a patch may reach beyond a case's cropped volume, as a fraction of
             the patch per face (0: inside; ``glioseg.sampling.origin_range``).
+        augment_on: ``worker``: the workers yield augmented ``(image, regions)`` batches;
+            ``device``: they only crop and yield ``glioseg.augment_batched.PatchBoxes``, which
+            ``glioseg.train.loop.to_batch`` augments on the training device.
 
     Raises:
         DataError / CacheError: for an empty or unlabelled case list, or bad arguments.
@@ -261,7 +298,7 @@ def make_loader(
     if not 0 <= border <= 0.5:
         raise DataError(f"border={border} must be in [0, 0.5]")
     stream = PatchStream(cases, patch_size, batch_size, seed, rank, oversample_fg,
-                         augment_cfg, batches_per_epoch, border)
+                         augment_cfg, batches_per_epoch, border, augment_on)
     if pin_memory is None:
         pin_memory = torch.cuda.is_available()
     return DataLoader(

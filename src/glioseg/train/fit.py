@@ -376,9 +376,9 @@ def loader_seed(seed: int, step: int) -> int:
 
 def make_train_loader(cfg: C.Config, cases: Sequence[Any], info: D.DistInfo, step: int) -> Any:
     """The patch loader of this rank (``glioseg.train.data.make_loader``), endless; pinned
-    memory on GPU."""
+    memory on GPU; augmentation in the workers or on the device (``data.augment_device``)."""
     from glioseg.augment import AugmentConfig
-    from glioseg.train.data import make_loader
+    from glioseg.train.data import augment_on, make_loader
 
     d = cfg.data
     augment = (AugmentConfig.from_switches(flip=d.aug_flip, rotate_scale=d.aug_rotate_scale,
@@ -390,6 +390,7 @@ def make_train_loader(cfg: C.Config, cases: Sequence[Any], info: D.DistInfo, ste
         seed=loader_seed(cfg.train.seed, step), rank=info.rank, world_size=info.world_size,
         num_workers=d.workers, oversample_fg=d.foreground_fraction, augment_cfg=augment,
         batches_per_epoch=None, pin_memory=info.device.type == "cuda", border=d.border,
+        augment_on=augment_on(d.augment_device, info.device),
     )
 
 

@@ -113,10 +113,14 @@ def regions_target(labels: torch.Tensor) -> torch.Tensor:
 
 
 def to_batch(raw: Any, device: torch.device, channels_last: bool) -> Batch:
-    """A loader item (a ``Batch``, a dict with ``image`` and ``labels``/``regions``, or an
-    ``(image, labels)`` pair) moved to ``device`` (``non_blocking``: the loader pins memory on
-    GPU runs)."""
-    if isinstance(raw, Batch):
+    """A loader item (a ``Batch``, a dict with ``image`` and ``labels``/``regions``, an
+    ``(image, labels)`` pair, or ``glioseg.augment_batched.PatchBoxes``, augmented here after
+    the move) moved to ``device`` (``non_blocking``: the loader pins memory on GPU runs)."""
+    from glioseg.augment_batched import PatchBoxes, augment_boxes
+
+    if isinstance(raw, PatchBoxes):
+        image, target = augment_boxes(raw.to(device, non_blocking=device.type == "cuda"))
+    elif isinstance(raw, Batch):
         image, target = raw.image, raw.target
     elif isinstance(raw, dict):
         image = raw["image"]

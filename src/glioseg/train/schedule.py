@@ -65,12 +65,35 @@ def build_optimizer(
             g.setdefault("lr", lr * g["lr_scale"])
             groups.append(g)
         params = groups
+    kernels = optimizer_kernels(params)
     if name == "sgd":
         return torch.optim.SGD(params, lr=lr, momentum=momentum, nesterov=True,
-                               weight_decay=weight_decay)
+                               weight_decay=weight_decay, **kernels)
     if name == "adamw":
-        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, **kernels)
     raise ValueError(f"unknown optimizer {name!r}; use 'sgd' or 'adamw'")
+
+
+def optimizer_kernels(params: Iterable[Any]) -> dict[str, bool]:
+    """``{"fused": True}`` when every parameter is on a GPU (one kernel launch for the whole
+    update: torch's fused AdamW / SGD), else ``{"foreach": True}`` (the multi-tensor update;
+    on CPU torch's default is a Python loop over parameters). Same update either way, to
+    float rounding (tested)."""
+    tensors: list[torch.Tensor] = []
+    for p in params:
+        tensors += list(p["params"]) if isinstance(p, dict) else [p]
+    if tensors and all(t.device.type == "cuda" for t in tensors):
+        return {"fused": True}
+    return {"foreach": True}
+
+
+def keep_kernels(optimizer: torch.optim.Optimizer, kernels: dict[str, bool]) -> None:
+    """Put back the update kernels chosen for this run's device after
+    ``optimizer.load_state_dict``, which copies them from the checkpoint (a run saved on a GPU
+    and resumed on a CPU, or the reverse)."""
+    for group in optimizer.param_groups:
+        group["fused"] = kernels.get("fused", False) or None
+        group["foreach"] = kernels.get("foreach", False) or None
 
 
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
