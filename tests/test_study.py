@@ -66,7 +66,8 @@ def _ov(spec: S.RunSpec, key: str) -> str | None:
 
 
 def test_target_specs_equal_budgets_and_arms(tmp_path: Path) -> None:
-    plan = S.StudyPlan(seeds=(0, 1), n_labelled=(1, 2), steps=40, seq_n_labelled=(2,))
+    plan = S.StudyPlan(seeds=(0, 1), n_labelled=(1, 2), steps=40, seq_n_labelled=(2,),
+                       strategies=S.STRATEGIES, self_supervised_at=None)
     specs = S.target_specs(tmp_path, plan, _cohorts(tmp_path))
     # n=2 (strategies_at): scratch, 4 strategies, self-supervised; n=1: scratch, source/full,
     # self-supervised; then seq-scratch and seq-source at n=2; each x 2 seeds
@@ -110,7 +111,7 @@ def test_pretrain_specs(tmp_path: Path) -> None:
     plan = S.StudyPlan(self_supervised=False, seq_n_labelled=())
     specs = S.pretrain_specs(tmp_path, plan, _cohorts(tmp_path))
     assert [s.name for s in specs] == ["source"]
-    plan = S.StudyPlan()
+    plan = S.StudyPlan(seq_n_labelled=(2,))
     specs = S.pretrain_specs(tmp_path, plan, _cohorts(tmp_path))
     assert [s.name for s in specs] == ["source", "source-flair-t1ce", "genesis"]
     assert _ov(specs[1], "data.modalities") == "[flair,t1ce]"
@@ -279,7 +280,8 @@ def test_outputs(tmp_path: Path) -> None:
     assert never["steps_to_target"] == "40.0000"
 
     md = (tmp_path / "summary.md").read_text()
-    assert "| source/full | 2 | 3 | 0.640 ± 0.053 |" in md  # mean of .60/.62/.70, sd 0.0529
+    # mean of .60/.62/.70, sd 0.0529, 95% CI half-width 4.3027 * 0.0529 / sqrt(3) = 0.131
+    assert "| source/full | 2 | 3 | 0.640 ± 0.131 |" in md
     assert "PASS" in md
     study = json.loads((tmp_path / "study.json").read_text())
     assert study["acceptance"]["passed"] is True and study["verdict"] == doc["verdict"]
@@ -287,3 +289,42 @@ def test_outputs(tmp_path: Path) -> None:
         png = (tmp_path / name).read_bytes()
         assert png[:8] == b"\x89PNG\r\n\x1a\n", name
     assert [p.name for p in tmp_path.glob(".*")] == [".report.json"], "no temporary file left"
+
+
+def test_budget_grows_with_the_labelled_cases(tmp_path: Path) -> None:
+    plan = S.StudyPlan(seeds=(0,), n_labelled=(1, 2, 4, 8), n_pool=10)
+    assert [S.budget(plan, n) for n in (1, 2, 4, 8)] == [100, 100, 200, 250]
+    specs = S.target_specs(tmp_path, plan, _cohorts(tmp_path))
+    for s in specs:  # every arm at one n gets the same budget, validated 4 times
+        steps = S.budget(plan, s.n_labelled)
+        assert _ov(s, "train.steps") == str(steps)
+        assert _ov(s, "train.val_every") == str(steps // 4)
+    # the self-supervised arm runs where its question is asked (n <= 2)
+    assert sorted({s.n_labelled for s in specs if s.arm == "self-supervised"}) == [1, 2]
+    assert S.budget(S.StudyPlan(steps=40), 8) == 40  # a fixed budget when asked
+
+
+def test_ci95_is_student_t():
+    # t(0.975, 2) = 4.3027; sd 0.1 over 3 seeds -> 4.3027 * 0.1 / sqrt(3)
+    assert S.ci95(0.1, 3) == pytest.approx(4.302653 * 0.1 / math.sqrt(3), rel=1e-5)
+    assert math.isnan(S.ci95(0.1, 1))
+
+
+def _summary_row(arm: str, n: int, mean: float, ci: float) -> dict[str, Any]:
+    return {"arm": arm, "n_labelled": n, "dice_mean": mean, "dice_mean_ci": ci}
+
+
+def test_label_efficiency_checks_by_hand():
+    rows = [_summary_row("scratch", 1, 0.40, 0.05), _summary_row("scratch", 8, 0.70, 0.05),
+            _summary_row("source/full", 1, 0.65, 0.03), _summary_row("source/full", 8, 0.74, 0.02),
+            _summary_row("self-supervised/full", 1, 0.38, 0.05)]
+    c = S.label_efficiency_checks(rows)
+    assert c["scratch_rises"] is True and c["transfer_not_below"] is True
+    assert c["meet"] == 8  # 0.74 - 0.02 <= 0.70 + 0.05; at n=1 0.62 > 0.45
+    assert c["ssl"] == {"1": pytest.approx(-0.02)} and c["ssl_helps"] is False
+    # overlapping intervals: scratch does not rise clearly
+    rows[1] = _summary_row("scratch", 8, 0.48, 0.05)
+    assert S.label_efficiency_checks(rows)["scratch_rises"] is False
+    # fine-tuned below scratch at one n
+    rows[3] = _summary_row("source/full", 8, 0.47, 0.02)
+    assert S.label_efficiency_checks(rows)["transfer_not_below"] is False

@@ -3,10 +3,17 @@
 On synthetic cohorts (``glioseg.data.synthetic``) at one spacing:
 
 - a **source** site (the ``source`` profile) with many labelled cases;
-- a **target** site (the ``target`` profile: thick slices, bias, noise, compressed contrast,
-  larger tumours) with a *pool* of labelled cases from which each seed draws 1, 2, 4, 8, a set
-  of *unlabelled* scans (only the self-supervised pretraining sees them, and never their
-  labels) and a held-out *test* set.
+- a **target** site (the calibrated ``target`` profile: thicker slices, bias, noise, somewhat
+  compressed contrast, larger tumours) with a *pool* of labelled cases from which each seed
+  draws 1, 2, 4, 8, a set of *unlabelled* scans and a held-out *test* set. The self-supervised
+  pretraining sees every target scan but the test set (the unlabelled ones and the pool's
+  images, never a label), as a new site would pretrain on all it has.
+
+Step budgets: at ``n`` labelled cases every arm gets the same budget, ``steps_per_case * n``
+clamped to ``[min_steps, max_steps]`` (50 x n in [100, 250] by default), so that more labelled
+cases get the steps to be learnt from; with one equal budget for every n (the study before
+2026-12: 60 steps) nothing converged and scratch stayed flat in n. ``steps`` > 0 restores one
+fixed budget. Results are means over seeds with 95% confidence intervals (Student t).
 
 Arms, each given the same number of optimiser steps on the target's labelled cases:
 
@@ -90,10 +97,16 @@ class StudyPlan:
     """Seeds: each draws the labelled target cases and seeds the training runs."""
     n_labelled: tuple[int, ...] = (1, 2, 4, 8)
     """Numbers of labelled target cases."""
-    steps: int = 60
-    """Step budget of every target run (equal for all arms)."""
-    val_every: int = 15
-    """Test-set validation interval of target runs (the resolution of time-to-target)."""
+    steps: int = 0
+    """One fixed step budget for every target run; 0: the per-case budget below."""
+    steps_per_case: int = 50
+    """Budget per labelled case (``budget``): every arm at ``n`` gets the same steps."""
+    min_steps: int = 100
+    max_steps: int = 250
+    """Bounds of the per-case budget."""
+    val_every: int = 0
+    """Test-set validation interval of target runs (the resolution of time-to-target);
+    0: a quarter of the run's budget."""
     patch: int = 48
     """Training patch of target runs: the same as the pretraining's (``pretrain_patch``). The
     model's instance norms take their statistics from the patch, so a fine-tuned model must
@@ -116,8 +129,8 @@ class StudyPlan:
     """Steps of the source model (4 sequences)."""
     seq_source_steps: int = 200
     """Steps of the FLAIR + T1ce source model of the sequence-set scenario."""
-    pretrain_steps: int = 200
-    """Steps of the self-supervised (Models Genesis) pretraining on unlabelled target scans."""
+    pretrain_steps: int = 300
+    """Steps of the self-supervised (Models Genesis) pretraining on the target scans."""
     pretrain_patch: int = 48
     """Training patch of the three pretraining runs (the preset's)."""
     n_source: int = 20
@@ -128,15 +141,20 @@ class StudyPlan:
     """Voxel size (mm) of the synthetic cohorts."""
     data_seed: int = 2026
     """Seed of the synthetic cohorts (the source and target cohorts derive from it)."""
-    strategies: tuple[str, ...] = STRATEGIES
-    """Fine-tuning strategies of the ``source`` arm; the first is the main one."""
+    strategies: tuple[str, ...] = ("full",)
+    """Fine-tuning strategies of the ``source`` arm; the first is the main one (all four:
+    ``STRATEGIES``; they cost a run each per seed at ``strategies_at``)."""
     strategies_at: tuple[int, ...] | None = (2,)
     """Numbers of labelled cases at which every strategy runs; at the others only
     ``strategies[0]`` does (None: every strategy at every n)."""
     self_supervised: bool = True
     """Include the self-supervised arm (and its pretraining)."""
-    seq_n_labelled: tuple[int, ...] = (2,)
-    """Numbers of labelled target cases of the sequence-set scenario (empty: skip it)."""
+    self_supervised_at: tuple[int, ...] | None = (1, 2)
+    """Numbers of labelled cases at which the self-supervised arm runs (None: every n); its
+    question is whether it helps with very few labels."""
+    seq_n_labelled: tuple[int, ...] = ()
+    """Numbers of labelled target cases of the sequence-set scenario (empty: skip it; the
+    scenario with 2 cases adds 6 runs)."""
     seq_source_modalities: tuple[str, ...] = ("flair", "t1ce")
     seq_target_modalities: tuple[str, ...] = ("t2", "t1")
     config: str = "small"
@@ -165,8 +183,23 @@ class StudyPlan:
             raise StudyError("the study needs at least one seed and one n_labelled")
         if min(self.n_labelled) < 1:
             raise StudyError(f"n_labelled must be >= 1, got {list(self.n_labelled)}")
-        if self.steps < 1 or self.val_every < 1:
-            raise StudyError(f"steps ({self.steps}) and val_every ({self.val_every}) must be >= 1")
+        if self.steps < 0 or self.val_every < 0:
+            raise StudyError(f"steps ({self.steps}) and val_every ({self.val_every}) must be >= 0")
+        if self.steps == 0 and not 1 <= self.min_steps <= self.max_steps:
+            raise StudyError(f"the per-case budget needs 1 <= min_steps ({self.min_steps}) <= "
+                             f"max_steps ({self.max_steps})")
+
+
+def budget(plan: StudyPlan, n: int) -> int:
+    """Steps of every target run at ``n`` labelled cases (see the module docstring)."""
+    if plan.steps > 0:
+        return plan.steps
+    return int(min(max(plan.steps_per_case * n, plan.min_steps), plan.max_steps))
+
+
+def val_interval(plan: StudyPlan, steps: int) -> int:
+    """Validation interval of a target run of ``steps`` steps."""
+    return plan.val_every if plan.val_every > 0 else max(1, steps // 4)
 
 
 def quick_plan() -> StudyPlan:
@@ -209,12 +242,17 @@ def prepare_cohorts(out: Path, plan: StudyPlan) -> Cohorts:
     from glioseg.preprocess.run import preprocess_dir
 
     caches: dict[str, Path] = {}
-    for name, (site, seed, start, n) in _cohort_specs(plan).items():
+    specs = _cohort_specs(plan)
+    for name, (site, seed, start, n) in specs.items():
         if name == "target_unlabelled" and not plan.self_supervised:
             continue
         raw, cache = out / "data" / "raw" / name, out / "data" / "cache" / name
         write_cohort(raw, n_cases=n, layout="brats2023", site=site, seed=seed,
                      spacing=plan.spacing, start=start, workers=plan.synth_workers)
+        if name == "target_unlabelled":  # the pool's scans too (pretraining reads no label)
+            _, pseed, pstart, pn = specs["target_pool"]
+            write_cohort(raw, n_cases=pn, layout="brats2023", site=site, seed=pseed,
+                         spacing=plan.spacing, start=pstart, workers=plan.synth_workers)
         preprocess_dir(raw, cache, spacing=None)
         caches[name] = cache
     pool = sorted(c.case_id for c in open_cache(caches["target_pool"]))
@@ -289,7 +327,8 @@ def target_specs(out: Path, plan: StudyPlan, cohorts: Cohorts) -> list[RunSpec]:
         out = [("scratch", "none", "")]
         out += [("source", s, str(pre / "source" / "last"))
                 for s in (plan.strategies if every else plan.strategies[:1])]
-        if plan.self_supervised:
+        ssl_here = plan.self_supervised_at is None or n in plan.self_supervised_at
+        if plan.self_supervised and ssl_here:
             out.append(("self-supervised", "full", str(pre / "genesis" / "last")))
         return out
 
@@ -312,10 +351,11 @@ def target_specs(out: Path, plan: StudyPlan, cohorts: Cohorts) -> list[RunSpec]:
 def _target_spec(plan: StudyPlan, cohorts: Cohorts, arm: str, strategy: str, init: str, n: int,
                  seed: int, ids: Sequence[str], modalities: Sequence[str]) -> RunSpec:
     c, p = cohorts.caches, plan.patch
+    steps = budget(plan, n)
     ov = [f"data.cache_dir={c['target_pool']}", f"data.val_cache={c['target_test']}",
           f"data.cases={_list(ids)}", f"data.patch_size=[{p},{p},{p}]",
-          f"train.steps={plan.steps}", f"train.val_every={plan.val_every}",
-          f"train.ckpt_every={plan.steps}", f"train.log_every={min(10, plan.steps)}",
+          f"train.steps={steps}", f"train.val_every={val_interval(plan, steps)}",
+          f"train.ckpt_every={steps}", f"train.log_every={min(10, steps)}",
           f"train.seed={seed}", f"optim.warmup_steps={plan.warmup_steps}"]
     lr = run_lr(plan, arm)
     if lr > 0:
@@ -449,11 +489,58 @@ def summarise(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
     for (label, n), rs in groups.items():
         rec: dict[str, Any] = {"arm": label, "n_labelled": n, "seeds": len(rs)}
         for k in (*REGION_KEYS, "steps_to_target", "seconds_to_target", "seconds"):
-            m, sd, _ = _mean_sd([float(r[k]) for r in rs])
+            m, sd, k_n = _mean_sd([float(r[k]) for r in rs])
             rec[k], rec[f"{k}_sd"] = m, sd
+            if k in REGION_KEYS:
+                rec[f"{k}_ci"] = ci95(sd, k_n)
         rec["reached"] = sum(not math.isnan(float(r["steps_to_target"])) for r in rs)
         rec["steps"] = rs[0]["steps"]
         out.append(rec)
+    return out
+
+
+def ci95(sd: float, n: int) -> float:
+    """Half-width of the 95% confidence interval of a mean of ``n`` values with sample sd
+    ``sd`` (Student t, ``n - 1`` degrees of freedom); nan for fewer than 2 values."""
+    if n < 2 or math.isnan(sd):
+        return math.nan
+    from scipy.stats import t
+
+    return float(t.ppf(0.975, n - 1) * sd / math.sqrt(n))
+
+
+def label_efficiency_checks(summary: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """What the label-efficiency figure is for, checked on the summary:
+
+    - ``scratch_rises``: scratch at the largest n is above scratch at the smallest, with
+      non-overlapping 95% intervals;
+    - ``transfer_not_below``: fine-tuning from the source model (``source/<first strategy>``)
+      has a mean at or above scratch's at every n;
+    - ``meet``: the smallest n at which the two intervals overlap (None: they never do);
+    - ``ssl``: per n where both ran, the self-supervised arm's mean minus scratch's, and
+      ``ssl_helps``: whether it is above scratch at every such n <= 2.
+    """
+    by = {(s["arm"], s["n_labelled"]): s for s in summary}
+    ns = sorted({n for arm, n in by if arm == "scratch"})
+    ft_arm = next((a for a, _ in sorted(by) if a.startswith("source/")), None)
+    out: dict[str, Any] = {"scratch_rises": None, "transfer_not_below": None, "meet": None,
+                           "ssl": {}, "ssl_helps": None}
+    if len(ns) >= 2:
+        lo, hi = by[("scratch", ns[0])], by[("scratch", ns[-1])]
+        out["scratch_rises"] = bool(hi["dice_mean"] - hi["dice_mean_ci"]
+                                    > lo["dice_mean"] + lo["dice_mean_ci"])
+        out["scratch_range"] = [lo["dice_mean"], hi["dice_mean"]]
+    if ft_arm is not None:
+        pairs = [(n, by[(ft_arm, n)], by[("scratch", n)]) for n in ns if (ft_arm, n) in by]
+        out["transfer_not_below"] = all(f["dice_mean"] >= sc["dice_mean"] for _, f, sc in pairs)
+        out["meet"] = next((n for n, f, sc in pairs
+                            if f["dice_mean"] - f["dice_mean_ci"]
+                            <= sc["dice_mean"] + sc["dice_mean_ci"]), None)
+    ssl = {n: by[("self-supervised/full", n)]["dice_mean"] - by[("scratch", n)]["dice_mean"]
+           for n in ns if ("self-supervised/full", n) in by}
+    out["ssl"] = {str(n): g for n, g in ssl.items()}
+    small = [g for n, g in ssl.items() if n <= 2]
+    out["ssl_helps"] = bool(small) and all(g > 0 for g in small) if small else None
     return out
 
 
@@ -505,23 +592,52 @@ def write_results_csv(path: Path, rows: Sequence[Mapping[str, Any]]) -> None:
 
 
 def _pm(m: float, sd: float, digits: int = 3) -> str:
-    return "-" if math.isnan(m) else f"{m:.{digits}f} ± {sd:.{digits}f}"
+    if math.isnan(m):
+        return "-"
+    return f"{m:.{digits}f}" if math.isnan(sd) else f"{m:.{digits}f} ± {sd:.{digits}f}"
+
+
+def checks_markdown(checks: Mapping[str, Any]) -> list[str]:
+    """The lines of ``summary.md`` stating ``label_efficiency_checks``."""
+    def yes(v: Any) -> str:
+        return "n/a" if v is None else ("yes" if v else "NO")
+
+    lines = [f"- scratch rises with the labelled cases (largest vs smallest n, 95% intervals "
+             f"apart): {yes(checks.get('scratch_rises'))}"
+             + (" ({:.3f} -> {:.3f})".format(*checks["scratch_range"])
+                if checks.get("scratch_range") else ""),
+             f"- fine-tuned from the source model at or above scratch at every n: "
+             f"{yes(checks.get('transfer_not_below'))}",
+             "- the two arms' 95% intervals first overlap at n = "
+             + (str(checks["meet"]) if checks.get("meet") is not None else "- (never)")]
+    ssl = checks.get("ssl") or {}
+    if ssl:
+        gains = ", ".join(f"n={n}: {g:+.3f}" for n, g in ssl.items())
+        lines.append(f"- self-supervised pretraining then fine-tuning vs scratch (mean Dice): "
+                     f"{gains}; helps at n <= 2: {yes(checks.get('ssl_helps'))}")
+    return lines
 
 
 def summary_markdown(summary: Sequence[Mapping[str, Any]], accept: Mapping[str, Any],
-                     pretrain: Mapping[str, Any], plan: StudyPlan | None = None) -> str:
+                     pretrain: Mapping[str, Any], plan: StudyPlan | None = None,
+                     checks: Mapping[str, Any] | None = None) -> str:
     """``summary.md``: mean ± sd across seeds per arm and n, then the acceptance verdict."""
     setup = ""
     if plan is not None:
         lr = "the preset's" if plan.lr <= 0 else f"{plan.lr:g}"
         ft = f"{run_lr(plan, 'source') or 'the preset'}"
-        setup = (f" Every target run: {plan.steps} steps of {plan.patch}^3 patches, "
+        steps = (f"{plan.steps} steps" if plan.steps else
+                 f"{plan.steps_per_case} steps per labelled case within [{plan.min_steps}, "
+                 f"{plan.max_steps}]")
+        every = f"every {plan.val_every} steps" if plan.val_every else "4 times per run"
+        setup = (f" Every target run: {steps} of {plan.patch}^3 patches, "
                  f"{plan.warmup_steps} warm-up steps, validation on {plan.n_test} held-out "
-                 f"target cases every {plan.val_every} steps; peak learning rate {ft} for the "
+                 f"target cases {every}; peak learning rate {ft} for the "
                  f"source arms (fine-tuning the 4-sequence source model), {lr} for the others "
                  "(seq-source included: its input layer is new).")
     lines = ["# Label efficiency on the target site", "",
-             "Target test Dice (mean ± sd across seeds) after an equal step budget; "
+             "Target test Dice (mean ± 95% confidence interval across seeds, Student t; "
+             "WT/TC/ET: mean ± sd) after an equal step budget per n; "
              "time to target = first validation at or above the scratch arm's final mean Dice "
              "(same labelled cases and seed), averaged over the seeds that reached it."
              + setup, "",
@@ -532,12 +648,16 @@ def summary_markdown(summary: Sequence[Mapping[str, Any]], accept: Mapping[str, 
                                             s["arm"])):
         lines.append(
             f"| {s['arm']} | {s['n_labelled']} | {s['seeds']} | "
-            f"{_pm(s['dice_mean'], s['dice_mean_sd'])} | {_pm(s['dice_WT'], s['dice_WT_sd'])} | "
+            f"{_pm(s['dice_mean'], s.get('dice_mean_ci', s['dice_mean_sd']))} | "
+            f"{_pm(s['dice_WT'], s['dice_WT_sd'])} | "
             f"{_pm(s['dice_TC'], s['dice_TC_sd'])} | {_pm(s['dice_ET'], s['dice_ET_sd'])} | "
             f"{_pm(s['steps_to_target'], s['steps_to_target_sd'], 0)} / {s['steps']} | "
             f"{_pm(s['seconds_to_target'], s['seconds_to_target_sd'], 1)} | "
             f"{s['reached']}/{s['seeds']} |")
-    lines += ["", "## Acceptance", "", str(accept.get("verdict", "")), "", "## Pretraining", ""]
+    lines += ["", "## Acceptance", "", str(accept.get("verdict", "")), ""]
+    if checks is not None:
+        lines += ["## What the curves show", "", *checks_markdown(checks), ""]
+    lines += ["## Pretraining", ""]
     for name, p in pretrain.items():
         dice = p.get("dice_mean")
         extra = "" if dice is None or math.isnan(dice) else \
@@ -581,7 +701,9 @@ def plot_dice_vs_labelled(path: Path, summary: Sequence[Mapping[str, Any]],
         for lab in labels:
             pts = sorted((s for s in main if s["arm"] == lab), key=lambda s: s["n_labelled"])
             x = [s["n_labelled"] for s in pts]
-            ax.errorbar(x, [s[key] for s in pts], yerr=[s[f"{key}_sd"] for s in pts],
+            err = [s.get(f"{key}_ci", s[f"{key}_sd"]) for s in pts]
+            err = [0.0 if math.isnan(e) else e for e in err]
+            ax.errorbar(x, [s[key] for s in pts], yerr=err,
                         marker="o", capsize=3, label=lab, color=colors[lab],
                         lw=2.5 if lab == "scratch" else 1.5,
                         ls="--" if lab == "scratch" else "-")
@@ -594,7 +716,7 @@ def plot_dice_vs_labelled(path: Path, summary: Sequence[Mapping[str, Any]],
         ax.set_xlabel("labelled target cases")
         ax.grid(alpha=0.3)
         ax.set_ylim(0, 1)
-    axes[0].set_ylabel("target test Dice (mean ± sd over seeds)")
+    axes[0].set_ylabel("target test Dice (mean, 95% CI over seeds)")
     handles, names = [], []
     for ax in axes:  # one legend for every panel, outside them: no data hidden under it
         for h, lab in zip(*ax.get_legend_handles_labels(), strict=True):
@@ -602,7 +724,10 @@ def plot_dice_vs_labelled(path: Path, summary: Sequence[Mapping[str, Any]],
                 handles.append(h)
                 names.append(lab)
     fig.legend(handles, names, fontsize=8, loc="center left", bbox_to_anchor=(1.0, 0.5))
-    fig.suptitle(f"Label efficiency: target test Dice after {main[0]['steps']} steps per arm")
+    budgets = ", ".join(f"n={s['n_labelled']}: {s['steps']}" for s in
+                        sorted({s["n_labelled"]: s for s in main}.values(),
+                               key=lambda s: s["n_labelled"]))
+    fig.suptitle(f"Label efficiency: target test Dice after equal budgets per n (steps {budgets})")
     fig.tight_layout()
     _save_fig(fig, path)
 
@@ -643,7 +768,10 @@ def plot_time_to_target(path: Path, summary: Sequence[Mapping[str, Any]]) -> Non
         ax.set_xlabel("labelled target cases")
         ax.set_ylabel(f"{unit} to reach scratch's final Dice")
         ax.grid(alpha=0.3, axis="y")
-    axes[0].axhline(main[0]["steps"], color="grey", ls=":", label="step budget")
+    for i, n in enumerate(ns):  # each n's own budget
+        steps_n = next(s["steps"] for s in main if s["n_labelled"] == n)
+        axes[0].hlines(steps_n, i - 0.45, i + 0.45, color="grey", ls=":",
+                       label="step budget" if i == 0 else None)
     handles, names = axes[0].get_legend_handles_labels()
     order = sorted(range(len(names)), key=lambda k: (names[k] == "step budget",
                                                      labels.index(names[k])
@@ -759,10 +887,11 @@ def write_outputs(out: Path, plan: StudyPlan, results: Sequence[Mapping[str, Any
     summ = summarise(rows)
     n_acc = plan.acceptance_n if plan.acceptance_n in plan.n_labelled else plan.n_labelled[0]
     accept = acceptance(rows, n_acc)
+    checks = label_efficiency_checks(summ)
     info = _pretrain_info(pretrain)
     write_results_csv(out / "results.csv", rows)
     _write_json(out / ".report.json", REPORT_SPEC)
-    text = summary_markdown(summ, accept, info, plan)
+    text = summary_markdown(summ, accept, info, plan, checks)
     write_text(out / "summary.md", text)
     zero = info.get("source", {}).get("dice_mean")
     figures = []
@@ -775,6 +904,7 @@ def write_outputs(out: Path, plan: StudyPlan, results: Sequence[Mapping[str, Any
                            plan.seq_target_modalities)
         figures.append(FIGURES[3])
     doc = {"kind": "label-efficiency", "verdict": accept["verdict"], "acceptance": accept,
+           "checks": checks,
            "summary": summ, "pretraining": info, "figures": figures,
            "results": "results.csv", "table": "summary.md", "wall_s": round(wall_s, 1),
            "runs_wall_s": round(sum(float(r.get("wall_s", 0.0)) for r in
