@@ -7,10 +7,14 @@ project's user-facing errors into a clear message and a non-zero exit status.
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, TypeVar
 
 import typer
+
+from glioseg.errors import GliosegError
 
 app = typer.Typer(
     help="3D brain-tumour segmentation of multi-modal MRI (BraTS): synthetic cohorts, "
@@ -26,7 +30,25 @@ def _fail(message: str, code: int = 1) -> None:
     raise typer.Exit(code)
 
 
+_Command = TypeVar("_Command", bound=Callable[..., None])
+
+
+def user_errors(command: _Command) -> _Command:
+    """A command whose ``GliosegError`` (an error the user can act on) becomes one red line and
+    exit status 1; any other exception is a bug and keeps its traceback."""
+
+    @functools.wraps(command)
+    def run(*args: object, **kwargs: object) -> None:
+        try:
+            command(*args, **kwargs)
+        except GliosegError as exc:
+            _fail(str(exc))
+
+    return run  # type: ignore[return-value]
+
+
 @app.command()
+@user_errors
 def synth(
     out_dir: Annotated[Path, typer.Argument(help="Folder to write the cohort into.")],
     cases: Annotated[int, typer.Option(help="Number of cases.")] = 10,
@@ -40,15 +62,13 @@ def synth(
     """Write a realistic synthetic BraTS-like cohort in a published BraTS layout."""
     from glioseg.data.synthetic import write_cohort
 
-    try:
-        paths = write_cohort(out_dir, n_cases=cases, layout=layout, site=site, seed=seed,
-                             spacing=spacing, start=start, workers=workers)
-    except ValueError as exc:
-        _fail(str(exc))
+    paths = write_cohort(out_dir, n_cases=cases, layout=layout, site=site, seed=seed,
+                         spacing=spacing, start=start, workers=workers)
     typer.echo(f"wrote {len(paths)} cases to {out_dir}")
 
 
 @app.command()
+@user_errors
 def inspect(
     data_dir: Annotated[Path, typer.Argument(help="A BraTS/MSD data folder or one case folder.")],
     quick: Annotated[bool, typer.Option(help="Headers only: skip voxel checks.")] = False,
@@ -59,15 +79,13 @@ def inspect(
     """Discover and validate cases; print a table; exit non-zero if any case is bad."""
     from glioseg.data.inspect import inspect_dir
 
-    try:
-        n_bad = inspect_dir(data_dir, read_voxels=not quick, modalities=modalities)
-    except ValueError as exc:
-        _fail(str(exc))
+    n_bad = inspect_dir(data_dir, read_voxels=not quick, modalities=modalities)
     if n_bad:
         raise typer.Exit(1)
 
 
 @app.command()
+@user_errors
 def show(
     case_dir: Annotated[Path, typer.Argument(help="One case folder.")],
     output: Annotated[Path, typer.Option("-o", "--output", help="PNG to write.")] = Path("case.png"),
@@ -79,15 +97,13 @@ def show(
     """Draw the four contrasts and the segmentation overlay on the slice of largest tumour."""
     from glioseg.report.figures import show_case
 
-    try:
-        show_case(case_dir, output, pred=pred, views=tuple(v.strip() for v in views.split(",")),
-                  pred_labels=pred_labels)
-    except ValueError as exc:
-        _fail(str(exc))
+    show_case(case_dir, output, pred=pred, views=tuple(v.strip() for v in views.split(",")),
+              pred_labels=pred_labels)
     typer.echo(f"wrote {output}")
 
 
 @app.command()
+@user_errors
 def preprocess(
     data_dir: Annotated[Path, typer.Argument(help="A BraTS/MSD data folder.")],
     output: Annotated[Path, typer.Option("-o", "--output", help="Cache folder.")],
@@ -101,11 +117,8 @@ def preprocess(
     """Crop to the brain, z-score per modality, optionally resample; write a memory-mappable cache."""
     from glioseg.preprocess.run import preprocess_dir
 
-    try:
-        ids = preprocess_dir(data_dir, output, spacing=spacing, workers=workers,
-                             modalities=modalities)
-    except ValueError as exc:
-        _fail(str(exc))
+    ids = preprocess_dir(data_dir, output, spacing=spacing, workers=workers,
+                         modalities=modalities)
     typer.echo(f"{len(ids)} cases in {output}")
 
 
@@ -114,6 +127,7 @@ app.add_typer(bench_app, name="bench")
 
 
 @bench_app.command("cache")
+@user_errors
 def bench_cache_cmd(
     data_dir: Annotated[Path, typer.Argument(help="The data folder the cache was built from.")],
     cache_dir: Annotated[Path, typer.Argument(help="The cache folder (glioseg preprocess).")],
@@ -122,13 +136,11 @@ def bench_cache_cmd(
     """Cases/s and MB/s reading the memory-mapped cache vs loading NIfTI; bytes per case."""
     from glioseg.bench.cache import bench_cache
 
-    try:
-        bench_cache(data_dir, cache_dir, repeats=repeats)
-    except ValueError as exc:
-        _fail(str(exc))
+    bench_cache(data_dir, cache_dir, repeats=repeats)
 
 
 @bench_app.command("data")
+@user_errors
 def bench_data_cmd(
     cache_dir: Annotated[Path, typer.Argument(help="The cache folder (glioseg preprocess).")],
     patch: Annotated[int, typer.Option(help="Cubic patch side in voxels (small preset 48, "
@@ -142,14 +154,12 @@ def bench_data_cmd(
     """Patches/s of our patch pipeline vs a plain MONAI pipeline doing the same work."""
     from glioseg.bench.data import bench_data
 
-    try:
-        bench_data(cache_dir, (patch,) * 3, batch_size=batch_size, batches=batches,
-                   warmup=warmup, num_workers=workers, seed=seed)
-    except ValueError as exc:
-        _fail(str(exc))
+    bench_data(cache_dir, (patch,) * 3, batch_size=batch_size, batches=batches,
+               warmup=warmup, num_workers=workers, seed=seed)
 
 
 @app.command()
+@user_errors
 def shift(
     source: Annotated[Path, typer.Option(help="Cohort the model learnt from (any layout).")],
     target: Annotated[Path, typer.Option(help="Cohort of the new site.")],
@@ -163,19 +173,16 @@ def shift(
     """How different is a new site from the source data? MMD tests, figures and advice."""
     from glioseg.analysis.shift_run import run_shift
 
-    try:
-        net, spacing, mods = None, None, None
-        if model is not None:
-            from glioseg.model.card import load_model
+    net, spacing, mods = None, None, None
+    if model is not None:
+        from glioseg.model.card import load_model
 
-            net, card = load_model(model)
-            spacing = (getattr(card, "preprocessing", None) or {}).get("spacing")
-            mods = list(card.modalities)
-        doc = run_shift(source, target, output, model=net, spacing=spacing,
-                        n_permutations=permutations, seed=seed, alpha=alpha,
-                        model_path=None if model is None else str(model), modalities=mods)
-    except ValueError as exc:
-        _fail(str(exc))
+        net, card = load_model(model)
+        spacing = (getattr(card, "preprocessing", None) or {}).get("spacing")
+        mods = list(card.modalities)
+    doc = run_shift(source, target, output, model=net, spacing=spacing,
+                    n_permutations=permutations, seed=seed, alpha=alpha,
+                    model_path=None if model is None else str(model), modalities=mods)
     typer.echo(doc["verdict"])
     for line in doc["advice"]:
         typer.echo(f"- {line}")
@@ -183,6 +190,7 @@ def shift(
 
 
 @app.command()
+@user_errors
 def report(
     run_dir: Annotated[Path, typer.Argument(help="A run folder (training, evaluation, shift, "
                                             "demo...).")],
@@ -191,10 +199,7 @@ def report(
     """Render RUN_DIR/report.html (self-contained) and RUN_DIR/report.md from what it holds."""
     from glioseg.report.html import write_report
 
-    try:
-        html_path, md_path = write_report(run_dir, title=title)
-    except ValueError as exc:
-        _fail(str(exc))
+    html_path, md_path = write_report(run_dir, title=title)
     typer.echo(f"wrote {html_path} and {md_path}")
 
 
@@ -227,6 +232,7 @@ def _parse_sizes(sizes: str | None) -> tuple[float, float, float] | None:
 
 
 @app.command()
+@user_errors
 def predict(
     model: Annotated[list[Path], typer.Option("--model", "-m", help="Checkpoint (folder or "
                                               ".safetensors); repeat to ensemble folds.")],
@@ -275,10 +281,7 @@ def predict(
                           min_component=min_component, min_size_mm3=_parse_sizes(min_size),
                           scheme=scheme,
                           probabilities=probabilities, overwrite=overwrite, threads=threads)
-    try:
-        summary = predict_dir(model, input, output, opts)
-    except ValueError as exc:
-        _fail(str(exc))
+    summary = predict_dir(model, input, output, opts)
     typer.echo(f"predicted {len(summary.predicted)}, skipped {len(summary.skipped)} (already "
                f"done), failed {len(summary.failed)}; outputs in {output}")
     for case_id, message in summary.failed.items():
@@ -288,6 +291,7 @@ def predict(
 
 
 @app.command("tune-postprocess")
+@user_errors
 def tune_postprocess_cmd(
     model: Annotated[Path, typer.Option("--model", "-m", help="Model folder (a run's best/ or "
                                         "last/).")],
@@ -300,16 +304,14 @@ def tune_postprocess_cmd(
     lesion-wise Dice, record them in the model card (predict applies them), print before/after."""
     from glioseg.evaluate.tune_postprocess import tune_postprocess
 
-    try:
-        result = tune_postprocess(model, input, write=not dry_run)
-    except ValueError as exc:
-        _fail(str(exc))
+    result = tune_postprocess(model, input, write=not dry_run)
     typer.echo(result.table())
     typer.echo("card unchanged (--dry-run)" if dry_run else f"recorded in {model}'s card; "
                "glioseg predict applies it (--min-size overrides)")
 
 
 @app.command()
+@user_errors
 def export(
     model: Annotated[Path, typer.Option("--model", "-m", help="Checkpoint folder or .safetensors.")],
     format: Annotated[str, typer.Option("--format", help="onnx or openvino.")] = "onnx",
@@ -322,19 +324,17 @@ def export(
     from glioseg.infer.export import PARITY_ATOL, export_checked
     from glioseg.infer.predict import _in_channels, load_model, model_divisor, model_roi
 
-    try:
-        net, _ = load_model(model)
-        div = model_divisor(net)
-        size = tuple(max(div, 64 // div * div) for _ in range(3))
-        path, diff = export_checked(net, output, format, _in_channels(net),
-                                    example_size=model_roi(net), size=size)
-    except ValueError as exc:
-        _fail(str(exc))
+    net, _ = load_model(model)
+    div = model_divisor(net)
+    size = tuple(max(div, 64 // div * div) for _ in range(3))
+    path, diff = export_checked(net, output, format, _in_channels(net),
+                                example_size=model_roi(net), size=size)
     typer.echo(f"wrote {path}; max |logit difference| vs PyTorch on a random {size} patch: "
                f"{diff:.2e} (tolerance {PARITY_ATOL:g})")
 
 
 @bench_app.command("predict")
+@user_errors
 def bench_predict_cmd(
     model: Annotated[Path | None, typer.Option("--model", "-m", help="Checkpoint (default: an "
                                                "untrained network of --preset).")] = None,
@@ -368,18 +368,16 @@ def bench_predict_cmd(
     """
     from glioseg.bench.predict import bench_predict
 
-    try:
-        bench_predict(model=model, preset_name=preset,
-                      engines=None if engines is None else
-                      [e.strip() for e in engines.split(",") if e.strip()],
-                      case_dir=case, overlap=overlap, roi=_parse_roi(roi), batch=batch,
-                      reference=reference, output=output, calibration=calibration,
-                      device=device)
-    except ValueError as exc:
-        _fail(str(exc))
+    bench_predict(model=model, preset_name=preset,
+                  engines=None if engines is None else
+                  [e.strip() for e in engines.split(",") if e.strip()],
+                  case_dir=case, overlap=overlap, roi=_parse_roi(roi), batch=batch,
+                  reference=reference, output=output, calibration=calibration,
+                  device=device)
 
 
 @app.command()
+@user_errors
 def evaluate(
     pred: Annotated[Path, typer.Option("--pred", help="Folder of <case_id>.nii.gz predictions.")],
     ref: Annotated[Path, typer.Option("--ref", help="BraTS/MSD data folder with references.")],
@@ -404,11 +402,8 @@ def evaluate(
     from glioseg.runinfo import record_run
 
     started = time.perf_counter()
-    try:
-        result = evaluate_folder(pred, ref, output, scheme=scheme, spacing_mm=spacing_mm,
-                                 workers=workers, pred_label_scheme=pred_labels, figures=figures)
-    except ValueError as exc:
-        _fail(str(exc))
+    result = evaluate_folder(pred, ref, output, scheme=scheme, spacing_mm=spacing_mm,
+                             workers=workers, pred_label_scheme=pred_labels, figures=figures)
     record_run(output, "evaluate", time.perf_counter() - started,
                **{"cases scored": len(result.rows), "workers": workers})
     missing = result.summary["missing_predictions"]
@@ -424,6 +419,7 @@ def evaluate(
 
 
 @bench_app.command("eval")
+@user_errors
 def bench_eval_cmd(
     repeats: Annotated[int, typer.Option(help="Timed repeats per scheme (median kept).")] = 5,
     seed: Annotated[int, typer.Option(help="Seed of the synthetic case and prediction.")] = 0,
@@ -433,13 +429,11 @@ def bench_eval_cmd(
     """Seconds to score one 240x240x155 case (all metrics, each scheme) on one core."""
     from glioseg.bench.evaluation import bench_eval
 
-    try:
-        bench_eval(repeats=repeats, seed=seed, n_specks=specks)
-    except ValueError as exc:
-        _fail(str(exc))
+    bench_eval(repeats=repeats, seed=seed, n_specks=specks)
 
 
 @bench_app.command("faults")
+@user_errors
 def bench_faults_cmd(
     stages: Annotated[str, typer.Option(help="Stages to kill, comma-separated.")] =
         "preprocess,train,predict,evaluate",
@@ -451,11 +445,8 @@ def bench_faults_cmd(
     """SIGKILL each stage at several moments, re-run it, compare with an uninterrupted run."""
     from glioseg.bench.faults import bench_faults
 
-    try:
-        results = bench_faults([s.strip() for s in stages.split(",") if s.strip()],
-                               [m.strip() for m in moments.split(",") if m.strip()], work=work)
-    except (ValueError, RuntimeError) as exc:
-        _fail(str(exc))
+    results = bench_faults([s.strip() for s in stages.split(",") if s.strip()],
+                           [m.strip() for m in moments.split(",") if m.strip()], work=work)
     if not all(r.ok for r in results):
         raise typer.Exit(1)
 
@@ -477,6 +468,7 @@ MaxRestartsOpt = Annotated[int, typer.Option(help="torchrun restarts of crashed 
 
 
 @app.command()
+@user_errors
 def train(
     out: Annotated[Path, typer.Option("--out", help="Run folder: checkpoints, metrics, curves.")],
     data: Annotated[Path | None, typer.Option("--data", help="A preprocessed cache, or a raw "
@@ -514,39 +506,36 @@ def _launch_training(out: Path, data: Path | None, config: str | None,
     from glioseg import config as C
     from glioseg.train import fit as F
 
-    try:
-        base = config
-        if base is None:
-            saved = out / "config.yaml"
-            base = str(saved) if resume and saved.is_file() else "small"
-        if data is not None:
-            cache = F.prepare_data(data, out, spacing=spacing, modalities=modalities)
-            sets.append(f"data.cache_dir={cache.resolve()}")
-        cfg = C.load_config(base, sets)
-        if not cfg.data.cache_dir:
-            _fail("no data: pass --data CACHE_OR_DATA_DIR (or --resume a run that has one)")
-        if nproc > 1 or nnodes > 1:
-            out.mkdir(parents=True, exist_ok=True)
-            launch = out / "launch.yaml"
-            # one writer: node 0's launcher. The workers of every node read its file; they
-            # start only once every node's agent joined the rendezvous, node 0's after this.
-            if node_rank == 0:
-                C.dump_config(cfg, launch)
-            args = ["--out", str(out), "--config", str(launch)]
-            args += ["--resume"] if resume else []
-            args += ["--profile", "--profile-steps", str(profile_steps)] if profile else []
-            cmd = F.torchrun_command(args, nproc=nproc, nnodes=nnodes, node_rank=node_rank,
-                                     rdzv_endpoint=rdzv_endpoint, max_restarts=max_restarts,
-                                     run_id=out.resolve().name)
-            raise typer.Exit(subprocess.run(cmd, env=F.torchrun_env(nnodes)).returncode)
-        if profile:
-            from glioseg.train.profile import profile_training
+    base = config
+    if base is None:
+        saved = out / "config.yaml"
+        base = str(saved) if resume and saved.is_file() else "small"
+    if data is not None:
+        cache = F.prepare_data(data, out, spacing=spacing, modalities=modalities)
+        sets.append(f"data.cache_dir={cache.resolve()}")
+    cfg = C.load_config(base, sets)
+    if not cfg.data.cache_dir:
+        _fail("no data: pass --data CACHE_OR_DATA_DIR (or --resume a run that has one)")
+    if nproc > 1 or nnodes > 1:
+        out.mkdir(parents=True, exist_ok=True)
+        launch = out / "launch.yaml"
+        # one writer: node 0's launcher. The workers of every node read its file; they
+        # start only once every node's agent joined the rendezvous, node 0's after this.
+        if node_rank == 0:
+            C.dump_config(cfg, launch)
+        args = ["--out", str(out), "--config", str(launch)]
+        args += ["--resume"] if resume else []
+        args += ["--profile", "--profile-steps", str(profile_steps)] if profile else []
+        cmd = F.torchrun_command(args, nproc=nproc, nnodes=nnodes, node_rank=node_rank,
+                                 rdzv_endpoint=rdzv_endpoint, max_restarts=max_restarts,
+                                 run_id=out.resolve().name)
+        raise typer.Exit(subprocess.run(cmd, env=F.torchrun_env(nnodes)).returncode)
+    if profile:
+        from glioseg.train.profile import profile_training
 
-            profile_training(cfg, out, steps=profile_steps)
-            return
-        summary = F.fit(cfg, out, resume=resume)
-    except ValueError as exc:
-        _fail(str(exc))
+        profile_training(cfg, out, steps=profile_steps)
+        return
+    summary = F.fit(cfg, out, resume=resume)
     if summary.get("rank", 0) != 0:
         return
     if summary.get("n_cases"):
@@ -562,6 +551,7 @@ def _launch_training(out: Path, data: Path | None, config: str | None,
 
 
 @app.command()
+@user_errors
 def finetune(
     from_: Annotated[Path, typer.Option("--from", help="Pretrained model: a run's best/ or "
                                         "last/ folder, an imported checkpoint folder, a "
@@ -594,14 +584,11 @@ def finetune(
     input sequences by name, prints the load report, trains with the chosen strategy."""
     from glioseg.model.card import load_card
 
-    try:
-        card = load_card(from_)
-        mods = _finetune_modalities(card, modalities, data, resume)
-        if spacing is None and data is not None and not (data / "dataset.json").is_file():
-            sp = (card.preprocessing or {}).get("spacing")
-            spacing = float(sp[0]) if sp else None
-    except ValueError as exc:
-        _fail(str(exc))
+    card = load_card(from_)
+    mods = _finetune_modalities(card, modalities, data, resume)
+    if spacing is None and data is not None and not (data / "dataset.json").is_file():
+        sp = (card.preprocessing or {}).get("spacing")
+        spacing = float(sp[0]) if sp else None
     sets = [f"transfer.init_from={from_.resolve()}", f"transfer.strategy={strategy}",
             f"transfer.layer_decay={layer_decay}", f"transfer.new_head={new_head}",
             *([f"data.modalities=[{','.join(mods)}]"] if mods else []), *(set_ or [])]
@@ -655,6 +642,7 @@ def _card_model_overrides(card: object) -> list[str]:
 
 
 @app.command()
+@user_errors
 def pretrain(
     out: Annotated[Path, typer.Option("--out", help="Run folder of the pretraining.")],
     data: Annotated[Path | None, typer.Option("--data", help="Cache or raw BraTS folder; "
@@ -687,6 +675,7 @@ def pretrain(
 
 
 @app.command()
+@user_errors
 def plot(
     run_dir: Annotated[Path, typer.Argument(help="A training run folder.")],
     output: Annotated[Path | None, typer.Option("-o", "--output", help="PNG (default "
@@ -695,14 +684,12 @@ def plot(
     """Draw the training loss and validation Dice curves of a run."""
     from glioseg.report.curves import plot_run
 
-    try:
-        path = plot_run(run_dir, output)
-    except ValueError as exc:
-        _fail(str(exc))
+    path = plot_run(run_dir, output)
     typer.echo(f"wrote {path}")
 
 
 @bench_app.command("train")
+@user_errors
 def bench_train_cmd(
     config: Annotated[str, typer.Option("--config", help="Preset or YAML: model and patch.")] = "small",
     set_: Annotated[list[str] | None, typer.Option("--set", help="Config override (repeatable).")] = None,
@@ -716,14 +703,12 @@ def bench_train_cmd(
     """Training steps/s, patches/s, voxels/s, data-wait fraction and peak memory."""
     from glioseg.bench.train import bench_train
 
-    try:
-        bench_train(config, list(set_ or []), [a.strip() for a in amp.split(",") if a.strip()],
-                    steps=steps, warmup=warmup, cache=str(cache) if cache else None, nproc=nproc)
-    except (ValueError, RuntimeError) as exc:
-        _fail(str(exc))
+    bench_train(config, list(set_ or []), [a.strip() for a in amp.split(",") if a.strip()],
+                steps=steps, warmup=warmup, cache=str(cache) if cache else None, nproc=nproc)
 
 
 @app.command()
+@user_errors
 def card(
     checkpoint: Annotated[Path, typer.Argument(help="Model folder, model.safetensors or card.json.")],
     as_json: Annotated[bool, typer.Option("--json", help="Print the card's JSON as stored.")] = False,
@@ -735,20 +720,18 @@ def card(
     """Print a model's card: architecture, inputs, outputs, preprocessing, training, provenance."""
     from glioseg.model.card import CARD_NAME, load_card, resolve_paths, save_card
 
-    try:
-        model_card = load_card(checkpoint)
-        if et_threshold is not None:
-            if et_threshold < 0:
-                _fail(f"--et-threshold must be >= 0, got {et_threshold}")
-            model_card = model_card.replace(et_threshold=et_threshold)
-            path = checkpoint if checkpoint.name == CARD_NAME else resolve_paths(checkpoint)[1]
-            save_card(path, model_card)
-    except ValueError as exc:
-        _fail(str(exc))
+    model_card = load_card(checkpoint)
+    if et_threshold is not None:
+        if et_threshold < 0:
+            _fail(f"--et-threshold must be >= 0, got {et_threshold}")
+        model_card = model_card.replace(et_threshold=et_threshold)
+        path = checkpoint if checkpoint.name == CARD_NAME else resolve_paths(checkpoint)[1]
+        save_card(path, model_card)
     typer.echo(model_card.to_json() if as_json else model_card.summary(), nl=not as_json)
 
 
 @app.command("import-checkpoint")
+@user_errors
 def import_checkpoint_cmd(
     checkpoint: Annotated[Path, typer.Argument(help="The foreign checkpoint file.")],
     kind: Annotated[str, typer.Option(help="monai-segresnet, swinunetr, swinvit-ssl or nnunet.")],
@@ -766,11 +749,8 @@ def import_checkpoint_cmd(
         kwargs["modalities"] = tuple(m.strip() for m in modalities.split(",") if m.strip())
     if kind == "nnunet":
         kwargs["array_axes"] = array_axes
-    try:
-        imported = import_checkpoint(checkpoint, kind, **kwargs)
-        out = imported.save(output)
-    except (ValueError, TypeError) as exc:
-        _fail(str(exc))
+    imported = import_checkpoint(checkpoint, kind, **kwargs)
+    out = imported.save(output)
     for note in imported.notes:
         typer.echo(f"note: {note}")
     typer.echo(imported.card.summary())
@@ -783,6 +763,7 @@ app.add_typer(study_app, name="study")
 
 
 @study_app.command("label-efficiency")
+@user_errors
 def study_label_efficiency_cmd(
     out: Annotated[Path, typer.Option("--out", help="Study folder (re-running resumes it).")],
     seeds: Annotated[int | None, typer.Option(help="Seeds (labelled-case draws); default 3, "
@@ -803,7 +784,7 @@ def study_label_efficiency_cmd(
     2-core CPU; --quick about 2."""
     from dataclasses import replace
 
-    from glioseg.study import StudyPlan, quick_plan, run_study
+    from glioseg.study import StudyError, StudyPlan, quick_plan, run_study
 
     try:
         plan = quick_plan() if quick else StudyPlan()
@@ -823,7 +804,7 @@ def study_label_efficiency_cmd(
         if changes:
             plan = replace(plan, **changes)
         doc = run_study(out, plan)
-    except ValueError as exc:
+    except StudyError as exc:  # not yet a GliosegError (issue 14)
         _fail(str(exc))
     typer.echo(doc["verdict"])
     typer.echo(f"wrote {out / 'results.csv'}, {out / 'summary.md'}, {out / 'study.json'} and "
@@ -831,6 +812,7 @@ def study_label_efficiency_cmd(
 
 
 @app.command()
+@user_errors
 def demo(
     out: Annotated[Path, typer.Option("--out", help="Demo folder (re-running resumes it).")] =
         Path("glioseg-demo"),
@@ -844,7 +826,7 @@ def demo(
     """Synthetic source and target sites -> domain shift -> train on the source -> fine-tune vs
     scratch on a few target cases -> predict + BraTS metrics -> OUT/report.html (~5 min on 2
     CPU cores)."""
-    from glioseg.demo import describe_plan, plan_for, run_demo
+    from glioseg.demo import DemoError, describe_plan, plan_for, run_demo
 
     try:
         plan = plan_for(quick=quick, full=full)
@@ -853,7 +835,7 @@ def demo(
         if dry_run:
             return
         result = run_demo(out, plan, log=lambda line: typer.echo(line))
-    except ValueError as exc:
+    except DemoError as exc:  # not yet a GliosegError (issue 14)
         _fail(str(exc))
     typer.echo("")
     typer.echo(result["table"])

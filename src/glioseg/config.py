@@ -31,6 +31,7 @@ from typing import Any, Literal
 import yaml
 
 from glioseg.data.labels import MODALITIES
+from glioseg.errors import GliosegError
 from glioseg.io_atomic import write_text
 from glioseg.model.registry import ModelConfig
 
@@ -38,7 +39,7 @@ PRESETS_DIR = Path(__file__).parent / "configs"
 """Folder of the YAML presets shipped with the package (``small.yaml``, ``full.yaml``)."""
 
 
-class ConfigError(ValueError):
+class ConfigError(GliosegError, ValueError):
     """A configuration file or override that cannot be used; the message names the key."""
 
 

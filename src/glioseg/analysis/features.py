@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from glioseg.data.labels import MODALITIES
+from glioseg.errors import GliosegError
 
 QUANTILES: tuple[float, ...] = (0.01, 0.05, 0.10, 0.25, 0.50, 0.75, 0.90, 0.95, 0.99)
 """Quantiles of the brain intensities used as features, per sequence."""
@@ -58,7 +59,7 @@ class CaseFeatures:
     encoder: np.ndarray | None = None
 
 
-class FeatureError(ValueError):
+class FeatureError(GliosegError, ValueError):
     """A case whose features cannot be computed (empty brain, wrong shape)."""
 
 

@@ -20,6 +20,8 @@ from typing import Any
 
 import numpy as np
 
+from glioseg.errors import GliosegError
+
 ALPHA = 0.05
 """Significance level of the shift verdict."""
 
@@ -32,7 +34,7 @@ LARGE_MMD2 = 0.4
 """MMD^2_u from which a shift is called large (the two samples barely overlap)."""
 
 
-class ShiftError(ValueError):
+class ShiftError(GliosegError, ValueError):
     """Samples that cannot be compared (too few cases, mismatched features)."""
 
 

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
+from glioseg.bench import BenchError
 from glioseg.data.cases import Case, discover, load_case
 from glioseg.preprocess.cache import CachedCase, open_cache
 
@@ -45,7 +46,7 @@ def _read_cache_case(case: CachedCase) -> int:
         total += float(np.sum(labels, dtype=np.int64))
         n += labels.nbytes
     if not np.isfinite(total):
-        raise ValueError(f"{case.case_id}: non-finite voxels in the cache")
+        raise BenchError(f"{case.case_id}: non-finite voxels in the cache")
     return n
 
 
@@ -85,7 +86,7 @@ def bench_cache(
     cached = {c.case_id: c for c in open_cache(cache_dir)}
     cases = [c for c in discover(data_dir) if c.case_id in cached]
     if not cases:
-        raise ValueError(f"{cache_dir}: no case in common with {data_dir}")
+        raise BenchError(f"{cache_dir}: no case in common with {data_dir}")
     ccases = [cached[c.case_id] for c in cases]
     rng = np.random.default_rng(seed)
     repeats = max(1, repeats)

@@ -33,6 +33,7 @@ import numpy as np
 import torch
 
 from glioseg.augment import AugmentConfig
+from glioseg.bench import BenchError, BenchRunFailed
 from glioseg.data.labels import region_masks
 from glioseg.preprocess.cache import CachedCase, open_cache
 from glioseg.train.data import make_loader
@@ -142,7 +143,7 @@ def bench_data(
     """
     cases = [c for c in open_cache(cache_dir) if c.meta.get("has_labels")]
     if not cases:
-        raise ValueError(f"{cache_dir}: no case with labels")
+        raise BenchError(f"{cache_dir}: no case with labels")
     torch.set_num_threads(1)  # the pipelines run in the loader workers, not here
     ours = make_loader(cases, patch_size, batch_size, seed=seed, num_workers=num_workers,
                        augment_cfg=AugmentConfig(), pin_memory=False)
@@ -150,8 +151,8 @@ def bench_data(
     monai = monai_loader(cases, patch_size, batch_size, num_workers, seed)
     t_monai, shape_monai = _time_batches(monai, warmup, batches, "MONAI")
     if shape_ours != shape_monai:
-        raise RuntimeError(f"pipelines disagree on the batch shape: {shape_ours} vs "
-                           f"{shape_monai}")
+        raise BenchRunFailed(f"pipelines disagree on the batch shape: {shape_ours} vs "
+                             f"{shape_monai}")
     n = batches * batch_size
     out = {
         "cases": len(cases),

@@ -19,6 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
+from glioseg.bench import BenchError
+
 
 def _prediction(ref: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """A plausible imperfect prediction of 2023-scheme labels ``ref`` (X, Y, Z) uint8."""
@@ -72,7 +74,7 @@ def bench_eval(repeats: int = 5, seed: int = 0, n_specks: int = 300) -> dict[str
         case_dir = write_cohort(Path(tmp) / "data", n_cases=1, layout="brats2023", seed=seed)[0]
         case = discover(case_dir)[0]
         if case.seg is None:
-            raise ValueError(f"{case.case_id}: the synthetic case has no segmentation")
+            raise BenchError(f"{case.case_id}: the synthetic case has no segmentation")
         t0 = time.perf_counter()
         ref, header = load_volume(case.seg, dtype=None)
         t_load = time.perf_counter() - t0

@@ -60,6 +60,8 @@ from typing import Any
 
 import numpy as np
 
+from glioseg.bench import BenchError, BenchRunFailed
+
 STAGES: tuple[str, ...] = ("preprocess", "train", "predict", "evaluate")
 MOMENTS: tuple[str, ...] = ("early", "middle", "write")
 EARLY = 0.25
@@ -520,14 +522,14 @@ class FaultBench:
         if stage == "evaluate":
             return glioseg_command("evaluate", "--pred", str(self.refs / "predict"),
                                    "--ref", str(self.data), "-o", str(out))
-        raise ValueError(f"unknown stage {stage!r}; stages: {', '.join(STAGES)}")
+        raise BenchError(f"unknown stage {stage!r}; stages: {', '.join(STAGES)}")
 
     def _must(self, cmd: Sequence[str], log: Path,
               watch: Path | None = None) -> tuple[float, float | None]:
         rc, wall, first = run_to_end(cmd, log, watch)
         if rc != 0:
             tail = log.read_text(errors="replace")[-2000:]
-            raise RuntimeError(f"{' '.join(cmd[2:4])} failed (exit {rc}); log {log}:\n{tail}")
+            raise BenchRunFailed(f"{' '.join(cmd[2:4])} failed (exit {rc}); log {log}:\n{tail}")
         return wall, first
 
     def make_data(self) -> None:
@@ -756,7 +758,7 @@ def bench_faults(stages: Sequence[str] = STAGES, moments: Sequence[str] = MOMENT
 
     bad = [s for s in stages if s not in STAGES] + [m for m in moments if m not in MOMENTS]
     if bad or not stages or not moments:
-        raise ValueError(f"unknown or no stage/moment {bad}; stages: {', '.join(STAGES)}; "
+        raise BenchError(f"unknown or no stage/moment {bad}; stages: {', '.join(STAGES)}; "
                          f"moments: {', '.join(MOMENTS)}")
     stages = [s for s in STAGES if s in stages]
     moments = [m for m in MOMENTS if m in moments]

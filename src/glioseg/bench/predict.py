@@ -42,6 +42,7 @@ from typing import Any
 
 import numpy as np
 
+from glioseg.bench import BenchError
 from glioseg.data.labels import REGIONS
 
 
@@ -69,11 +70,11 @@ def check_device(device: str) -> None:
         import torch
 
         if not torch.cuda.is_available():
-            raise ValueError(f"--device {device}: torch {torch.__version__} sees no CUDA GPU "
+            raise BenchError(f"--device {device}: torch {torch.__version__} sees no CUDA GPU "
                              "here (a CPU-only build of torch, or no GPU driver); use --device "
                              "cpu")
         return
-    raise ValueError(f"--device must be cpu or cuda, got {device!r}")
+    raise BenchError(f"--device must be cpu or cuda, got {device!r}")
 
 
 def _is_cuda(device: str) -> bool:
@@ -162,7 +163,7 @@ def _engine_run(spec: str, ckpt: str, image_path: str, spacing: list[float],
 
     engine, _, dtype = spec.partition(":")
     if dtype == "int8" and device != "cpu":
-        raise ValueError(f"{spec}: int8 rows run on the CPU only")
+        raise BenchError(f"{spec}: int8 rows run on the CPU only")
     base = _rss_mb()
     model, card = load_model(ckpt)
     image = np.load(image_path)
@@ -175,7 +176,7 @@ def _engine_run(spec: str, ckpt: str, image_path: str, spacing: list[float],
     predictor = CasePredictor([(model, card)], opts)
     if int8:
         if calib_path is None or calib_spacing is None:
-            raise ValueError("int8 needs a calibration case")
+            raise BenchError("int8 needs a calibration case")
         predictor.engines = _int8_engines(predictor, [model], calib_path, calib_spacing, engine,
                                           Path(predictor._tmp.name))
     div = predictor.divisor
@@ -377,7 +378,7 @@ def _prepare_calibration(calibration: Path | None, case_id: str, card, in_channe
                                    spacing=1.0, start=1)[0]
     case = discover(calibration)[0]
     if case.case_id == case_id:
-        raise ValueError(f"{calibration}: calibration case {case.case_id} is the benchmarked "
+        raise BenchError(f"{calibration}: calibration case {case.case_id} is the benchmarked "
                          f"case; int8 must be calibrated on another case")
     image, header = load_for_model(case, card_modalities(card, in_channels), False)
     np.save(tmp / "calib.npy", image)
@@ -456,7 +457,7 @@ def bench_predict(
     if cuda:
         engines = engines or default_cuda_engines(torch.cuda.is_bf16_supported())
         if any(s.partition(":")[2] == "int8" for s in engines):
-            raise ValueError("int8 rows (ONNX Runtime / OpenVINO quantisation) run on the CPU "
+            raise BenchError("int8 rows (ONNX Runtime / OpenVINO quantisation) run on the CPU "
                              "only; leave them out of --engines with --device cuda")
     engines = engines or default_engines(native_bf16_cpu())
     gpu_name = torch.cuda.get_device_name(torch.device(device)) if cuda else None

@@ -34,6 +34,8 @@ from typing import Any
 
 import torch
 
+from glioseg.bench import BenchError, BenchRunFailed
+
 
 def _peak_rss_mb() -> float:
     # ru_maxrss is in kilobytes on Linux
@@ -167,7 +169,7 @@ def _launch(nproc: int, args: list[str], threads: int) -> list[dict[str, Any]]:
         proc = subprocess.run(cmd, env={**os.environ, "OMP_NUM_THREADS": os.environ.get(
             "OMP_NUM_THREADS", str(threads))})
         if proc.returncode != 0 or not out.is_file():
-            raise RuntimeError(f"torchrun with {nproc} processes failed (exit {proc.returncode})")
+            raise BenchRunFailed(f"torchrun with {nproc} processes failed (exit {proc.returncode})")
         return json.loads(out.read_text())
 
 
@@ -203,10 +205,10 @@ def bench_train(
         nproc: also run under torchrun with this many processes (> 1) and print the scaling.
     """
     if steps < 1 or warmup < 0:
-        raise ValueError(f"steps ({steps}) must be >= 1 and warmup ({warmup}) >= 0")
+        raise BenchError(f"steps ({steps}) must be >= 1 and warmup ({warmup}) >= 0")
     for amp in amps:
         if amp not in ("auto", "bf16", "fp16", "none"):
-            raise ValueError(f"--amp {amp!r}: expected auto, bf16, fp16 or none")
+            raise BenchError(f"--amp {amp!r}: expected auto, bf16, fp16 or none")
     args = [preset, "--steps", str(steps), "--warmup", str(warmup), "--amp", ",".join(amps)]
     for o in overrides:
         args += ["--set", o]

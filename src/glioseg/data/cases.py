@@ -34,6 +34,7 @@ import numpy as np
 
 from glioseg.data import labels as L
 from glioseg.data.nifti import NiftiError, VolumeHeader, load_volume, read_header
+from glioseg.errors import GliosegError
 
 
 @dataclass(frozen=True)
@@ -188,7 +189,7 @@ class CaseSummary:
         return not self.problems
 
 
-class CaseError(ValueError):
+class CaseError(GliosegError, ValueError):
     """A case that cannot be used; the message names the case, the file and the problem."""
 
 
@@ -577,4 +578,4 @@ def case_id_for(layout: str, index: int, site: str = "GLI") -> str:
         return f"BraTS2021_{index:05d}"
     if layout == "brats2023":
         return f"BraTS-{site}-{index:05d}-000"
-    raise ValueError(f"unknown layout {layout!r}; known: {', '.join(LAYOUTS)}")
+    raise CaseError(f"unknown layout {layout!r}; known: {', '.join(LAYOUTS)}")

@@ -25,6 +25,8 @@ from typing import Any
 
 import numpy as np
 
+from glioseg.errors import GliosegError
+
 MODALITIES: tuple[str, ...] = ("t1", "t1ce", "t2", "flair")
 """Canonical modality names and the channel order of every image array in the project."""
 
@@ -77,7 +79,7 @@ SCHEMES: dict[str, LabelScheme] = {
 }
 
 
-class LabelError(ValueError):
+class LabelError(GliosegError, ValueError):
     """Label values that the scheme does not allow."""
 
 
@@ -85,7 +87,7 @@ def get_scheme(name: str) -> LabelScheme:
     try:
         return SCHEMES[name]
     except KeyError:
-        raise ValueError(f"unknown label scheme {name!r}; known: {', '.join(SCHEMES)}") from None
+        raise LabelError(f"unknown label scheme {name!r}; known: {', '.join(SCHEMES)}") from None
 
 
 def integer_labels(labels: np.ndarray) -> np.ndarray:

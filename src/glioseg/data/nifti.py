@@ -12,10 +12,11 @@ from pathlib import Path
 
 import numpy as np
 
+from glioseg.errors import GliosegError
 from glioseg.io_atomic import atomic_path
 
 
-class NiftiError(ValueError):
+class NiftiError(GliosegError, ValueError):
     """A NIfTI file that cannot be read; the message names the file and the problem."""
 
 

@@ -24,6 +24,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 
+from glioseg.errors import InputError
+
 Range = tuple[float, float]
 
 TISSUES: tuple[str, ...] = ("csf", "gm", "wm", "edema", "necrosis", "enhancing")
@@ -141,4 +143,4 @@ def get_site(name: str) -> SiteProfile:
     try:
         return SITES[name]
     except KeyError:
-        raise ValueError(f"unknown site profile {name!r}; known: {', '.join(SITES)}") from None
+        raise InputError(f"unknown site profile {name!r}; known: {', '.join(SITES)}") from None

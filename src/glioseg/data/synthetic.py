@@ -50,6 +50,7 @@ from glioseg.data import labels as L
 from glioseg.data.cases import LAYOUTS, case_file_name, case_id_for
 from glioseg.data.nifti import save_volume
 from glioseg.data.sites import NON_ENHANCING, TISSUES, SiteProfile, get_site
+from glioseg.errors import GliosegError
 from glioseg.io_atomic import atomic_dir
 
 GENERATOR_VERSION = "glioseg-synth/2"  # 2: the calibrated target site (target-severe is the old one)
@@ -70,7 +71,7 @@ MARKER = ".synthetic.json"
 """Hidden file in each written case folder: generator parameters and case statistics."""
 
 
-class SynthError(ValueError):
+class SynthError(GliosegError, ValueError):
     """Bad arguments to the generator or an output folder it must not overwrite."""
 
 

@@ -29,6 +29,7 @@ from typing import NamedTuple
 import numpy as np
 
 from glioseg.data import labels as L
+from glioseg.errors import GliosegError
 
 REGION_NAMES: tuple[str, ...] = L.REGIONS
 """Region order of every region array: WT, TC, ET."""
@@ -37,7 +38,7 @@ BRATS_GRID: tuple[int, int, int] = (240, 240, 155)
 """The BraTS grid; its diagonal, 373.1287 voxels, is the HD95 of a one-sided empty case."""
 
 
-class EvaluationError(ValueError):
+class EvaluationError(GliosegError, ValueError):
     """A prediction or reference that cannot be scored; the message names the case and file."""
 
 
@@ -58,7 +59,7 @@ def _spacing3(spacing: Spacing) -> tuple[float, float, float]:
         return (1.0, 1.0, 1.0)
     sp = tuple(float(s) for s in spacing)
     if len(sp) != 3 or not all(s > 0 for s in sp):
-        raise ValueError(f"spacing must be three positive numbers, got {spacing!r}")
+        raise EvaluationError(f"spacing must be three positive numbers, got {spacing!r}")
     return sp  # type: ignore[return-value]
 
 
@@ -66,7 +67,7 @@ def _check_pair(pred: np.ndarray, ref: np.ndarray) -> tuple[np.ndarray, np.ndarr
     pred = np.asarray(pred, dtype=bool)
     ref = np.asarray(ref, dtype=bool)
     if pred.shape != ref.shape:
-        raise ValueError(f"prediction shape {pred.shape} differs from reference {ref.shape}")
+        raise EvaluationError(f"prediction shape {pred.shape} differs from reference {ref.shape}")
     return pred, ref
 
 

@@ -30,12 +30,13 @@ from typing import Any
 import numpy as np
 
 from glioseg.data.labels import REGIONS
+from glioseg.errors import GliosegError
 
 CANDIDATES_MM3: tuple[float, ...] = (0, 50, 100, 250, 500, 1000, 2000, 4000)
 """Sizes (mm^3) tried per region; 0 keeps every component."""
 
 
-class TuneError(ValueError):
+class TuneError(GliosegError, ValueError):
     """Cases or a model that post-processing cannot be chosen on; the message says which."""
 
 

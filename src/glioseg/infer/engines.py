@@ -26,6 +26,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from glioseg.errors import GliosegError
+
 ENGINES: tuple[str, ...] = ("torch", "onnxruntime", "openvino")
 DTYPES: tuple[str, ...] = ("fp32", "bf16", "fp16")
 ENGINE_DTYPES: dict[str, tuple[str, ...]] = {
@@ -36,7 +38,7 @@ ENGINE_DTYPES: dict[str, tuple[str, ...]] = {
 """The dtypes each engine runs (int8: a QDQ-quantised ONNX file, see the module docstring)."""
 
 
-class EngineError(ValueError):
+class EngineError(GliosegError, ValueError):
     """An engine that cannot run as asked (unknown name, dtype, device or missing file)."""
 
 

@@ -27,6 +27,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from glioseg.errors import GliosegError
+
 FORMATS: tuple[str, ...] = ("onnx", "openvino")
 OPSET = 17
 PARITY_ATOL = 1e-3
@@ -36,7 +38,7 @@ Measured differences are ~1e-5 (ONNX Runtime) and ~1e-4 (OpenVINO f32) on logits
 reassociated float sums inside convolutions and instance norms."""
 
 
-class ExportError(ValueError):
+class ExportError(GliosegError, ValueError):
     """An export that cannot be done (unknown format, bad path) or whose outputs differ."""
 
 

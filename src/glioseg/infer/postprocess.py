@@ -25,6 +25,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 from glioseg.data.labels import ED, ET, NCR, REGIONS, from_internal, labels_from_regions
+from glioseg.errors import InputError
 
 REGION_MEMBERS: dict[str, tuple[int, ...]] = {"WT": (NCR, ED, ET), "TC": (NCR, ET), "ET": (ET,)}
 """Internal labels inside each region."""
@@ -90,7 +91,7 @@ def remove_small_region_components(labels: np.ndarray, region: str, min_voxels: 
     import cc3d
 
     if region not in REGION_MEMBERS:
-        raise ValueError(f"unknown region {region!r}; known: {', '.join(REGIONS)}")
+        raise InputError(f"unknown region {region!r}; known: {', '.join(REGIONS)}")
     out = np.array(labels, dtype=np.uint8, copy=True)
     if min_voxels <= 1:
         return out

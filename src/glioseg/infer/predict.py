@@ -43,12 +43,13 @@ import numpy as np
 import torch
 
 from glioseg.data.labels import MODALITIES, REGIONS
+from glioseg.errors import GliosegError
 
 ET_MIN_VOXELS_DEFAULT = 0
 """ET rule threshold used when neither the card nor the command line gives one (rule off)."""
 
 
-class PredictError(ValueError):
+class PredictError(GliosegError, ValueError):
     """Input or options the predictor cannot use; the message names the case or the option."""
 
 

@@ -25,6 +25,8 @@ from collections.abc import Callable, Iterator, Sequence
 import numpy as np
 import torch
 
+from glioseg.errors import InputError
+
 Predictor = Callable[[torch.Tensor], torch.Tensor]
 """A network on windows: ``(B, C, x, y, z)`` float32 -> ``(B, K, x, y, z)`` logits."""
 
@@ -48,13 +50,13 @@ def compute_steps(
         ``size - roi``, consecutive starts differ by at most ``roi * (1 - overlap)``.
     """
     if not 0 <= overlap < 1:
-        raise ValueError(f"overlap must be in [0, 1), got {overlap}")
+        raise InputError(f"overlap must be in [0, 1), got {overlap}")
     if len(image_size) != len(roi_size):
-        raise ValueError(f"image size {tuple(image_size)} and ROI {tuple(roi_size)} differ in rank")
+        raise InputError(f"image size {tuple(image_size)} and ROI {tuple(roi_size)} differ in rank")
     steps = []
     for size, roi in zip(image_size, roi_size, strict=True):
         if size < roi:
-            raise ValueError(f"image size {tuple(image_size)} smaller than ROI {tuple(roi_size)}")
+            raise InputError(f"image size {tuple(image_size)} smaller than ROI {tuple(roi_size)}")
         target = roi * (1 - overlap)
         n = int(math.ceil((size - roi) / target)) + 1 if size > roi else 1
         if n == 1:
@@ -101,7 +103,7 @@ def fit_roi(image_size: Sequence[int], roi_size: Sequence[int], divisor: int = 1
     out = []
     for size, roi in zip(image_size, roi_size, strict=True):
         if roi % divisor:
-            raise ValueError(f"ROI {tuple(roi_size)} is not divisible by the network's {divisor}")
+            raise InputError(f"ROI {tuple(roi_size)} is not divisible by the network's {divisor}")
         out.append(min(int(roi), int(math.ceil(size / divisor) * divisor)))
     return tuple(out)
 
@@ -144,9 +146,9 @@ def sliding_window_inference(
         ``(K, X, Y, Z)`` weighted-average logits, ``accumulate_dtype``, on ``image``'s device.
     """
     if accumulate_dtype == torch.bfloat16:
-        raise ValueError("bfloat16 aggregation buffers lose precision; use float32")
+        raise InputError("bfloat16 aggregation buffers lose precision; use float32")
     if batch_size < 1:
-        raise ValueError(f"batch size must be >= 1, got {batch_size}")
+        raise InputError(f"batch size must be >= 1, got {batch_size}")
     x = torch.as_tensor(image)
     if x.ndim != 4:
         raise ValueError(f"image must be (C, X, Y, Z), got shape {tuple(x.shape)}")

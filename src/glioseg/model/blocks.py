@@ -11,6 +11,8 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from glioseg.errors import InputError
+
 Triple = tuple[int, int, int]
 
 
@@ -55,7 +57,7 @@ class StackedConvs(nn.Module):
     ) -> None:
         super().__init__()
         if n < 1:
-            raise ValueError(f"a stage needs at least one convolution, got {n}")
+            raise InputError(f"a stage needs at least one convolution, got {n}")
         layers = [ConvNormAct(in_ch, out_ch, kernel, first_stride, **kwargs)]  # type: ignore[arg-type]
         layers += [ConvNormAct(out_ch, out_ch, kernel, **kwargs) for _ in range(n - 1)]  # type: ignore[arg-type]
         self.convs = nn.Sequential(*layers)
@@ -78,5 +80,5 @@ def per_stage(value: int | Sequence[int], n: int, what: str) -> tuple[int, ...]:
         return (value,) * n
     value = tuple(int(v) for v in value)
     if len(value) != n:
-        raise ValueError(f"{what} needs {n} entries (one per stage), got {len(value)}: {value}")
+        raise InputError(f"{what} needs {n} entries (one per stage), got {len(value)}: {value}")
     return value

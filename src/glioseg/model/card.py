@@ -37,6 +37,7 @@ import torch
 
 from glioseg import __version__
 from glioseg.data.labels import MODALITIES, REGIONS
+from glioseg.errors import GliosegError
 from glioseg.io_atomic import atomic_dir, atomic_path
 from glioseg.model.registry import ModelConfig, build_model
 
@@ -46,11 +47,11 @@ CARD_NAME = "card.json"
 _WRAPPER_PREFIXES = ("module.", "_orig_mod.")
 
 
-class CardError(ValueError):
+class CardError(GliosegError, ValueError):
     """A model card that is missing, unreadable or inconsistent."""
 
 
-class WeightsMismatchError(ValueError):
+class WeightsMismatchError(GliosegError, ValueError):
     """Weights that do not fit the network the card describes."""
 
 

@@ -32,14 +32,16 @@ from typing import Any
 
 import torch
 
+from glioseg.errors import GliosegError
+
 Triple = tuple[int, int, int]
 
 
-class ModelConfigError(ValueError):
+class ModelConfigError(GliosegError, ValueError):
     """A model configuration that cannot be built."""
 
 
-class ModelInputError(ValueError):
+class ModelInputError(GliosegError, ValueError):
     """An input tensor the model cannot take (wrong rank, channels or spatial size)."""
 
 

@@ -38,6 +38,7 @@ from typing import Any
 import numpy as np
 
 from glioseg.data.labels import MODALITIES
+from glioseg.errors import GliosegError
 from glioseg.io_atomic import atomic_dir, write_json
 
 CACHE_FORMAT = "glioseg-cache/1"
@@ -47,7 +48,7 @@ FOREGROUND_LABELS = (1, 2, 3)
 CASE_FILES = ("image.npy", "meta.json", "locations.npz")
 
 
-class CacheError(ValueError):
+class CacheError(GliosegError, ValueError):
     """A folder that is not a valid cache; the message names the path and the problem."""
 
 

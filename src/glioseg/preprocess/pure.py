@@ -29,11 +29,13 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
+from glioseg.errors import GliosegError
+
 N_LABELS = 4
 """Internal label values 0..3 (see ``glioseg.data.labels``)."""
 
 
-class PreprocessError(ValueError):
+class PreprocessError(GliosegError, ValueError):
     """Input that cannot be preprocessed; the message says what is wrong."""
 
 

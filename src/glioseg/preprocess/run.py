@@ -22,11 +22,12 @@ from tqdm import tqdm
 
 from glioseg.data.cases import Case, discover, load_case, selected_modalities
 from glioseg.data.labels import MODALITIES
+from glioseg.errors import GliosegError
 from glioseg.preprocess import cache as C
-from glioseg.preprocess.pure import preprocess_arrays
+from glioseg.preprocess.pure import PreprocessError, preprocess_arrays
 
 
-class PreprocessFailed(ValueError):
+class PreprocessFailed(GliosegError, ValueError):
     """Some cases could not be preprocessed; the message lists each case and its problem."""
 
 
@@ -44,7 +45,7 @@ def preprocess_case(case: Case, cache_dir: Path, spacing: float | None,
         image, labels, geometry = preprocess_arrays(data.image, data.labels,
                                                     data.header.spacing, spacing)
     except ValueError as exc:
-        raise ValueError(f"{case.case_id}: {exc}") from None
+        raise PreprocessError(f"{case.case_id}: {exc}") from None
     meta = {
         "case_id": case.case_id,
         "layout": case.layout,

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from glioseg.io_atomic import atomic_path
+from glioseg.report.figures import FigureError
 
 REGION_COLOURS = {"WT": "tab:green", "TC": "tab:orange", "ET": "tab:red"}
 
@@ -36,7 +37,7 @@ def plot_run(run_dir: str | Path, output: str | Path | None = None) -> Path:
     records = read_metrics(run_dir)
     steps, loss = _series(records, "train", "loss")
     if not steps:
-        raise ValueError(f"{run_dir / 'metrics.jsonl'}: no training record to plot")
+        raise FigureError(f"{run_dir / 'metrics.jsonl'}: no training record to plot")
     output = Path(output) if output is not None else run_dir / "curves.png"
     fig, (ax_loss, ax_dice) = plt.subplots(1, 2, figsize=(11, 4), constrained_layout=True)
     ax_loss.plot(steps, loss, color="tab:blue", lw=1.2)

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from glioseg.data import labels as L
+from glioseg.errors import GliosegError
 from glioseg.io_atomic import atomic_path
 
 if TYPE_CHECKING:
@@ -29,7 +30,7 @@ MODALITY_TITLES = {"t1": "T1", "t1ce": "T1ce", "t2": "T2", "flair": "FLAIR"}
 _AXIS_OF = {"L": (0, -1), "R": (0, 1), "P": (1, -1), "A": (1, 1), "I": (2, -1), "S": (2, 1)}
 
 
-class FigureError(ValueError):
+class FigureError(GliosegError, ValueError):
     """A figure that cannot be drawn (bad view name, prediction of another shape, ...)."""
 
 

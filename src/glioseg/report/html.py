@@ -49,6 +49,7 @@ from pathlib import Path
 from typing import Any
 
 from glioseg import io_atomic
+from glioseg.errors import GliosegError
 
 MAX_ROWS = 60
 """Rows of a CSV file shown in a table."""
@@ -65,7 +66,7 @@ FIG_DIR = "report_figures"
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
-class ReportError(ValueError):
+class ReportError(GliosegError, ValueError):
     """A run folder that cannot be reported (missing, not a folder)."""
 
 

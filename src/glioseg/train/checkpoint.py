@@ -37,13 +37,14 @@ from typing import Any
 import numpy as np
 import torch
 
+from glioseg.errors import GliosegError
 from glioseg.io_atomic import atomic_path, fsync_dir, fsync_file, temporary_name
 
 CHECKPOINT_FORMAT = "glioseg-train/1"
 LAST, PREVIOUS, BEST = "last.pt", "previous.pt", "best.pt"
 
 
-class CheckpointError(ValueError):
+class CheckpointError(GliosegError, ValueError):
     """A checkpoint that cannot be used; the message names the file and the problem."""
 
 

@@ -40,11 +40,12 @@ from glioseg.augment import (
     resample_patches,
 )
 from glioseg.data.labels import region_masks
+from glioseg.errors import GliosegError
 from glioseg.preprocess.cache import CachedCase, open_cache
 from glioseg.sampling import extract_box, patch_origin
 
 
-class DataError(ValueError):
+class DataError(GliosegError, ValueError):
     """Training data that cannot be used (no cases, cases without labels, bad arguments)."""
 
 

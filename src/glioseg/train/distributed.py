@@ -34,6 +34,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from glioseg.errors import InputError
+
 
 @dataclass(frozen=True)
 class DistInfo:
@@ -70,7 +72,7 @@ def _env_int(name: str, default: int) -> int:
     try:
         return int(raw)
     except ValueError:
-        raise ValueError(f"environment variable {name}={raw!r} is not an integer") from None
+        raise InputError(f"environment variable {name}={raw!r} is not an integer") from None
 
 
 def env_ranks() -> tuple[int, int, int, int]:
@@ -80,16 +82,16 @@ def env_ranks() -> tuple[int, int, int, int]:
     local_rank = _env_int("LOCAL_RANK", rank)
     local_world = _env_int("LOCAL_WORLD_SIZE", world)
     if not 0 <= rank < world:
-        raise ValueError(f"RANK={rank} is not in [0, WORLD_SIZE={world})")
+        raise InputError(f"RANK={rank} is not in [0, WORLD_SIZE={world})")
     return rank, world, local_rank, local_world
 
 
 def pick_device(preference: str = "auto", local_rank: int = 0) -> torch.device:
     """``cuda:<local_rank>`` when asked for (or ``auto`` and available), else ``cpu``."""
     if preference not in ("auto", "cpu", "cuda"):
-        raise ValueError(f"device {preference!r} is not auto, cpu or cuda")
+        raise InputError(f"device {preference!r} is not auto, cpu or cuda")
     if preference == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device cuda was asked for but no CUDA device is available")
+        raise InputError("device cuda was asked for but no CUDA device is available")
     if preference == "cuda" or (preference == "auto" and torch.cuda.is_available()):
         return torch.device("cuda", local_rank % max(torch.cuda.device_count(), 1))
     return torch.device("cpu")

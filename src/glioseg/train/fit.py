@@ -34,6 +34,7 @@ import torch
 from tqdm import tqdm
 
 from glioseg import config as C
+from glioseg.errors import GliosegError
 from glioseg.io_atomic import write_json, write_text
 from glioseg.runinfo import record_training
 from glioseg.train import checkpoint as ckpt
@@ -55,7 +56,7 @@ MAX_SKIPS_IN_A_ROW = 50
 which the run stops: the model is no longer learning (fp16's scaler needs a handful at most)."""
 
 
-class TrainError(ValueError):
+class TrainError(GliosegError, ValueError):
     """A training run that cannot start; the message names the folder or key."""
 
 

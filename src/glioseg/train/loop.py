@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from glioseg.data.labels import REGIONS, region_masks, regions_from_labels
+from glioseg.errors import InputError
 
 LossFn = Callable[[Any, torch.Tensor], torch.Tensor]
 """``loss_fn(logits or list of logits, targets (B, 3, X, Y, Z)) -> scalar``."""
@@ -46,7 +47,7 @@ def resolve_amp(amp: str, device: torch.device) -> str:
     """
     global _warned_bf16
     if amp not in ("auto", "bf16", "fp16", "none"):
-        raise ValueError(f"train.amp={amp!r} is not auto, bf16, fp16 or none")
+        raise InputError(f"train.amp={amp!r} is not auto, bf16, fp16 or none")
     cuda = device.type == "cuda"
     if amp == "auto":
         if cuda:
@@ -54,7 +55,7 @@ def resolve_amp(amp: str, device: torch.device) -> str:
         return "bf16" if native_bf16_cpu() else "none"
     if amp == "bf16":
         if cuda and not torch.cuda.is_bf16_supported():
-            raise ValueError("train.amp=bf16: this GPU has no bf16 support; use fp16 or auto")
+            raise InputError("train.amp=bf16: this GPU has no bf16 support; use fp16 or auto")
         if not cuda and not native_bf16_cpu() and not _warned_bf16:
             _warned_bf16 = True
             warnings.warn("bf16 on a CPU without AVX-512 BF16 / AMX is emulated and much slower "
@@ -292,7 +293,7 @@ def predict_logits(
             out = sliding_window_inference(image, roi_size=tuple(roi), sw_batch_size=1,
                                            predictor=model, overlap=overlap, mode="gaussian")
         else:
-            raise ValueError(f"validation mode {mode!r} is not whole or sliding")
+            raise InputError(f"validation mode {mode!r} is not whole or sliding")
     return out.float()
 
 

@@ -15,6 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from glioseg.errors import InputError
+
 
 def soft_dice_loss(
     logits: torch.Tensor,
@@ -75,7 +77,7 @@ def deep_supervision_weights(n_scales: int) -> list[float]:
     """nnU-Net's weights: ``1 / 2**i`` for scale ``i`` (0 = full resolution), the coarsest
     scale 0 (when there are at least two), normalised to sum to 1."""
     if n_scales < 1:
-        raise ValueError(f"need at least one output scale, got {n_scales}")
+        raise InputError(f"need at least one output scale, got {n_scales}")
     w = [1 / 2**i for i in range(n_scales)]
     if n_scales > 1:
         w[-1] = 0.0
@@ -98,7 +100,7 @@ def downsample_target(target: torch.Tensor, size: Sequence[int], mode: str = "ne
         return F.interpolate(t, size=size, mode="nearest")
     if mode == "maxpool":
         return F.adaptive_max_pool3d(t, size)
-    raise ValueError(f"unknown target downsampling {mode!r}; use 'nearest' or 'maxpool'")
+    raise InputError(f"unknown target downsampling {mode!r}; use 'nearest' or 'maxpool'")
 
 
 class DeepSupervisionLoss(nn.Module):
@@ -120,7 +122,7 @@ class DeepSupervisionLoss(nn.Module):
         self.loss = loss if loss is not None else DiceBCELoss()
         self.weights = None if weights is None else [float(w) for w in weights]
         if target_downsampling not in ("nearest", "maxpool"):
-            raise ValueError(f"unknown target downsampling {target_downsampling!r}")
+            raise InputError(f"unknown target downsampling {target_downsampling!r}")
         self.target_downsampling = target_downsampling
 
     def forward(self, outputs: torch.Tensor | Sequence[torch.Tensor], target: torch.Tensor
@@ -129,7 +131,7 @@ class DeepSupervisionLoss(nn.Module):
             return self.loss(outputs, target)
         weights = self.weights or deep_supervision_weights(len(outputs))
         if len(weights) != len(outputs):
-            raise ValueError(f"{len(outputs)} outputs but {len(weights)} deep-supervision weights")
+            raise InputError(f"{len(outputs)} outputs but {len(weights)} deep-supervision weights")
         total = torch.zeros((), device=outputs[0].device, dtype=torch.float32)
         for w, out in zip(weights, outputs, strict=True):
             if w == 0:

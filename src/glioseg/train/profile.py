@@ -15,6 +15,7 @@ from typing import Any
 import torch
 
 from glioseg import config as C
+from glioseg.errors import InputError
 from glioseg.io_atomic import atomic_path
 from glioseg.train import distributed as D
 from glioseg.train import fit as F
@@ -35,7 +36,7 @@ def profile_training(
     split ``{"data": s, "forward": s, "backward": s, "optimizer": s, "total": s,
     "trace": path, "top": [(name, self time s, calls), ...]}`` (rank 0's figures)."""
     if steps < 1 or warmup < 0:
-        raise ValueError(f"profile steps ({steps}) must be >= 1 and warmup ({warmup}) >= 0")
+        raise InputError(f"profile steps ({steps}) must be >= 1 and warmup ({warmup}) >= 0")
     run_dir = Path(run_dir)
     info = D.init(cfg.train.device, cfg.train.threads)
     live: dict[str, Any] = {}

@@ -13,12 +13,14 @@ from typing import Any
 
 import torch
 
+from glioseg.errors import InputError
+
 
 def _check(step: int, total: int) -> None:
     if total <= 0:
-        raise ValueError(f"total steps must be positive, got {total}")
+        raise InputError(f"total steps must be positive, got {total}")
     if step < 0:
-        raise ValueError(f"step must be >= 0, got {step}")
+        raise InputError(f"step must be >= 0, got {step}")
 
 
 def poly_lr(step: int, total: int, base: float, exponent: float = 0.9) -> float:
@@ -36,7 +38,7 @@ def warmup_cosine_lr(step: int, total: int, base: float, warmup: int = 0, min_lr
     """
     _check(step, total)
     if not 0 <= warmup < total:
-        raise ValueError(f"warmup must be in [0, total), got {warmup} for total {total}")
+        raise InputError(f"warmup must be in [0, total), got {warmup} for total {total}")
     if step < warmup:
         return base * (step + 1) / warmup
     s = min(step, total) - warmup
@@ -71,7 +73,7 @@ def build_optimizer(
                                weight_decay=weight_decay, **kernels)
     if name == "adamw":
         return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, **kernels)
-    raise ValueError(f"unknown optimizer {name!r}; use 'sgd' or 'adamw'")
+    raise InputError(f"unknown optimizer {name!r}; use 'sgd' or 'adamw'")
 
 
 def optimizer_kernels(params: Iterable[Any]) -> dict[str, bool]:
@@ -113,9 +115,9 @@ def lr_factor(step: int, total_steps: int, warmup_steps: int = 0, kind: str = "p
     """
     _check(step, total_steps)
     if warmup_steps < 0:
-        raise ValueError(f"warmup_steps must be >= 0, got {warmup_steps}")
+        raise InputError(f"warmup_steps must be >= 0, got {warmup_steps}")
     if kind not in ("poly", "cosine", "constant"):
-        raise ValueError(f"unknown schedule {kind!r}; use 'poly', 'cosine' or 'constant'")
+        raise InputError(f"unknown schedule {kind!r}; use 'poly', 'cosine' or 'constant'")
     warmup = min(warmup_steps, total_steps - 1)
     if step < warmup:
         return (step + 1) / warmup

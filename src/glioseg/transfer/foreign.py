@@ -37,6 +37,7 @@ card keeps the checkpoint's own names and order.
 
 from __future__ import annotations
 
+import inspect
 import os
 import pickle
 import re
@@ -48,6 +49,7 @@ from typing import Any
 import torch
 
 from glioseg.data.labels import MODALITIES, REGIONS
+from glioseg.errors import GliosegError
 from glioseg.model.card import (
     ModelCard,
     check_state_dict,
@@ -59,7 +61,7 @@ from glioseg.model.registry import ModelConfig, build_model
 from glioseg.model.weights import canonical_modality, canonical_region, load_adapted
 
 
-class ForeignCheckpointError(ValueError):
+class ForeignCheckpointError(GliosegError, ValueError):
     """A foreign checkpoint whose layout is not the one expected, or not supported."""
 
 
@@ -589,4 +591,11 @@ def import_checkpoint(path: str | os.PathLike[str], kind: str, **kwargs: Any) ->
     except KeyError:
         raise ForeignCheckpointError(f"unknown checkpoint kind {kind!r}; known: "
                                      f"{', '.join(IMPORTERS)}") from None
+    try:  # an option this kind does not take or needs (--modalities): the user's error
+        inspect.signature(importer).bind(path, **kwargs)
+    except TypeError:
+        try:  # the call fails before any work; Python's own message, as the CLI always printed
+            importer(path, **kwargs)
+        except TypeError as exc:
+            raise ForeignCheckpointError(str(exc)) from None
     return importer(path, **kwargs)

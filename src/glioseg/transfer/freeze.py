@@ -30,13 +30,14 @@ from typing import Any
 
 from torch import nn
 
+from glioseg.errors import GliosegError
 from glioseg.model.card import unwrap_model
 
 STRATEGIES = ("full", "frozen-encoder", "gradual", "discriminative")
 _NORMS = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm)
 
 
-class StrategyError(ValueError):
+class StrategyError(GliosegError, ValueError):
     """An unknown strategy or a model without the staged interface."""
 
 
