@@ -24,17 +24,21 @@ def plot_run(run_dir: str | Path, output: str | Path | None = None) -> Path:
         output: PNG path; default ``RUN_DIR/curves.png``. Written atomically.
 
     Raises:
-        ValueError: when the folder has no metrics or no training record.
+        FigureError: when the folder has no metrics or no training record.
     """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from glioseg.train.fit import read_metrics
+    from glioseg.report.html import read_jsonl
 
     run_dir = Path(run_dir)
-    records = read_metrics(run_dir)
+    if not (run_dir / "metrics.jsonl").is_file():
+        raise FigureError(f"{run_dir}: no metrics.jsonl (not a training run folder?)")
+    # the report's reader (a torn or bad line is skipped, as `glioseg report` does), not the
+    # trainer's: a report reads files and never imports train (tests/test_layering.py)
+    records = read_jsonl(run_dir / "metrics.jsonl")
     steps, loss = _series(records, "train", "loss")
     if not steps:
         raise FigureError(f"{run_dir / 'metrics.jsonl'}: no training record to plot")
