@@ -46,6 +46,7 @@ from pathlib import Path
 from typing import Any
 
 from glioseg import io_atomic
+from glioseg.errors import GliosegError
 from glioseg.runinfo import hardware
 
 STAGES: tuple[str, ...] = ("data", "shift", "source", "target", "evaluate", "report")
@@ -87,7 +88,7 @@ REPORT_SPEC: dict[str, Any] = {
 (the raw data, the predictions, duplicated model cards) and the order of its sections."""
 
 
-class DemoError(ValueError):
+class DemoError(GliosegError, ValueError):
     """A demo that cannot run or resume; the message names the folder and the problem."""
 
 

@@ -59,6 +59,8 @@ from typing import Any
 
 import numpy as np
 
+from glioseg.errors import GliosegError
+
 STRATEGIES: tuple[str, ...] = ("full", "frozen-encoder", "gradual", "discriminative")
 """Fine-tuning strategies of the ``source`` arm (``glioseg.transfer.freeze.STRATEGIES``)."""
 
@@ -81,7 +83,7 @@ learn at a from-scratch rate (at n=2, seed 1: test Dice 0.08 at lr 1e-4, 0.21 at
 the preset's 3e-3, seq-scratch 0.27)."""
 
 
-class StudyError(ValueError):
+class StudyError(GliosegError, ValueError):
     """A study that cannot run or resume; the message names the folder and the problem."""
 
 
