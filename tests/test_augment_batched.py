@@ -24,6 +24,7 @@ import torch
 from glioseg import augment as A
 from glioseg import augment_batched as AB
 from glioseg.data.labels import MODALITIES
+from glioseg.io_atomic import write_json
 from glioseg.preprocess import cache as PC
 from glioseg.train import data as D
 from glioseg.train import loop as L
@@ -58,7 +59,7 @@ def _smooth_cache(folder: Path, n: int = 3) -> list:
         PC.write_case(folder, cid, image, labels, {"case_id": cid, "layout": "brats2023",
                                                    "shape": [VOL] * 3})
         ids.append(cid)
-    PC.atomic_write_json(folder / "dataset.json", {"format": PC.CACHE_FORMAT,
+    write_json(folder / "dataset.json", {"format": PC.CACHE_FORMAT,
                                                    "modalities": list(MODALITIES),
                                                    "spacing": None, "cases": ids,
                                                    "source": "test"})

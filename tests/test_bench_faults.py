@@ -16,6 +16,7 @@ from typer.testing import CliRunner
 from glioseg.bench import faults as BF
 from glioseg.cli import app
 from glioseg.data.nifti import save_volume
+from glioseg.io_atomic import write_json
 from glioseg.preprocess import cache as PC
 
 
@@ -65,7 +66,7 @@ def _cache(folder: Path, voxel: float = 0.0) -> Path:
     labels = np.zeros((5, 6, 7), np.uint8)
     labels[2, 2, 2] = 2
     PC.write_case(folder, "C0", image, labels, {"case_id": "C0", "layout": "brats2023"})
-    PC.atomic_write_json(folder / "dataset.json", {"cases": ["C0"]})
+    write_json(folder / "dataset.json", {"cases": ["C0"]})
     return folder
 
 
@@ -78,7 +79,7 @@ def test_compare_cache_finds_one_voxel_and_a_missing_file(tmp_path: Path):
     (gone / "C0" / "locations.npz").unlink()
     assert BF.compare_cache(ref, gone) == ["C0/locations.npz: missing"]
     meta = _cache(tmp_path / "meta")
-    PC.atomic_write_json(meta / "dataset.json", {"cases": ["C1"]})
+    write_json(meta / "dataset.json", {"cases": ["C1"]})
     assert BF.compare_cache(ref, meta) == ["dataset.json.cases: ['C1'] != ['C0']"]
 
 

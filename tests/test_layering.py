@@ -23,7 +23,7 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "glioseg"
 
 # Lowest first. A module belongs to the layer of the longest prefix that names it.
 LAYERS: list[tuple[str, ...]] = [
-    ("glioseg", "errors", "io_atomic", "runinfo"),  # base: no pipeline knowledge
+    ("glioseg", "errors", "io_atomic", "records", "runinfo"),  # base: no pipeline knowledge
     ("data",),
     ("preprocess",),
     ("sampling", "augment", "augment_batched"),  # patches (training's data path)

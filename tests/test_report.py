@@ -17,6 +17,7 @@ from datafiles import tiny_brats2021_case
 from typer.testing import CliRunner
 
 from glioseg.cli import app
+from glioseg.io_atomic import write_json
 from glioseg.report.html import write_report
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -305,7 +306,7 @@ def test_training_run_folder_records_timings_and_hardware(tmp_path: Path) -> Non
         PC.write_case(tmp_path / "cache", cid, image, labels,
                       {"case_id": cid, "layout": "brats2023", "shape": [16] * 3})
         ids.append(cid)
-    PC.atomic_write_json(tmp_path / "cache" / "dataset.json", {
+    write_json(tmp_path / "cache" / "dataset.json", {
         "format": PC.CACHE_FORMAT, "modalities": list(MODALITIES), "spacing": None,
         "cases": ids, "source": "test"})
     sets = ["model.base_width=4", "model.n_stages=2", "model.max_width=8",

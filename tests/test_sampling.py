@@ -15,6 +15,7 @@ from scipy import ndimage
 
 from glioseg.augment import AugmentConfig, draw_params
 from glioseg.data.labels import regions_from_labels
+from glioseg.io_atomic import write_json
 from glioseg.preprocess import cache as C
 from glioseg.sampling import (
     centred_origin,
@@ -47,7 +48,7 @@ def build_cache(root: Path, cases: dict[str, tuple[np.ndarray, np.ndarray | None
     for cid, (image, labels) in cases.items():
         shape = list(image.shape[1:])
         C.write_case(root, cid, image, labels, {"case_id": cid, "shape": shape})
-    C.atomic_write_json(root / "dataset.json", {
+    write_json(root / "dataset.json", {
         "format": C.CACHE_FORMAT, "modalities": ["t1", "t1ce", "t2", "flair"],
         "spacing": None, "cases": sorted(cases), "source": "test"})
     return root

@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from glioseg.data.labels import MODALITIES
+from glioseg.io_atomic import write_json
 from glioseg.preprocess import cache as PC
 from glioseg.train import fit as F
 
@@ -39,7 +40,7 @@ def _tiny_cache(folder: Path, n: int = 3) -> Path:
         PC.write_case(folder, cid, image, labels, {"case_id": cid, "layout": "brats2023",
                                                    "shape": [SIZE] * 3})
         ids.append(cid)
-    PC.atomic_write_json(folder / "dataset.json", {"format": PC.CACHE_FORMAT,
+    write_json(folder / "dataset.json", {"format": PC.CACHE_FORMAT,
                                                    "modalities": list(MODALITIES),
                                                    "spacing": None, "cases": ids,
                                                    "source": "test"})
@@ -252,7 +253,7 @@ def _cache_with_spacings(folder: Path, spacings: list[list[float]],
         PC.write_case(folder, cid, image, np.zeros((8, 8, 8), np.uint8),
                       {"case_id": cid, "layout": "brats2023", "shape": [8] * 3, "spacing": sp})
         ids.append(cid)
-    PC.atomic_write_json(folder / "dataset.json", {"format": PC.CACHE_FORMAT,
+    write_json(folder / "dataset.json", {"format": PC.CACHE_FORMAT,
                                                    "modalities": list(MODALITIES),
                                                    "spacing": resampled, "cases": ids,
                                                    "source": "test"})

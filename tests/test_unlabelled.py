@@ -9,6 +9,7 @@ from datafiles import write_brats_case
 from test_train import TINY
 
 from glioseg.data.labels import MODALITIES
+from glioseg.io_atomic import write_json
 from glioseg.preprocess import cache as PC
 from glioseg.train.data import DataError, make_loader
 from glioseg.train.fit import CaseView
@@ -23,7 +24,7 @@ def _unlabelled_cache(folder: Path, n: int = 2, size: int = 8) -> Path:
         PC.write_case(folder, cid, image, None, {"case_id": cid, "layout": "brats2023",
                                                  "shape": [size] * 3})
         ids.append(cid)
-    PC.atomic_write_json(folder / "dataset.json", {"format": PC.CACHE_FORMAT,
+    write_json(folder / "dataset.json", {"format": PC.CACHE_FORMAT,
                                                    "modalities": list(MODALITIES),
                                                    "spacing": None, "cases": ids})
     return folder

@@ -322,12 +322,12 @@ def export(
 
     The file is checked under a temporary name and renamed only if it passes."""
     from glioseg.infer.export import PARITY_ATOL, export_checked
-    from glioseg.infer.predict import _in_channels, load_model, model_divisor, model_roi
+    from glioseg.infer.predict import load_model, model_divisor, model_in_channels, model_roi
 
     net, _ = load_model(model)
     div = model_divisor(net)
     size = tuple(max(div, 64 // div * div) for _ in range(3))
-    path, diff = export_checked(net, output, format, _in_channels(net),
+    path, diff = export_checked(net, output, format, model_in_channels(net),
                                 example_size=model_roi(net), size=size)
     typer.echo(f"wrote {path}; max |logit difference| vs PyTorch on a random {size} patch: "
                f"{diff:.2e} (tolerance {PARITY_ATOL:g})")

@@ -47,6 +47,8 @@ from typing import Any
 
 from glioseg import io_atomic
 from glioseg.errors import GliosegError
+from glioseg.records import read_jsonl
+from glioseg.report.savefig import save_figure
 from glioseg.runinfo import hardware
 
 STAGES: tuple[str, ...] = ("data", "shift", "source", "target", "evaluate", "report")
@@ -282,30 +284,14 @@ def verdict(rows: Sequence[Mapping[str, Any]], n_train: int, steps: int) -> str:
 def val_records(metrics_path: Path) -> list[dict[str, float]]:
     """Validation records (``split == "val"``) of a run's ``metrics.jsonl``:
     ``[{"step", "dice_WT", "dice_TC", "dice_ET", "dice_mean"}]``; bad lines are skipped."""
-    out = []
     if not metrics_path.is_file():
-        return out
-    for line in metrics_path.read_text().splitlines():
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if isinstance(rec, dict) and rec.get("split") == "val":
-            out.append({k: float(rec[k]) for k in ("step", "dice_WT", "dice_TC", "dice_ET",
-                                                    "dice_mean") if k in rec})
-    return out
+        return []
+    return [{k: float(rec[k]) for k in ("step", "dice_WT", "dice_TC", "dice_ET", "dice_mean")
+             if k in rec}
+            for rec in read_jsonl(metrics_path) if rec.get("split") == "val"]
 
 
 # --------------------------------------------------------------------------- figures
-
-def _save(fig: Any, path: Path) -> Path:
-    import matplotlib.pyplot as plt
-
-    with io_atomic.atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=110, bbox_inches="tight")
-    plt.close(fig)
-    return path
-
 
 def plot_dice(path: Path, rows: Sequence[Mapping[str, Any]], per_case: Mapping[str, Any]
               ) -> Path:
@@ -335,7 +321,7 @@ def plot_dice(path: Path, rows: Sequence[Mapping[str, Any]], per_case: Mapping[s
     ax.grid(alpha=0.3, axis="y")
     ax.legend(fontsize=8, loc="upper right")
     ax.set_title("Target site: source model vs scratch vs transfer (bars: mean, dots: cases)")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_curves(path: Path, curves: Mapping[str, Sequence[Mapping[str, float]]],
@@ -365,7 +351,7 @@ def plot_curves(path: Path, curves: Mapping[str, Sequence[Mapping[str, float]]],
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     ax.set_title(f"Learning on {n_train} labelled target cases (equal step budgets)")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 # --------------------------------------------------------------------------- stage bookkeeping

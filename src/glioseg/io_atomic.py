@@ -26,7 +26,7 @@ import json
 import os
 import secrets
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -189,6 +189,9 @@ def write_text(path: str | Path, text: str, encoding: str = "utf-8") -> Path:
     return path
 
 
-def write_json(path: str | Path, obj: Any, indent: int | None = 1) -> Path:
-    """Write ``obj`` as JSON (followed by a newline) to ``path`` atomically; returns ``path``."""
-    return write_text(path, json.dumps(obj, indent=indent) + "\n")
+def write_json(path: str | Path, obj: Any, indent: int | None = 1,
+               default: Callable[[Any], Any] | None = None) -> Path:
+    """Write ``obj`` as JSON (followed by a newline) to ``path`` atomically; returns ``path``.
+    ``default`` turns what JSON cannot hold into what it can (``str`` for paths), as in
+    ``json.dumps``."""
+    return write_text(path, json.dumps(obj, indent=indent, default=default) + "\n")

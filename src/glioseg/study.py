@@ -60,6 +60,8 @@ from typing import Any
 import numpy as np
 
 from glioseg.errors import GliosegError
+from glioseg.io_atomic import write_json
+from glioseg.report.savefig import save_figure
 
 STRATEGIES: tuple[str, ...] = ("full", "frozen-encoder", "gradual", "discriminative")
 """Fine-tuning strategies of the ``source`` arm (``glioseg.transfer.freeze.STRATEGIES``)."""
@@ -394,13 +396,6 @@ def _clean_run(run_dir: Path) -> None:
     shutil.rmtree(run_dir / "best", ignore_errors=True)
 
 
-def _write_json(path: Path, obj: Any) -> None:
-    """``obj`` as JSON, atomically (paths and other objects as strings)."""
-    from glioseg.io_atomic import write_text
-
-    write_text(path, json.dumps(obj, indent=1, default=str) + "\n")
-
-
 def run_one(spec: RunSpec, runs_dir: Path, plan: StudyPlan) -> dict[str, Any]:
     """Train ``spec`` into ``runs_dir/<group>/<name>`` unless its ``result.json`` exists (then
     read it); returns the result: the spec, the final test Dice, seconds and the val curve."""
@@ -430,7 +425,7 @@ def run_one(spec: RunSpec, runs_dir: Path, plan: StudyPlan) -> dict[str, Any]:
     result = {**asdict(spec), "overrides": overrides, "steps": cfg.train.steps,
               "seconds": round(seconds, 2), "wall_s": round(wall, 2),
               **{k: last.get(k, math.nan) for k in REGION_KEYS}, "curve": curve}
-    _write_json(done, result)
+    write_json(done, result, default=str)
     if spec.group == "target" and not plan.keep_checkpoints:
         _clean_run(run_dir)
     return result
@@ -675,18 +670,6 @@ def _colors(labels: Sequence[str]) -> dict[str, Any]:
     return {lab: cmap(i % 10) for i, lab in enumerate(labels)}
 
 
-def _save_fig(fig: Any, path: Path) -> None:
-    import matplotlib.pyplot as plt
-
-    from glioseg.io_atomic import atomic_path
-
-    try:
-        with atomic_path(path) as tmp:
-            fig.savefig(tmp, dpi=110, bbox_inches="tight", format="png")
-    finally:
-        plt.close(fig)
-
-
 def plot_dice_vs_labelled(path: Path, summary: Sequence[Mapping[str, Any]],
                           zero_shot: float | None) -> None:
     """Target test Dice (mean and WT/TC/ET) vs labelled cases, one line per arm (± sd)."""
@@ -731,7 +714,7 @@ def plot_dice_vs_labelled(path: Path, summary: Sequence[Mapping[str, Any]],
                                key=lambda s: s["n_labelled"]))
     fig.suptitle(f"Label efficiency: target test Dice after equal budgets per n (steps {budgets})")
     fig.tight_layout()
-    _save_fig(fig, path)
+    save_figure(fig, path)
 
 
 def plot_time_to_target(path: Path, summary: Sequence[Mapping[str, Any]]) -> None:
@@ -783,7 +766,7 @@ def plot_time_to_target(path: Path, summary: Sequence[Mapping[str, Any]]) -> Non
     fig.suptitle("Time to reach the scratch arm's final Dice (mean ± sd over the seeds that "
                  "reached it; k/n: seeds that did; no bar: none did)")
     fig.tight_layout()
-    _save_fig(fig, path)
+    save_figure(fig, path)
 
 
 def plot_curves(path: Path, results: Sequence[Mapping[str, Any]], n: int,
@@ -818,7 +801,7 @@ def plot_curves(path: Path, results: Sequence[Mapping[str, Any]], n: int,
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.02, 0.5))
     ax.set_title(f"Learning curves with {n} labelled target cases")
-    _save_fig(fig, path)
+    save_figure(fig, path)
 
 
 def plot_sequence_sets(path: Path, rows: Sequence[Mapping[str, Any]], src: Sequence[str],
@@ -853,7 +836,7 @@ def plot_sequence_sets(path: Path, rows: Sequence[Mapping[str, Any]], src: Seque
         ax.legend(fontsize=8)
     fig.suptitle(f"Transfer across sequence sets: source {'+'.join(src).upper()} -> target "
                  f"{'+'.join(tgt).upper()} (bars: mean, dots: seeds)")
-    _save_fig(fig, path)
+    save_figure(fig, path)
 
 
 # --------------------------------------------------------------------------- the study
@@ -892,7 +875,7 @@ def write_outputs(out: Path, plan: StudyPlan, results: Sequence[Mapping[str, Any
     checks = label_efficiency_checks(summ)
     info = _pretrain_info(pretrain)
     write_results_csv(out / "results.csv", rows)
-    _write_json(out / ".report.json", REPORT_SPEC)
+    write_json(out / ".report.json", REPORT_SPEC, default=str)
     text = summary_markdown(summ, accept, info, plan, checks)
     write_text(out / "summary.md", text)
     zero = info.get("source", {}).get("dice_mean")
@@ -912,7 +895,7 @@ def write_outputs(out: Path, plan: StudyPlan, results: Sequence[Mapping[str, Any
            "runs_wall_s": round(sum(float(r.get("wall_s", 0.0)) for r in
                                     (*results, *pretrain.values())), 1),
            "plan": asdict(plan)}
-    _write_json(out / "study.json", _finite(doc))
+    write_json(out / "study.json", _finite(doc), default=str)
     return doc
 
 

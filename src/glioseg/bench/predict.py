@@ -31,7 +31,6 @@ Figures measured on a shared machine are contended; run it alone for clean numbe
 
 from __future__ import annotations
 
-import json
 import resource
 import tempfile
 import time
@@ -131,7 +130,7 @@ def _int8_engines(predictor, models: list, calib_path: str, calib_spacing: list[
     from glioseg.data.labels import MODALITIES
     from glioseg.infer.engines import EngineError, OnnxRuntimeEngine, OpenVinoEngine
     from glioseg.infer.export import calibration_windows, export_int8
-    from glioseg.infer.predict import _in_channels
+    from glioseg.infer.predict import model_in_channels
     from glioseg.preprocess.pure import preprocess_arrays
 
     if engine not in ("onnxruntime", "openvino"):
@@ -141,7 +140,7 @@ def _int8_engines(predictor, models: list, calib_path: str, calib_spacing: list[
     windows = calibration_windows(pre, predictor.roi)
     out = []
     for i, m in enumerate(models):
-        path = export_int8(m, workdir / f"model{i}.int8.onnx", windows, _in_channels(m))
+        path = export_int8(m, workdir / f"model{i}.int8.onnx", windows, model_in_channels(m))
         out.append(OnnxRuntimeEngine(path) if engine == "onnxruntime"
                    else OpenVinoEngine(path, precision="int8"))
     return out
@@ -394,7 +393,7 @@ def _prepare(model: Path | None, preset_name: str, case_dir: Path | None, tmp: P
 
     from glioseg.data.cases import discover, load_case
     from glioseg.data.labels import regions_from_labels
-    from glioseg.infer.predict import _in_channels, card_modalities, load_for_model, load_model
+    from glioseg.infer.predict import card_modalities, load_for_model, load_model, model_in_channels
 
     if model is None:
         from glioseg.model.card import ModelCard, save_model
@@ -412,7 +411,7 @@ def _prepare(model: Path | None, preset_name: str, case_dir: Path | None, tmp: P
         case_dir = write_cohort(tmp / "data", n_cases=1, layout="brats2021", seed=0,
                                 spacing=1.0)[0]
     case = discover(case_dir)[0]
-    image, header = load_for_model(case, card_modalities(card, _in_channels(net)), False)
+    image, header = load_for_model(case, card_modalities(card, model_in_channels(net)), False)
     np.save(tmp / "image.npy", image)
     if case.seg is not None:
         truth = regions_from_labels(load_case(case).labels)
@@ -444,10 +443,10 @@ def bench_predict(
 
     from glioseg.infer.export import INT8_WINDOWS
     from glioseg.infer.predict import (
-        _in_channels,
         card_spacing,
         load_model,
         model_divisor,
+        model_in_channels,
         model_roi,
     )
     from glioseg.preprocess.pure import preprocess_arrays
@@ -471,7 +470,7 @@ def bench_predict(
         # the brain box on the network's grid (resampled when the card asks for a spacing)
         _, _, geo = preprocess_arrays(image, None, spacing, card_spacing(card))
         crop_shape = tuple(int(s) for s in geo["shape"])
-        cin, div = _in_channels(net), model_divisor(net)
+        cin, div = model_in_channels(net), model_divisor(net)
         flops_window = window_flops(net, cin, roi)
         n_ours = _crop_windows(crop_shape, roi, overlap, div)
         voxels_box = float(np.prod(crop_shape))
@@ -577,7 +576,7 @@ def bench_predict(
         "flops_one_pass_box": flops_per_voxel * voxels_box, "gflops": gflops, "rows": rows,
     }
     if output is not None:
-        from glioseg.infer.export import _atomic_write_bytes
+        from glioseg.io_atomic import write_json
 
-        _atomic_write_bytes(Path(output), (json.dumps(result, indent=2) + "\n").encode())
+        write_json(Path(output), result, indent=2)
     return result

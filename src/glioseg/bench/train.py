@@ -114,7 +114,7 @@ def measure(
     mem = torch.tensor([_peak_rss_mb(), torch.cuda.max_memory_allocated(info.device) / 2**20
                         if info.device.type == "cuda" else 0.0], dtype=torch.float64)
     if D.is_initialized():
-        dev = D._collective_device()
+        dev = D.collective_device()
         stats, mem = stats.to(dev), mem.to(dev)
         D.all_reduce_sum(stats)
         torch.distributed.all_reduce(mem, op=torch.distributed.ReduceOp.MAX)

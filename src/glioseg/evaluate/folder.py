@@ -304,11 +304,6 @@ def lesion_counts(rows: Sequence[dict]) -> dict[str, dict[str, int]]:
     }
 
 
-def write_text_atomic(path: Path, text: str) -> Path:
-    """Write ``text`` to ``path`` through a temporary file in the same folder, then rename."""
-    return io_atomic.write_text(path, text)
-
-
 def _csv_text(rows: Sequence[dict], columns: list[str]) -> str:
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n")
@@ -439,10 +434,10 @@ def evaluate_folder(
     }
     columns = ["case_id", "missing_prediction"] + score_columns(scheme)
     paths = {
-        "per_case": write_text_atomic(out_dir / "per_case.csv", _csv_text(rows, columns)),
-        "summary": write_text_atomic(out_dir / "summary.json",
+        "per_case": io_atomic.write_text(out_dir / "per_case.csv", _csv_text(rows, columns)),
+        "summary": io_atomic.write_text(out_dir / "summary.json",
                                      json.dumps(summary, indent=2) + "\n"),
-        "markdown": write_text_atomic(out_dir / "summary.md", markdown_table(summary)),
+        "markdown": io_atomic.write_text(out_dir / "summary.md", markdown_table(summary)),
     }
     result = EvaluationResult(rows, summary, paths)
     if figures:

@@ -56,8 +56,8 @@ from scipy import ndimage
 
 from glioseg.evaluate.metrics import (
     Spacing,
-    _check_pair,
     _spacing3,
+    check_pair,
     dice,
     grow_box,
     union_bbox,
@@ -205,7 +205,7 @@ def surface_distances(
         the surfels of both masks with distances and areas, sorted by (distance, area) like the
         original; all arrays empty if both masks are empty.
     """
-    pred, ref = _check_pair(pred, ref)
+    pred, ref = check_pair(pred, ref)
     sampling = _spacing3(spacing)
     box = union_bbox([pred, ref], margin=0)
     if box is None:
@@ -348,7 +348,7 @@ def lesion_wise(
         the lesion-wise scores; lesion and component numbers are those of the whole grid, in
         cc3d's order, as in the reference code.
     """
-    pred, ref = _check_pair(pred, ref)
+    pred, ref = check_pair(pred, ref)
     sampling = _spacing3(spacing)
     voxel_volume = float(np.prod(sampling))
     pred_cc, n_pred = cc3d.connected_components(pred, connectivity=26, return_N=True)

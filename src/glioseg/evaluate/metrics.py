@@ -63,7 +63,7 @@ def _spacing3(spacing: Spacing) -> tuple[float, float, float]:
     return sp  # type: ignore[return-value]
 
 
-def _check_pair(pred: np.ndarray, ref: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def check_pair(pred: np.ndarray, ref: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     pred = np.asarray(pred, dtype=bool)
     ref = np.asarray(ref, dtype=bool)
     if pred.shape != ref.shape:
@@ -121,7 +121,7 @@ def regions_from_labels(
 
 def confusion_counts(pred: np.ndarray, ref: np.ndarray) -> ConfusionCounts:
     """True/false positive/negative voxel counts of ``pred`` vs ``ref``, ``(X, Y, Z)`` bool."""
-    pred, ref = _check_pair(pred, ref)
+    pred, ref = check_pair(pred, ref)
     n_pred = int(np.count_nonzero(pred))
     n_ref = int(np.count_nonzero(ref))
     tp = int(np.count_nonzero(pred & ref))
@@ -225,7 +225,7 @@ def directed_surface_distances(
     """
     from scipy.spatial import cKDTree
 
-    pred, ref = _check_pair(pred, ref)
+    pred, ref = check_pair(pred, ref)
     if not pred.any() or not ref.any():
         raise ValueError("surface distances need two non-empty masks")
     scale = np.asarray(_spacing3(spacing))
@@ -256,7 +256,7 @@ def hd95(
     Returns:
         0 if both are empty; the grid diagonal (``grid_diagonal``) if exactly one is empty.
     """
-    pred, ref = _check_pair(pred, ref)
+    pred, ref = check_pair(pred, ref)
     has_pred, has_ref = bool(pred.any()), bool(ref.any())
     if not has_pred and not has_ref:
         return 0.0

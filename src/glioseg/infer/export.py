@@ -64,13 +64,6 @@ def onnx_bytes(model: torch.nn.Module, in_channels: int, example_size: Sequence[
     return buf.getvalue()
 
 
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically, ordinary permissions (``glioseg.io_atomic``)."""
-    from glioseg.io_atomic import write_bytes
-
-    write_bytes(path, data)
-
-
 def export_model(
     model: torch.nn.Module,
     path: str | Path,
@@ -96,7 +89,9 @@ def export_model(
     if fmt == "onnx":
         path = path if path.suffix == ".onnx" else path.with_suffix(".onnx")
         if check is None:
-            _atomic_write_bytes(path, data)
+            from glioseg.io_atomic import write_bytes
+
+            write_bytes(path, data)
             return path
         from glioseg.io_atomic import atomic_path
 

@@ -44,6 +44,7 @@ import torch
 
 from glioseg.data.labels import MODALITIES, REGIONS
 from glioseg.errors import GliosegError
+from glioseg.io_atomic import write_json
 
 ET_MIN_VOXELS_DEFAULT = 0
 """ET rule threshold used when neither the card nor the command line gives one (rule off)."""
@@ -170,7 +171,7 @@ def model_roi(model: torch.nn.Module) -> tuple[int, int, int]:
     return tuple(int(r) for r in roi) if roi else (128, 128, 128)  # type: ignore[return-value]
 
 
-def _in_channels(model: torch.nn.Module) -> int:
+def model_in_channels(model: torch.nn.Module) -> int:
     cfg = getattr(model, "config", None)
     if cfg is not None and hasattr(cfg, "in_channels"):
         return int(cfg.in_channels)
@@ -198,7 +199,7 @@ def build_engine(model: torch.nn.Module, options: PredictOptions, workdir: Path,
     from glioseg.infer.export import export_model
 
     roi = options.roi or model_roi(model)
-    path = export_model(model, workdir / f"{tag}.onnx", "onnx", _in_channels(model),
+    path = export_model(model, workdir / f"{tag}.onnx", "onnx", model_in_channels(model),
                         example_size=roi)
     if options.engine == "onnxruntime":
         if options.dtype != "fp32":
@@ -280,11 +281,11 @@ class CasePredictor:
                     "region probabilities prediction thresholds (a self-supervised or other-task "
                     "model?); fine-tune it first: glioseg finetune --from MODEL ...")
         first_model, self.card = models[0]
-        self.modalities = card_modalities(self.card, _in_channels(first_model))
+        self.modalities = card_modalities(self.card, model_in_channels(first_model))
         self.spacing = card_spacing(self.card)
         self.orientation = card_orientation(self.card)
         for i, (m, c) in enumerate(models[1:], start=2):
-            if card_modalities(c, _in_channels(m)) != self.modalities or card_spacing(c) != self.spacing:
+            if card_modalities(c, model_in_channels(m)) != self.modalities or card_spacing(c) != self.spacing:
                 raise PredictError(f"checkpoint {i} was trained on other modalities or spacing "
                                    f"than checkpoint 1; an ensemble needs the same inputs")
             if card_orientation(c) != self.orientation:
@@ -528,12 +529,6 @@ def probabilities_for_file(probabilities: np.ndarray) -> np.ndarray:
     return np.moveaxis(probabilities, 0, -1).astype(np.float16).astype(np.float32)
 
 
-def _write_json(path: Path, data: dict[str, Any]) -> None:
-    from glioseg.infer.export import _atomic_write_bytes
-
-    _atomic_write_bytes(path, (json.dumps(data, indent=2) + "\n").encode())
-
-
 def predict_dir(
     model_paths: Sequence[str | Path],
     input_path: str | Path,
@@ -591,7 +586,7 @@ def predict_dir(
 
     def record() -> None:
         out_dir.mkdir(parents=True, exist_ok=True)
-        _write_json(out_dir / "predict.json", {
+        write_json(out_dir / "predict.json", {
             "models": resolved_paths(model_paths),
             "model_digests": digests,
             "input": str(input_path),
@@ -600,7 +595,7 @@ def predict_dir(
             "skipped": summary.skipped,
             "failed": summary.failed,
             "seconds": summary.seconds,
-        })
+        }, indent=2)
 
     if opts.overwrite and todo:
         # every case is predicted again: its old outputs go first (before predict.json names

@@ -38,7 +38,7 @@ import torch
 from glioseg import __version__
 from glioseg.data.labels import MODALITIES, REGIONS
 from glioseg.errors import GliosegError
-from glioseg.io_atomic import atomic_dir, atomic_path
+from glioseg.io_atomic import atomic_dir, atomic_path, write_text
 from glioseg.model.registry import ModelConfig, build_model
 
 CARD_FORMAT = "glioseg-card/1"
@@ -238,9 +238,10 @@ def _inline(d: Mapping[str, Any]) -> str:
 
 
 def unwrap_model(model: torch.nn.Module) -> torch.nn.Module:
-    """The network inside DDP (``.module``) and ``torch.compile`` (``._orig_mod``) wrappers."""
+    """The network inside DDP / DataParallel (``.module``) and ``torch.compile``
+    (``._orig_mod``) wrappers; the one unwrapping of the package (checkpoints, cards, weights)."""
     while True:
-        if isinstance(model, torch.nn.parallel.DistributedDataParallel):
+        if isinstance(model, torch.nn.parallel.DistributedDataParallel | torch.nn.DataParallel):
             model = model.module
         elif hasattr(model, "_orig_mod") and isinstance(model._orig_mod, torch.nn.Module):
             model = model._orig_mod
@@ -269,23 +270,18 @@ def _config_of(model: torch.nn.Module) -> ModelConfig:
     return cfg
 
 
-def _atomic_write(path: Path, write: Any) -> None:
-    with atomic_path(path) as tmp:
-        write(str(tmp))
-
-
 def save_state_dict(path: Path, state_dict: Mapping[str, torch.Tensor],
                     metadata: dict[str, str] | None = None) -> None:
     """Write ``state_dict`` as safetensors to ``path`` atomically (tensors copied contiguous)."""
     from safetensors.torch import save_file
 
     tensors = {k: v.detach().cpu().contiguous().clone() for k, v in state_dict.items()}
-    _atomic_write(Path(path), lambda tmp: save_file(tensors, tmp, metadata=metadata or {}))
+    with atomic_path(Path(path)) as tmp:
+        save_file(tensors, str(tmp), metadata=metadata or {})
 
 
 def save_card(path: Path, card: ModelCard) -> None:
-    text = card.to_json()
-    _atomic_write(Path(path), lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+    write_text(Path(path), card.to_json())
 
 
 def _carry_over(old: Path, new: Path, skip: tuple[str, ...]) -> None:

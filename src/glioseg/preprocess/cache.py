@@ -74,17 +74,6 @@ def sample_locations(
     return out
 
 
-def _json_dump(path: Path, obj: Any) -> None:
-    with open(path, "w") as f:
-        json.dump(obj, f, indent=1)
-        f.write("\n")
-
-
-def atomic_write_json(path: Path, obj: Any) -> None:
-    """Write ``obj`` as JSON to ``path`` through a temporary file in the same folder."""
-    write_json(path, obj)
-
-
 def case_is_complete(folder: Path) -> bool:
     """Whether ``folder`` holds a whole cached case (every file, labels if meta says so)."""
     if not all((folder / name).is_file() for name in CASE_FILES):
@@ -124,7 +113,7 @@ def write_case(
         else:
             locations = {str(v): np.zeros((0, 3), np.int32) for v in FOREGROUND_LABELS}
         np.savez(tmp / "locations.npz", **locations)
-        _json_dump(tmp / "meta.json", {**meta, "has_labels": labels is not None})
+        write_json(tmp / "meta.json", {**meta, "has_labels": labels is not None})
     return final
 
 

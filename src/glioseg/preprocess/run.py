@@ -23,6 +23,7 @@ from tqdm import tqdm
 from glioseg.data.cases import Case, discover, load_case, selected_modalities
 from glioseg.data.labels import MODALITIES
 from glioseg.errors import GliosegError
+from glioseg.io_atomic import write_json
 from glioseg.preprocess import cache as C
 from glioseg.preprocess.pure import PreprocessError, preprocess_arrays
 
@@ -97,7 +98,7 @@ def _check_existing(cache_dir: Path, spacing: float | None, modalities: Sequence
             raise C.CacheError(f"{cache_dir}: cache was built with the sequences "
                                f"{','.join(had)}, not {','.join(modalities)}; use another "
                                "output folder")
-    C.atomic_write_json(cache_dir / SETTINGS, want)
+    write_json(cache_dir / SETTINGS, want)
 
 
 def preprocess_dir(
@@ -143,7 +144,7 @@ def preprocess_dir(
             _collect((f.result() for f in as_completed(futures)), done, failures, bar)
     bar.close()
     ids = [c.case_id for c in cases if c.case_id in done]
-    C.atomic_write_json(output / "dataset.json", {
+    write_json(output / "dataset.json", {
         "format": C.CACHE_FORMAT,
         "modalities": list(MODALITIES),
         "selected_modalities": list(chosen),

@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from glioseg.io_atomic import atomic_path
 from glioseg.report.figures import FigureError
+from glioseg.report.savefig import save_figure
 
 REGION_COLOURS = {"WT": "tab:green", "TC": "tab:orange", "ET": "tab:red"}
 
@@ -31,7 +31,7 @@ def plot_run(run_dir: str | Path, output: str | Path | None = None) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from glioseg.report.html import read_jsonl
+    from glioseg.records import read_jsonl
 
     run_dir = Path(run_dir)
     if not (run_dir / "metrics.jsonl").is_file():
@@ -62,9 +62,4 @@ def plot_run(run_dir: str | Path, output: str | Path | None = None) -> Path:
     if ax_dice.lines:
         ax_dice.legend(loc="lower right")
     fig.suptitle(run_dir.name)
-    try:
-        with atomic_path(output) as tmp:
-            fig.savefig(tmp, dpi=110, format="png")
-    finally:
-        plt.close(fig)
-    return output
+    return save_figure(fig, output, dpi=110, bbox_inches=None)

@@ -12,13 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from glioseg.data.labels import REGIONS
-from glioseg.io_atomic import atomic_path
-
-
-def _save_atomic(fig, path: Path, dpi: int = 120) -> Path:
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=dpi, bbox_inches="tight", format="png")
-    return path
+from glioseg.report.savefig import save_figure
 
 
 def box_plot(
@@ -64,10 +58,7 @@ def box_plot(
             ax.set_ylabel("higher is better")
         ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
-    try:
-        return _save_atomic(fig, Path(output))
-    finally:
-        plt.close(fig)
+    return save_figure(fig, output, dpi=120)
 
 
 def pick_cases(rows: Sequence[Mapping[str, float]], key: str = "WT_dice") -> dict[str, str]:
@@ -108,12 +99,7 @@ def caption_png(path: Path, text: str, dpi: int = 110) -> Path:
     ax.set_axis_off()
     fig.text(0.5, 1 - 0.5 * strip / (height + strip), text, color="white", ha="center",
              va="center", fontsize=10)
-    try:
-        with atomic_path(path) as tmp:
-            fig.savefig(tmp, dpi=dpi, facecolor="black", format="png")
-    finally:
-        plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=dpi, bbox_inches=None, facecolor="black")
 
 
 def write_eval_figures(

@@ -15,7 +15,7 @@ import numpy as np
 
 from glioseg.data import labels as L
 from glioseg.errors import GliosegError
-from glioseg.io_atomic import atomic_path
+from glioseg.report.savefig import save_figure
 
 if TYPE_CHECKING:
     from glioseg.data.nifti import VolumeHeader
@@ -268,10 +268,4 @@ def show_case(
                labelcolor="white")
     fig.suptitle(f"{case.case_id} ({case.layout})", color="white", fontsize=11)
     fig.tight_layout(rect=(0, 0.06, 1, 0.97))
-    out = Path(output)
-    try:
-        with atomic_path(out) as tmp:
-            fig.savefig(tmp, dpi=110, facecolor="black", format="png")
-    finally:
-        plt.close(fig)
-    return out
+    return save_figure(fig, output, dpi=110, bbox_inches=None, facecolor="black")

@@ -50,6 +50,7 @@ from typing import Any
 
 from glioseg import io_atomic
 from glioseg.errors import GliosegError
+from glioseg.records import flatten, read_jsonl
 
 MAX_ROWS = 60
 """Rows of a CSV file shown in a table."""
@@ -115,17 +116,6 @@ def fmt(value: Any) -> str:
         return fmt(float(text)) if re.fullmatch(r"-?\d+\.\d{5,}(e-?\d+)?", text) else text
     except ValueError:
         return text
-
-
-def flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
-    """Nested dicts to ``{"a.b.c": value}``; lists of scalars stay values."""
-    out: dict[str, Any] = {}
-    if isinstance(obj, dict):
-        for k, v in obj.items():
-            out.update(flatten(v, f"{prefix}.{k}" if prefix else str(k)))
-    else:
-        out[prefix or "value"] = obj
-    return out
 
 
 def kv_table(items: dict[str, Any], note: str | None = None) -> Block:
@@ -214,19 +204,6 @@ def _curve_group(key: str) -> str:
 X_KEYS = ("step", "global_step", "iteration", "epoch")
 SKIP_KEYS = ("time", "wall_time", "elapsed", "rank", "world_size", "seed")
 """Prefixes of ``metrics.jsonl`` keys that are bookkeeping, not curves."""
-
-
-def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    """Records of a JSON-lines file; unreadable lines are skipped (a run may be mid-write)."""
-    recs = []
-    for line in path.read_text(errors="replace").splitlines():
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if isinstance(rec, dict):
-            recs.append(rec)
-    return recs
 
 
 def curves_png(records: list[dict[str, Any]], title: str = "training curves") -> bytes | None:

@@ -7,26 +7,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
-from glioseg.io_atomic import atomic_path
+from glioseg.report.savefig import save_figure
 
 SITE_COLOURS = {"source": "#1f77b4", "target": "#d62728"}
-
-
-def save_figure(fig: Any, path: str | Path, dpi: int = 110) -> Path:
-    """Save a matplotlib figure as PNG atomically and close it."""
-    import matplotlib.pyplot as plt
-
-    path = Path(path)
-    try:
-        with atomic_path(path) as tmp:
-            fig.savefig(tmp, dpi=dpi, format="png", bbox_inches="tight")
-    finally:
-        plt.close(fig)
-    return path
 
 
 def _standardised(x: np.ndarray, y: np.ndarray) -> np.ndarray:

@@ -39,6 +39,7 @@ import torch
 
 from glioseg.errors import GliosegError
 from glioseg.io_atomic import atomic_path, fsync_dir, fsync_file, temporary_name
+from glioseg.model.card import unwrap_model
 
 CHECKPOINT_FORMAT = "glioseg-train/1"
 LAST, PREVIOUS, BEST = "last.pt", "previous.pt", "best.pt"
@@ -88,17 +89,6 @@ def set_rng_state(state: Mapping[str, Any]) -> None:
 
 # --------------------------------------------------------------------------- state dicts
 
-def unwrap(model: torch.nn.Module) -> torch.nn.Module:
-    """The plain model inside DDP and ``torch.compile`` wrappers."""
-    while True:
-        if hasattr(model, "module") and isinstance(model.module, torch.nn.Module):
-            model = model.module
-        elif hasattr(model, "_orig_mod") and isinstance(model._orig_mod, torch.nn.Module):
-            model = model._orig_mod
-        else:
-            return model
-
-
 def _check_plain(obj: Any, where: str) -> None:
     """Refuse anything ``weights_only`` cannot read back (numpy arrays, custom objects)."""
     if isinstance(obj, torch.Tensor | str | int | float | bool | type(None)):
@@ -142,7 +132,7 @@ def training_state(
         "step": int(step),
         "world_size": len(rng),
         "config": dict(config),
-        "model": unwrap(model).state_dict(),
+        "model": unwrap_model(model).state_dict(),
         "optimizer": optimizer.state_dict(),
         "scheduler": scheduler.state_dict() if scheduler is not None else None,
         "scaler": scaler.state_dict() if scaler is not None and scaler.is_enabled() else None,
@@ -323,7 +313,7 @@ def restore(
     The RNG states of ``rank`` are restored when the checkpoint was written by as many ranks;
     otherwise the caller's seeding stands (a run resumed on another world size).
     """
-    unwrap(model).load_state_dict(state["model"])
+    unwrap_model(model).load_state_dict(state["model"])
     if optimizer is not None:
         from glioseg.train.schedule import keep_kernels
 
@@ -347,6 +337,6 @@ def save_model_card(
     from glioseg.model.card import save_model
 
     out_dir = Path(out_dir)
-    _refuse_non_finite(unwrap(model).state_dict(), out_dir / "model.safetensors")
-    save_model(out_dir, unwrap(model), card)
+    _refuse_non_finite(unwrap_model(model).state_dict(), out_dir / "model.safetensors")
+    save_model(out_dir, unwrap_model(model), card)
     return out_dir

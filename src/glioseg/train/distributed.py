@@ -170,12 +170,12 @@ def all_reduce_mean(value: float | torch.Tensor, device: torch.device | None = N
                                       torch.float32)
         all_reduce_sum(t)
         return t / (dist.get_world_size() if is_initialized() else 1)
-    t = torch.tensor([float(value)], dtype=torch.float64, device=device or _collective_device())
+    t = torch.tensor([float(value)], dtype=torch.float64, device=device or collective_device())
     all_reduce_sum(t)
     return float(t.item()) / (dist.get_world_size() if is_initialized() else 1)
 
 
-def _collective_device() -> torch.device:
+def collective_device() -> torch.device:
     if is_initialized() and dist.get_backend() == "nccl":
         return torch.device("cuda", torch.cuda.current_device())
     return torch.device("cpu")

@@ -36,6 +36,7 @@ from tqdm import tqdm
 from glioseg import config as C
 from glioseg.errors import GliosegError
 from glioseg.io_atomic import write_json, write_text
+from glioseg.records import RecordsError, flatten, read_jsonl
 from glioseg.runinfo import record_training
 from glioseg.train import checkpoint as ckpt
 from glioseg.train import distributed as D
@@ -67,27 +68,16 @@ UNLABELLED_HINT = ("segmentation training needs labelled cases; to learn from un
 
 # --------------------------------------------------------------------------- config matching
 
-def _flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in tree.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, Mapping):
-            out.update(_flatten(v, key + "."))
-        else:
-            out[key] = v
-    return out
-
-
 def resume_changes(saved: Mapping[str, Any], current: Mapping[str, Any]) -> dict[str, list[Any]]:
     """Keys of ``RESUME_MUTABLE`` whose values differ: ``{"optim.lr": [old, new], ...}``."""
-    a, b = _flatten(saved), _flatten(current)
+    a, b = flatten(saved), flatten(current)
     return {k: [a.get(k), b.get(k)] for k in sorted(RESUME_MUTABLE)
             if a.get(k, "<absent>") != b.get(k, "<absent>")}
 
 
 def config_differences(saved: Mapping[str, Any], current: Mapping[str, Any]) -> list[str]:
     """Keys (outside ``RESUME_MUTABLE``) whose values differ: ``["train.seed: 0 != 1", ...]``."""
-    a, b = _flatten(saved), _flatten(current)
+    a, b = flatten(saved), flatten(current)
     diffs = []
     for key in sorted(set(a) | set(b)):
         if key in RESUME_MUTABLE:
@@ -433,17 +423,11 @@ class MetricsLog:
 def parse_metrics(path: Path) -> list[dict[str, Any]]:
     """The records of a ``metrics.jsonl`` file. The file is appended line by line, so a run
     killed mid-write can leave its last line torn: that line is dropped; a bad line before the
-    last is an error naming the file and line."""
-    lines = [x for x in path.read_text().splitlines() if x.strip()]
-    records = []
-    for i, line in enumerate(lines):
-        try:
-            records.append(json.loads(line))
-        except ValueError:
-            if i == len(lines) - 1:
-                break
-            raise TrainError(f"{path}: line {i + 1} is not a JSON record") from None
-    return records
+    last is an error naming the file and line (``records.read_jsonl(strict=True)``)."""
+    try:
+        return read_jsonl(path, strict=True)
+    except RecordsError as e:
+        raise TrainError(str(e)) from None
 
 
 def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
@@ -847,7 +831,7 @@ def _train_record(window: dict[str, float], rs: RunState, comp: Components,
     stats = torch.tensor([loss, window["wait"] / dt, window["patches"] / dt],
                          dtype=torch.float64)
     if D.is_initialized():
-        stats = stats.to(D._collective_device())
+        stats = stats.to(D.collective_device())
         D.all_reduce_sum(stats)
         stats = stats.cpu()
         stats[:2] /= info.world_size

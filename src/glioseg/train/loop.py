@@ -351,7 +351,7 @@ def validate(
     finally:
         model.train(was_training)
     if D.is_initialized():
-        sums = sums.to(D._collective_device())
+        sums = sums.to(D.collective_device())
         D.all_reduce_sum(sums)
         sums = sums.cpu()
     n = int(sums[-1])
