@@ -26,7 +26,11 @@ Recipe (in the spirit of SynthSeg / lab2im, Billot et al. 2023, and of Hu et al.
 Smooth random fields come from small control grids upsampled separably (three small matrix
 products), which is what keeps a 1 mm case to about a second or two.
 
-Every case is a pure function of ``(seed, index, site, spacing)``.
+Every case is a pure function of ``(seed, index, site, spacing)``, in two steps (the design of
+``augment.py``): ``draw_case`` draws its parameters (``CaseParams``: warp, tumour size, place
+and shape, and the random state the rendering draws its noise from), ``render_case`` renders
+from them alone; the parameters are saved in each case's marker (``.synthetic.json``,
+``params``), so a case can be rendered again from them.
 """
 
 from __future__ import annotations
@@ -216,11 +220,26 @@ class Warp:
 
 def draw_warp(rng: np.random.Generator, site: SiteProfile, spacing: float) -> Warp:
     """Random affine (+-5 % scale, +-6 deg, +-3 mm) and elastic warp; bbox of the brain."""
-    tpl = load_template()
+    return make_warp(spacing, *_draw_warp_params(rng, site))
+
+
+def _draw_warp_params(
+    rng: np.random.Generator, site: SiteProfile
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """``(scale (3,), angles_deg (3,), shift_mm (3,), elastic_ctrl_mm (3, 5, 6, 5))``."""
     scale = 1.0 + rng.uniform(-0.05, 0.05, 3)
-    rot = Rotation.from_euler("xyz", rng.uniform(-6, 6, 3), degrees=True).as_matrix()
-    a = rot @ np.diag(scale)  # acts on SRI coordinates about the brain centre
+    angles = rng.uniform(-6, 6, 3)
     shift = rng.uniform(-3, 3, 3)
+    ctrl = rng.standard_normal((3, 5, 6, 5)) * site.elastic_mm
+    return scale, angles, shift, ctrl
+
+
+def make_warp(spacing: float, scale: np.ndarray, angles_deg: np.ndarray, shift: np.ndarray,
+              ctrl: np.ndarray) -> Warp:
+    """The ``Warp`` of drawn parameters (pure): affine about the brain centre, bbox, elastic."""
+    tpl = load_template()
+    rot = Rotation.from_euler("xyz", angles_deg, degrees=True).as_matrix()
+    a = rot @ np.diag(scale)  # acts on SRI coordinates about the brain centre
     centre = MNI_TO_SRI_SCALE * tpl.centre + MNI_TO_SRI_SHIFT
     # q' = C + a (q - C) + shift ;  m = (q' - T) / S
     inv_s = np.diag(1.0 / MNI_TO_SRI_SCALE)
@@ -234,7 +253,6 @@ def draw_warp(rng: np.random.Generator, site: SiteProfile, spacing: float) -> Wa
     margin = 10.0 / spacing
     lo = np.clip(np.floor(b.min(0) - margin), 0, shape).astype(int)
     hi = np.clip(np.ceil(b.max(0) + margin) + 1, 0, shape).astype(int)
-    ctrl = rng.standard_normal((3, 5, 6, 5)) * site.elastic_mm
     return Warp(spacing, lin, off, ctrl, lo, hi)
 
 
@@ -669,6 +687,8 @@ class SyntheticCase:
         tissue: ``(3, X, Y, Z)`` float32 CSF, GM, WM fractions after warping (before tumour).
         affine: 4x4 BraTS affine at the case spacing.
         stats: volumes (mL), drawn parameters, tissue means; JSON-serialisable.
+        params: the drawn ``CaseParams`` it was rendered from (``render_case(params)`` renders
+            it again).
     """
 
     image: np.ndarray
@@ -676,6 +696,7 @@ class SyntheticCase:
     tissue: np.ndarray
     affine: np.ndarray
     stats: dict
+    params: CaseParams | None = None
 
 
 def case_rng(seed: int, index: int) -> np.random.Generator:
@@ -770,20 +791,129 @@ HETERO = {
 }
 
 
+@dataclass
+class CaseParams:
+    """What is drawn for one case before anything is rendered; plain JSON-serialisable values.
+
+    ``render_case(params)`` renders the case from these alone (``generate_case`` is
+    ``render_case(draw_case(...))``). The anatomy and the tumour's size, place and shape are
+    fields; the fields of noise (tumour texture, edema spread, bias, Rician noise) and the
+    acquisition values (tissue intensities, gain, noise level, slice thickness, shift) come
+    from ``render_state``, the random generator's state once the fields above are drawn, and
+    are recorded in the case's ``stats`` as they are drawn. Why not draw those values here
+    too: they sit in the random stream between fields whose size depends on the rendered
+    geometry, so drawing them first would change every case's bytes.
+
+    Attributes:
+        site, spacing: the site profile's name and the voxel size (mm).
+        scale, angles_deg, shift_mm, elastic_ctrl_mm: the warp of the template (``make_warp``):
+            3 scales, 3 Euler angles (xyz, degrees), 3 shifts (mm), ``(3, 5, 6, 5)`` elastic
+            control displacements (mm).
+        wt_ml, core_ml: whole-tumour and core volumes (mL) drawn.
+        has_et, open_ring: enhancing tumour present; its ring open.
+        lesions: per lesion ``centre`` (voxel of the full grid), ``core_vox``, ``rot`` (3x3),
+            ``axes`` (3), ``rim_mm``.
+        mass_effect_k: strength of the mass effect.
+        render_state: ``numpy.random.PCG64`` state the rendering draws from.
+    """
+
+    seed: int
+    index: int
+    site: str
+    spacing: float
+    scale: list[float]
+    angles_deg: list[float]
+    shift_mm: list[float]
+    elastic_ctrl_mm: list
+    wt_ml: float
+    core_ml: float
+    has_et: bool
+    open_ring: bool
+    lesions: list[dict]
+    mass_effect_k: float
+    render_state: dict
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> CaseParams:
+        return cls(**d)
+
+
+def _check_spacing(spacing: float) -> None:
+    if not 0.5 <= spacing <= 8.0:
+        raise SynthError(f"spacing must be between 0.5 and 8 mm, got {spacing}")
+
+
+def _draw(
+    seed: int, index: int, prof: SiteProfile, spacing: float
+) -> tuple[CaseParams, Warp, Coarse]:
+    """``draw_case``, also returning the warp and coarse pass it placed the lesions with."""
+    rng = case_rng(seed, index)
+    scale, angles, shift, ctrl = _draw_warp_params(rng, prof)
+    warp = make_warp(spacing, scale, angles, shift, ctrl)
+    coarse = coarse_pass(warp)
+    wt_ml = float(np.clip(prof.wt_median_ml * math.exp(prof.wt_sigma * rng.standard_normal()),
+                          *prof.wt_range_ml))
+    has_et = rng.random() >= prof.no_et
+    open_ring = has_et and rng.random() < prof.open_ring
+    lesions, core_ml = _draw_lesions(rng, prof, coarse, wt_ml, spacing)
+    k = rng.uniform(0.5, 0.85)
+    params = CaseParams(
+        seed=int(seed), index=int(index), site=prof.name, spacing=float(spacing),
+        scale=scale.tolist(), angles_deg=angles.tolist(), shift_mm=shift.tolist(),
+        elastic_ctrl_mm=ctrl.tolist(), wt_ml=wt_ml, core_ml=float(core_ml),
+        has_et=bool(has_et), open_ring=bool(open_ring),
+        lesions=[{"centre": les.centre.tolist(), "core_vox": int(les.core_vox),
+                  "rot": les.rot.tolist(), "axes": les.axes.tolist(),
+                  "rim_mm": float(les.rim_mm)} for les in lesions],
+        mass_effect_k=float(k), render_state=rng.bit_generator.state,
+    )
+    return params, warp, coarse
+
+
+def draw_case(
+    seed: int, index: int, site: str | SiteProfile = "source", spacing: float = 1.0
+) -> CaseParams:
+    """Draw the parameters of case ``index`` of the cohort drawn with ``seed`` (nothing is
+    rendered; the lesions are placed on a ~4 mm pass over the warped template)."""
+    prof = get_site(site) if isinstance(site, str) else site
+    _check_spacing(spacing)
+    return _draw(seed, index, prof, spacing)[0]
+
+
+def render_case(params: CaseParams, site: SiteProfile | None = None) -> SyntheticCase:
+    """Render a case from its drawn parameters alone (pure, deterministic).
+
+    ``site``: the profile to render with, when it is not the registered one named
+    ``params.site`` (a profile built in code).
+    """
+    prof = site if site is not None else get_site(params.site)
+    _check_spacing(params.spacing)
+    warp = make_warp(params.spacing, *(np.asarray(v, np.float64) for v in (
+        params.scale, params.angles_deg, params.shift_mm, params.elastic_ctrl_mm)))
+    return _render_case(params, prof, warp, coarse_pass(warp))
+
+
 def generate_case(
     seed: int, index: int, site: str | SiteProfile = "source", spacing: float = 1.0
 ) -> SyntheticCase:
-    """Generate case ``index`` of the cohort drawn with ``seed`` (pure, deterministic).
+    """Generate case ``index`` of the cohort drawn with ``seed`` (pure, deterministic):
+    ``render_case(draw_case(seed, index, site, spacing))``.
 
     Returns a ``SyntheticCase`` on the grid ``grid_shape(spacing)`` with affine
-    ``grid_affine(spacing)``.
+    ``grid_affine(spacing)``; its ``params`` are the drawn ``CaseParams``.
     """
     prof = get_site(site) if isinstance(site, str) else site
-    if not 0.5 <= spacing <= 8.0:
-        raise SynthError(f"spacing must be between 0.5 and 8 mm, got {spacing}")
-    rng = case_rng(seed, index)
-    warp = draw_warp(rng, prof, spacing)
-    coarse = coarse_pass(warp)
+    _check_spacing(spacing)
+    params, warp, coarse = _draw(seed, index, prof, spacing)
+    return _render_case(params, prof, warp, coarse)
+
+
+def _render_case(params: CaseParams, prof: SiteProfile, warp: Warp, coarse: Coarse
+                 ) -> SyntheticCase:
+    spacing = params.spacing
     # tight box: the coarse brain mask grown by two coarse voxels
     grown = ndimage.binary_dilation(coarse.inside, iterations=1)
     cidx = np.argwhere(grown)
@@ -792,18 +922,15 @@ def generate_case(
     hi = np.clip(coarse.origin + (cidx.max(0) + 2) * coarse.stride, 0, full)
     box = tuple(int(h - low) for low, h in zip(lo, hi, strict=True))
     maybe = from_coarse(grown.astype(np.float32), coarse, lo, hi) > 0.01
-
-    wt_ml = float(np.clip(prof.wt_median_ml * math.exp(prof.wt_sigma * rng.standard_normal()),
-                          *prof.wt_range_ml))
-    has_et = rng.random() >= prof.no_et
-    open_ring = has_et and rng.random() < prof.open_ring
-    lesions, core_ml = _draw_lesions(rng, prof, coarse, wt_ml, spacing)
-    for les in lesions:
-        les.centre = les.centre - lo  # box coordinates from here on
+    lesions = [Lesion(centre=np.asarray(d["centre"], np.float64) - lo,  # box coordinates
+                      core_vox=int(d["core_vox"]), rot=np.asarray(d["rot"], np.float64),
+                      axes=np.asarray(d["axes"], np.float64), rim_mm=float(d["rim_mm"]))
+               for d in params.lesions]
+    rng = np.random.Generator(np.random.PCG64())
+    rng.bit_generator.state = params.render_state
 
     surface = from_coarse(coarse.dist, coarse, lo, hi)
-    k = rng.uniform(0.5, 0.85)
-    disp = mass_effect(box, spacing, lesions, k, surface)  # type: ignore[arg-type]
+    disp = mass_effect(box, spacing, lesions, params.mass_effect_k, surface)  # type: ignore[arg-type]
     tissue = sample_brain(warp, lo, hi, maybe, disp)
     del disp, surface
     brain = tissue["mask"] > 0.5
@@ -811,9 +938,9 @@ def generate_case(
                        > 0.5).astype(np.float32)
 
     labels_box = _tumour_labels(rng, prof, lesions, tissue, brain,
-                                int(round(wt_ml * 1000.0 / spacing**3)), spacing, has_et,
-                                open_ring)
-    image_box, params = _render(rng, prof, tissue, labels_box, brain, spacing, has_et)
+                                int(round(params.wt_ml * 1000.0 / spacing**3)), spacing,
+                                params.has_et, params.open_ring)
+    image_box, drawn = _render(rng, prof, tissue, labels_box, brain, spacing, params.has_et)
 
     shape = grid_shape(spacing)
     sl = tuple(slice(int(a), int(b)) for a, b in zip(lo, hi, strict=True))
@@ -828,18 +955,18 @@ def generate_case(
     stats = {
         "site": prof.name,
         "spacing": spacing,
-        "wt_ml_drawn": wt_ml,
-        "core_ml_drawn": core_ml,
+        "wt_ml_drawn": params.wt_ml,
+        "core_ml_drawn": params.core_ml,
         "volumes_ml": {name: float((labels == v).sum() * vox_ml)
                        for name, v in (("NCR", L.NCR), ("ED", L.ED), ("ET", L.ET))},
         "wt_ml": float((labels > 0).sum() * vox_ml),
-        "has_et": bool(has_et),
-        "open_ring": bool(open_ring),
+        "has_et": params.has_et,
+        "open_ring": params.open_ring,
         "n_lesions": len(lesions),
-        "mass_effect_k": k,
-        **params,
+        "mass_effect_k": params.mass_effect_k,
+        **drawn,
     }
-    return SyntheticCase(image, labels, tis, grid_affine(spacing), stats)
+    return SyntheticCase(image, labels, tis, grid_affine(spacing), stats, params)
 
 
 def _tumour_box(labels: np.ndarray, margin: int) -> tuple[slice, slice, slice]:
@@ -955,8 +1082,9 @@ def _write_case(
                         np.int16)
         seg = L.from_internal(case.labels, layout)
         save_volume(tmp / case_file_name(layout, cid, "seg"), seg, case.affine, np.uint8)
-        (tmp / MARKER).write_text(json.dumps({**params, "case_id": cid, "stats": case.stats},
-                                             indent=1))
+        assert case.params is not None
+        (tmp / MARKER).write_text(json.dumps({**params, "case_id": cid, "stats": case.stats,
+                                              "params": case.params.to_dict()}, indent=1))
     return str(final)
 
 
