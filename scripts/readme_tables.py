@@ -56,8 +56,8 @@ def study_block(folder: Path) -> list[str]:
     """The study's table and its checks (``DIR/summary.md``)."""
     text = (folder / "summary.md").read_text()
     checks = text.split("## What the curves show", 1)
-    bullets = [ln for ln in checks[1].splitlines() if ln.startswith("- ")] if len(checks) > 1 \
-        else []
+    section = checks[1].split("\n## ", 1)[0] if len(checks) > 1 else ""
+    bullets = [ln for ln in section.splitlines() if ln.startswith("- ")]
     return [*table_lines(text), "", *bullets]
 
 
@@ -77,9 +77,11 @@ def main() -> None:
     ap.add_argument("--demo", type=Path)
     ap.add_argument("--study", type=Path)
     ap.add_argument("--readme", type=Path, default=ROOT / "README.md")
+    ap.add_argument("--commit", help="The commit of the code that ran, when it was not HEAD "
+                    "(default: HEAD, +changes when src/ differs from it)")
     args = ap.parse_args()
     readme = args.readme.read_text()
-    stamp = commit_stamp()
+    stamp = args.commit or commit_stamp()
     if args.demo:
         readme = replace_block(readme, "demo-table", demo_block(args.demo),
                                "glioseg demo", stamp)

@@ -67,10 +67,16 @@ STRATEGIES: tuple[str, ...] = ("full", "frozen-encoder", "gradual", "discriminat
 """Fine-tuning strategies of the ``source`` arm (``glioseg.transfer.freeze.STRATEGIES``)."""
 
 REGION_KEYS: tuple[str, ...] = ("dice_WT", "dice_TC", "dice_ET", "dice_mean")
+
+LESION_KEYS: tuple[str, ...] = ("lesion_dice_WT", "lesion_dice_TC", "lesion_dice_ET",
+                                "lesion_dice_mean")
+"""BraTS 2023 lesion-wise Dice of a target run's final model on the test cases (no
+post-processing), ``lesion_scores``."""
 """Test-Dice columns of a result row."""
 
 CSV_COLUMNS: tuple[str, ...] = (
     "arm", "strategy", "modalities", "n_labelled", "seed", "steps", "seconds", *REGION_KEYS,
+    *LESION_KEYS,
     "target_dice", "steps_to_target", "seconds_to_target", "cases", "run",
 )
 """Columns of ``results.csv``, one row per arm x n_labelled x seed."""
@@ -172,6 +178,8 @@ class StudyPlan:
     the result: ~60 MB less per run)."""
     acceptance_n: int = 2
     """Labelled cases at which the acceptance (fine-tuning beats scratch) is checked."""
+    lesion_wise: bool = True
+    """Score each target run's final model lesion-wise on the test cases (``LESION_KEYS``)."""
 
     def __post_init__(self) -> None:
         if not self.strategies:
@@ -425,10 +433,41 @@ def run_one(spec: RunSpec, runs_dir: Path, plan: StudyPlan) -> dict[str, Any]:
     result = {**asdict(spec), "overrides": overrides, "steps": cfg.train.steps,
               "seconds": round(seconds, 2), "wall_s": round(wall, 2),
               **{k: last.get(k, math.nan) for k in REGION_KEYS}, "curve": curve}
+    if spec.group == "target" and plan.lesion_wise and cfg.data.val_cache:
+        result.update(lesion_scores(run_dir / "last", Path(cfg.data.val_cache)))
     write_json(done, result, default=str)
     if spec.group == "target" and not plan.keep_checkpoints:
         _clean_run(run_dir)
     return result
+
+
+def lesion_scores(model_dir: Path, cache_dir: Path) -> dict[str, float]:
+    """Mean lesion-wise Dice (BraTS 2023 rules, the cases' own spacing) of ``model_dir`` on the
+    cached cases of ``cache_dir``, predicted as validation does (whole box, threshold 0.5, no
+    post-processing)."""
+    import torch
+
+    from glioseg.data.labels import MODALITIES, labels_from_regions
+    from glioseg.evaluate.folder import score_labels
+    from glioseg.infer.predict import load_model, model_divisor
+    from glioseg.preprocess.cache import open_cache
+    from glioseg.train.loop import predict_logits
+
+    model, card = load_model(model_dir)
+    channels = [MODALITIES.index(m) for m in card.modalities]
+    sums = {k: 0.0 for k in LESION_KEYS}
+    cases = open_cache(cache_dir)
+    for case in cases:
+        image = torch.from_numpy(np.array(case.image[channels], dtype=np.float32))[None]
+        logits = predict_logits(model, image, mode="whole", divisor=model_divisor(model))[0]
+        labels = labels_from_regions((logits > 0).numpy())
+        scores = score_labels(labels, np.asarray(case.labels), "brats2023", scheme="brats2023",
+                              case_id=case.case_id, lesion_spacing=case.meta.get("spacing"))
+        for r in ("WT", "TC", "ET"):
+            sums[f"lesion_dice_{r}"] += scores[f"{r}_lesion_dice"] / len(cases)
+    sums["lesion_dice_mean"] = float(np.mean([sums[f"lesion_dice_{r}"]
+                                              for r in ("WT", "TC", "ET")]))
+    return sums
 
 
 # --------------------------------------------------------------------------- analysis
@@ -458,6 +497,7 @@ def result_rows(results: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
             "arm": r["arm"], "strategy": r["strategy"], "modalities": "+".join(r["modalities"]),
             "n_labelled": r["n_labelled"], "seed": r["seed"], "steps": r["steps"],
             "seconds": r["seconds"], **{k: float(r[k]) for k in REGION_KEYS},
+            **{k: float(r.get(k, math.nan)) for k in LESION_KEYS},
             "target_dice": target, "steps_to_target": steps, "seconds_to_target": secs,
             "cases": ";".join(r["cases"]), "run": f"runs/target/{r['name']}",
         })
@@ -485,7 +525,8 @@ def summarise(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
     out = []
     for (label, n), rs in groups.items():
         rec: dict[str, Any] = {"arm": label, "n_labelled": n, "seeds": len(rs)}
-        for k in (*REGION_KEYS, "steps_to_target", "seconds_to_target", "seconds"):
+        for k in (*REGION_KEYS, *LESION_KEYS, "steps_to_target", "seconds_to_target",
+                  "seconds"):
             m, sd, k_n = _mean_sd([float(r[k]) for r in rs])
             rec[k], rec[f"{k}_sd"] = m, sd
             if k in REGION_KEYS:
@@ -513,7 +554,8 @@ def label_efficiency_checks(summary: Sequence[Mapping[str, Any]]) -> dict[str, A
       non-overlapping 95% intervals;
     - ``transfer_not_below``: fine-tuning from the source model (``source/<first strategy>``)
       has a mean at or above scratch's at every n;
-    - ``meet``: the smallest n at which the two intervals overlap (None: they never do);
+    - ``meet``: the smallest n from which on the fine-tuned arm's mean lies within scratch's
+      95% interval (scratch has caught up within its uncertainty; None: it never does);
     - ``ssl``: per n where both ran, the self-supervised arm's mean minus scratch's, and
       ``ssl_helps``: whether it is above scratch at every such n <= 2.
     """
@@ -530,9 +572,8 @@ def label_efficiency_checks(summary: Sequence[Mapping[str, Any]]) -> dict[str, A
     if ft_arm is not None:
         pairs = [(n, by[(ft_arm, n)], by[("scratch", n)]) for n in ns if (ft_arm, n) in by]
         out["transfer_not_below"] = all(f["dice_mean"] >= sc["dice_mean"] for _, f, sc in pairs)
-        out["meet"] = next((n for n, f, sc in pairs
-                            if f["dice_mean"] - f["dice_mean_ci"]
-                            <= sc["dice_mean"] + sc["dice_mean_ci"]), None)
+        inside = [f["dice_mean"] <= sc["dice_mean"] + sc["dice_mean_ci"] for _, f, sc in pairs]
+        out["meet"] = next((pairs[i][0] for i in range(len(pairs)) if all(inside[i:])), None)
     ssl = {n: by[("self-supervised/full", n)]["dice_mean"] - by[("scratch", n)]["dice_mean"]
            for n in ns if ("self-supervised/full", n) in by}
     out["ssl"] = {str(n): g for n, g in ssl.items()}
@@ -605,7 +646,8 @@ def checks_markdown(checks: Mapping[str, Any]) -> list[str]:
                 if checks.get("scratch_range") else ""),
              f"- fine-tuned from the source model at or above scratch at every n: "
              f"{yes(checks.get('transfer_not_below'))}",
-             "- the two arms' 95% intervals first overlap at n = "
+             "- scratch catches up (the fine-tuned mean within scratch's 95% interval from "
+             "this n on): n = "
              + (str(checks["meet"]) if checks.get("meet") is not None else "- (never)")]
     ssl = checks.get("ssl") or {}
     if ssl:
@@ -638,9 +680,9 @@ def summary_markdown(summary: Sequence[Mapping[str, Any]], accept: Mapping[str, 
              "time to target = first validation at or above the scratch arm's final mean Dice "
              "(same labelled cases and seed), averaged over the seeds that reached it."
              + setup, "",
-             "| arm | n labelled | seeds | Dice mean | WT | TC | ET | steps to target | "
-             "seconds to target | reached |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "| arm | n labelled | seeds | Dice mean | WT | TC | ET | lesion-wise mean | "
+             "steps to target | seconds to target | reached |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for s in sorted(summary, key=lambda s: (s["arm"].startswith("seq"), s["n_labelled"],
                                             s["arm"])):
         lines.append(
@@ -648,6 +690,8 @@ def summary_markdown(summary: Sequence[Mapping[str, Any]], accept: Mapping[str, 
             f"{_pm(s['dice_mean'], s.get('dice_mean_ci', s['dice_mean_sd']))} | "
             f"{_pm(s['dice_WT'], s['dice_WT_sd'])} | "
             f"{_pm(s['dice_TC'], s['dice_TC_sd'])} | {_pm(s['dice_ET'], s['dice_ET_sd'])} | "
+            f"{_pm(s.get('lesion_dice_mean', math.nan), s.get('lesion_dice_mean_sd', math.nan))}"
+            " | "
             f"{_pm(s['steps_to_target'], s['steps_to_target_sd'], 0)} / {s['steps']} | "
             f"{_pm(s['seconds_to_target'], s['seconds_to_target_sd'], 1)} | "
             f"{s['reached']}/{s['seeds']} |")
