@@ -81,7 +81,7 @@ def crop_boxes(
 ) -> PatchBoxes:
     """Draw a batch as ``glioseg.train.data.sample_batch`` does (same calls on ``rng``) and
     crop each patch's input box, leaving every transform to ``augment_boxes``."""
-    from glioseg.sampling import extract_box, patch_origin
+    from glioseg.sampling import clipped_box, draw_origins, extract_box
 
     size = np.array([int(s) for s in patch_size])
     b = int(batch_size)
@@ -89,24 +89,17 @@ def crop_boxes(
     params = None if augment_cfg is None else draw_params(rng, b, n_channels, size, augment_cfg)
     exact = np.ones(b, bool) if params is None else params.exact()
     crops, extents, centres = [], np.empty((b, 3), np.int64), np.empty((b, 3))
-    for n in range(b):
-        case = cases[int(rng.integers(len(cases)))]
-        force_fg = bool(rng.random() < oversample_fg)
-        origin = patch_origin(case, size, rng, force_fg, border)
+    for n, (case, origin) in enumerate(draw_origins(cases, size, b, rng, oversample_fg,
+                                                     border)):
         if exact[n]:  # the patch box itself, turned on the device
             ext = np.array(required_extent(params, size, [n])) if params is not None else size
             img = extract_box(case.image, origin, ext)
             lab = extract_box(case.labels, origin, ext)
             centre = (ext - 1) / 2
         else:  # as glioseg.train.data._resample_from_case: the box clipped to the volume
-            ext = np.array(required_extent(params, size, [n]))
-            box = origin - (ext - size) // 2
-            shape = np.array(case.shape)
-            lo = np.clip(box, 0, shape - 1)
-            hi = np.maximum(np.clip(box + ext, 0, shape), lo + 1)
-            sl = tuple(slice(int(a), int(z)) for a, z in zip(lo, hi, strict=True))
+            sl, centre = clipped_box(origin, size, np.array(required_extent(params, size, [n])),
+                                     case.shape)
             img, lab = case.image[(slice(None), *sl)], case.labels[sl]
-            centre = box + (ext - 1) / 2 - lo
         crops.append((img, lab))
         extents[n], centres[n] = img.shape[1:], centre
     # grid_sample needs 2 voxels per axis to interpolate; padding is zeros, as outside.

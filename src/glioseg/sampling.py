@@ -19,7 +19,7 @@ the case.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 
@@ -115,6 +115,33 @@ def patch_origin(
     if centre is None:
         return random_origin(case.shape, size, rng, border)
     return centred_origin(centre, case.shape, size, border)
+
+
+def draw_origins(
+    cases: Sequence[CachedCase], size: Sequence[int], batch_size: int,
+    rng: np.random.Generator, oversample_fg: float, border: float = 0.0,
+) -> Iterator[tuple[CachedCase, np.ndarray]]:
+    """The case and patch origin of each patch of a batch, drawn with ``rng`` in batch order
+    (per patch: a case index, a foreground coin, then ``patch_origin``). The one draw of both
+    batch paths (``glioseg.train.data.sample_batch``, ``glioseg.augment_batched.crop_boxes``),
+    so one seed gives the same patches on the CPU and on the device."""
+    for _ in range(int(batch_size)):
+        case = cases[int(rng.integers(len(cases)))]
+        force_fg = bool(rng.random() < oversample_fg)
+        yield case, patch_origin(case, size, rng, force_fg, border)
+
+
+def clipped_box(origin: np.ndarray, size: np.ndarray, extent: np.ndarray,
+                shape: Sequence[int]) -> tuple[tuple[slice, slice, slice], np.ndarray]:
+    """The box of ``extent`` voxels centred on the patch of ``size`` at ``origin``, clipped to
+    a volume of ``shape`` (at least one voxel per axis): its slices, and the patch centre in
+    the clipped box's coordinates (what a resampling around the centre needs)."""
+    box = origin - (extent - size) // 2
+    shape = np.asarray(shape)
+    lo = np.clip(box, 0, shape - 1)
+    hi = np.maximum(np.clip(box + extent, 0, shape), lo + 1)
+    sl = tuple(slice(int(a), int(z)) for a, z in zip(lo, hi, strict=True))
+    return sl, box + (extent - 1) / 2 - lo  # type: ignore[return-value]
 
 
 def sample_patch(

@@ -42,7 +42,7 @@ from glioseg.augment import (
 from glioseg.data.labels import region_masks
 from glioseg.errors import GliosegError
 from glioseg.preprocess.cache import CachedCase, open_cache
-from glioseg.sampling import extract_box, patch_origin
+from glioseg.sampling import clipped_box, draw_origins, extract_box
 
 
 class DataError(GliosegError, ValueError):
@@ -108,10 +108,8 @@ def sample_batch(
     image = np.empty((b, n_channels, *size), np.float32)
     labels = np.empty((b, *size), np.uint8)
     img_t, lab_t = torch.from_numpy(image), torch.from_numpy(labels)
-    for n in range(b):
-        case = cases[int(rng.integers(len(cases)))]
-        force_fg = bool(rng.random() < oversample_fg)
-        origin = patch_origin(case, size, rng, force_fg, border)
+    for n, (case, origin) in enumerate(draw_origins(cases, size, b, rng, oversample_fg,
+                                                     border)):
         if exact[n]:
             img_view, lab_view = image[n], labels[n]
             if params is not None:
@@ -132,18 +130,13 @@ def _resample_from_case(
     """Rotated / scaled / deformed patch ``n`` of the batch: read only the part of its box
     (``required_extent``) that lies inside the volume, then one ``grid_sample``; voxels
     outside the volume read as 0 (background), as padding would give."""
-    ext = np.array(required_extent(params, size, [n]))
-    box = origin - (ext - size) // 2
-    shape = np.array(case.shape)
-    lo = np.clip(box, 0, shape - 1)
-    hi = np.maximum(np.clip(box + ext, 0, shape), lo + 1)
-    sl = tuple(slice(int(a), int(z)) for a, z in zip(lo, hi, strict=True))
+    sl, centre = clipped_box(origin, size, np.array(required_extent(params, size, [n])),
+                             case.shape)
     img = np.array(case.image[(slice(None), *sl)])
     lab = np.array(case.labels[sl])
-    thin = [(0, int(d < 2)) for d in hi - lo]  # grid_sample needs 2 voxels to interpolate
+    thin = [(0, int(d < 2)) for d in lab.shape]  # grid_sample needs 2 voxels to interpolate
     if any(t for _, t in thin):
         img, lab = np.pad(img, [(0, 0), *thin]), np.pad(lab, thin)
-    centre = box + (ext - 1) / 2 - lo
     out_img, out_lab = resample_patches(torch.from_numpy(img)[None], torch.from_numpy(lab)[None],
                                         params, [n], size, centre[None])
     return out_img[0], out_lab[0]
