@@ -73,6 +73,8 @@ def replace_block(readme: str, name: str, body: list[str], source: str, stamp: s
 
 
 def main() -> None:
+    from glioseg.io_atomic import write_text
+
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--demo", type=Path)
     ap.add_argument("--study", type=Path)
@@ -88,9 +90,7 @@ def main() -> None:
     if args.study:
         readme = replace_block(readme, "study-table", study_block(args.study),
                                "glioseg study label-efficiency", stamp)
-    tmp = args.readme.with_suffix(".md.tmp")
-    tmp.write_text(readme)
-    tmp.replace(args.readme)
+    write_text(args.readme, readme)
     print(f"wrote {args.readme} (code at {stamp})")
 
 

@@ -16,17 +16,17 @@ CALIBRATION = Path(__file__).resolve().parents[1] / "docs" / "figures" / \
     "target-site-calibration.json"
 
 
-def _width(r: tuple[float, float]) -> float:
+def _mid(r: tuple[float, float]) -> float:
     return (r[0] + r[1]) / 2
 
 
 def test_target_is_milder_than_target_severe_and_harsher_than_source():
     src, tgt, sev = SITES["source"], SITES["target"], SITES["target-severe"]
     for knob in ("noise", "bias", "thickness"):  # larger is harsher
-        assert _width(getattr(src, knob)) < _width(getattr(tgt, knob)) \
-            <= _width(getattr(sev, knob)), knob
+        assert _mid(getattr(src, knob)) < _mid(getattr(tgt, knob)) \
+            <= _mid(getattr(sev, knob)), knob
     # compression: 1 is none, smaller flattens contrast
-    assert _width(src.compression) > _width(tgt.compression) > _width(sev.compression)
+    assert _mid(src.compression) > _mid(tgt.compression) > _mid(sev.compression)
     assert tgt.tag == sev.tag == "SSA"
 
 

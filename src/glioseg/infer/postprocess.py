@@ -65,14 +65,7 @@ def remove_small_components(labels: np.ndarray, min_voxels: int, connectivity: i
 
     Returns a new ``(X, Y, Z)`` uint8 array of internal labels.
     """
-    import cc3d
-
-    out = np.array(labels, dtype=np.uint8, copy=True)
-    if min_voxels <= 1:
-        return out
-    keep = cc3d.dust(out > 0, threshold=int(min_voxels), connectivity=connectivity)
-    out[~keep] = 0
-    return out
+    return remove_small_region_components(labels, "WT", min_voxels, connectivity)
 
 
 def remove_small_region_components(labels: np.ndarray, region: str, min_voxels: int,
