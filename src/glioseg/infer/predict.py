@@ -367,22 +367,24 @@ class CasePredictor:
         probs = self.probabilities(reorient(image, ornt), reorient_spacing(spacing, ornt))
         return reorient(probs, invert_orientation(ornt))
 
+    def _padded(self, shape: Sequence[int]) -> tuple[int, ...]:
+        """``shape`` rounded up to the network's divisor."""
+        return tuple(-(-int(s) // self.divisor) * self.divisor for s in shape)
+
     def whole(self, shape: Sequence[int]) -> bool:
         """Whether a preprocessed ``(x, y, z)`` box runs in one forward (``mode``)."""
         if self.options.mode == "auto":
             if self.options.roi:
                 return False
-            padded = [-(-int(s) // self.divisor) * self.divisor for s in shape]
-            return whole_volume_bytes(padded, self.width) <= WHOLE_VOLUME_BUDGET_GB * 2**30
+            return (whole_volume_bytes(self._padded(shape), self.width)
+                    <= WHOLE_VOLUME_BUDGET_GB * 2**30)
         return self.options.mode == "whole"
 
     def window(self, shape: Sequence[int]) -> tuple[int, ...]:
         """The ROI for a preprocessed ``(x, y, z)`` box: the box itself rounded up to the
         network's divisor (one window, zero-padded at the far end as validation pads), or the
         sliding window's ROI."""
-        if self.whole(shape):
-            return tuple(-(-int(s) // self.divisor) * self.divisor for s in shape)
-        return tuple(int(r) for r in self.roi)
+        return self._padded(shape) if self.whole(shape) else tuple(int(r) for r in self.roi)
 
     def labels(self, probabilities: np.ndarray, scheme: str | None,
                spacing: Sequence[float] | None = None) -> np.ndarray:
