@@ -8,7 +8,7 @@ import pytest
 import torch
 from scipy import ndimage
 
-from glioseg import augment as A
+from glioseg.train import augment as A
 
 torch.set_num_threads(1)
 
@@ -166,7 +166,7 @@ def test_from_switches():
 
 
 def test_config_switches_elastic_on():
-    from glioseg.config import load_config
+    from glioseg.train.config import load_config
 
     cfg = load_config("small", ["data.aug_elastic=true"])
     assert cfg.data.aug_elastic and not load_config("small").data.aug_elastic

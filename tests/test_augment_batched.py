@@ -21,11 +21,11 @@ import numpy as np
 import pytest
 import torch
 
-from glioseg import augment as A
-from glioseg import augment_batched as AB
 from glioseg.data.labels import MODALITIES
 from glioseg.io_atomic import write_json
 from glioseg.preprocess import cache as PC
+from glioseg.train import augment as A
+from glioseg.train import augment_batched as AB
 from glioseg.train import data as D
 from glioseg.train import loop as L
 
@@ -202,7 +202,7 @@ def test_workers_without_augmentation_still_crop_and_turn_nothing(cases):
 
 def test_augment_device_setting(cases):
     """``data.augment_device``: auto follows the training device; cuda off a GPU is refused."""
-    from glioseg import config as C
+    from glioseg.train import config as C
 
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
     assert D.augment_on("auto", cpu) == "worker" and D.augment_on("auto", cuda) == "device"

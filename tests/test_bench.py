@@ -25,8 +25,8 @@ VOXELS = SIZE ** 3
 
 def _params() -> int:
     """Parameters of the tiny model, counted here from the config."""
-    from glioseg import config as C
     from glioseg.model.registry import build_model
+    from glioseg.train import config as C
 
     return sum(p.numel() for p in build_model(C.load_config("small", TINY).model).parameters())
 

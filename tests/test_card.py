@@ -281,7 +281,7 @@ def test_a_training_run_card_carries_the_cache_orientation(tmp_path):
 
     from datafiles import tiny_brats2021_case
 
-    import glioseg.config as C
+    import glioseg.train.config as C
     from glioseg.preprocess.run import preprocess_dir
     from glioseg.train.fit import _model_card
 

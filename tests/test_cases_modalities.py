@@ -14,12 +14,12 @@ import pytest
 from datafiles import MSD_ORDER, msd_image, write_msd_case
 from typer.testing import CliRunner
 
-from glioseg import config as C
 from glioseg.cli import app
 from glioseg.data import labels as L
 from glioseg.data.cases import CaseError, check_case, discover, load_case
 from glioseg.preprocess import cache as PC
 from glioseg.preprocess.run import PreprocessFailed, preprocess_dir
+from glioseg.train import config as C
 from glioseg.train import fit as F
 
 runner = CliRunner()

@@ -48,6 +48,6 @@ def test_multi_node_launch_has_one_writer_of_launch_yaml(tmp_path, monkeypatch):
     assert (out / "launch.yaml").is_file()
     assert all(cmd[cmd.index("--config") + 1] == str(out / "launch.yaml") for cmd in commands)
     assert ["--node-rank=1" in cmd for cmd in commands] == [True, False]
-    from glioseg import config as C
+    from glioseg.train import config as C
 
     assert C.load_config(out / "launch.yaml").optim.lr == 0.002

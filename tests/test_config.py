@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from glioseg import config as C
+from glioseg.train import config as C
 
 
 def test_defaults_and_presets_load():

@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 import torch.multiprocessing as mp
 
-from glioseg import config as C
+from glioseg.train import config as C
 from glioseg.train import distributed as D
 from glioseg.train import fit as F
 from glioseg.train import loop as L

@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from glioseg import config as C
 from glioseg import demo as D
 from glioseg.cli import app
+from glioseg.train import config as C
 
 
 def _table_cells(page: str, label: str) -> list[str]:

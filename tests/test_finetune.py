@@ -10,9 +10,9 @@ import pytest
 import torch
 from test_train import TINY, _tiny_cache
 
-from glioseg import config as C
 from glioseg.model.card import load_card, load_state_dict
 from glioseg.model.registry import build_model
+from glioseg.train import config as C
 from glioseg.train import fit as F
 from glioseg.transfer import freeze as FZ
 

@@ -23,12 +23,11 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "glioseg"
 
 # Lowest first. A module belongs to the layer of the longest prefix that names it.
 LAYERS: list[tuple[str, ...]] = [
-    ("glioseg", "errors", "io_atomic", "records", "runinfo"),  # base: no pipeline knowledge
+    ("glioseg", "errors", "io_atomic", "overlap", "records", "runinfo"),  # base: no stage
     ("data",),
     ("preprocess",),
-    ("sampling", "augment", "augment_batched"),  # patches (training's data path)
     ("model",),
-    ("config", "train", "transfer"),  # config describes data, model, train, transfer
+    ("train", "transfer"),  # train/config.py describes data, model, train, transfer
     ("infer",),
     ("evaluate",),
     ("analysis",),
@@ -51,20 +50,6 @@ ALLOWED: dict[tuple[str, str], str] = {
     # calls run_shift).
     ("analysis.shift_run", "report.shift_figures"):
         "figures drawn from run_shift; move to callers with the demo rework",
-    # issue 14 item 5: validation scores with the evaluation's Dice (one definition). The fix
-    # is a pure overlap-metrics module below train (item 4), not a second Dice.
-    ("train.loop", "evaluate.metrics"):
-        "validation Dice is evaluate.metrics.dice; move the pure metrics below train",
-    # issue 14 item 5: config.py configures training (data, model, train, transfer) but sits
-    # at the top of the package; moving it to train/ touches ~25 importers, demo.py and
-    # study.py among them (reworked in item 2).
-    ("config", "data.labels"): "config.py belongs under train/ (misplaced, see above)",
-    ("config", "model.registry"): "config.py belongs under train/ (misplaced, see above)",
-    # issue 14 item 5: training-only modules at the top of the package; they belong under
-    # train/ (a file move touching train/, bench/, scripts/ and their tests).
-    ("sampling", "preprocess.cache"): "sampling.py belongs under train/",
-    ("augment_batched", "augment"): "augment_batched.py belongs under train/",
-    ("augment_batched", "sampling"): "augment_batched.py belongs under train/",
 }
 
 
@@ -146,8 +131,8 @@ def test_allow_list_has_no_stale_entry():
 
 def test_the_checker_sees_lazy_and_aliased_imports(tmp_path):
     src = tmp_path / "m.py"
-    src.write_text("from glioseg import config as C\n"
+    src.write_text("from glioseg.train import config as C\n"
                    "def f():\n    from glioseg.report.html import read_jsonl\n"
                    "    import glioseg.cli\n")
-    mods = {"config": src, "report.html": src, "cli": src}
-    assert _imports(src, mods) == {"config", "report.html", "cli"}
+    mods = {"train.config": src, "report.html": src, "cli": src}
+    assert _imports(src, mods) == {"train.config", "report.html", "cli"}

@@ -109,7 +109,7 @@ def test_loss_errors():
 def test_loss_config_reaches_the_training_loss():
     """``loss.*`` keys build the run's loss: batch Dice and term weights change its value as
     the pure functions say."""
-    from glioseg import config as C
+    from glioseg.train import config as C
     from glioseg.train import fit as F
     from glioseg.train.losses import DiceBCELoss
 

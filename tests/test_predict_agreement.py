@@ -26,7 +26,7 @@ SETS = ["model.base_width=8", "model.n_stages=3", "model.max_width=32",
 def trained(tmp_path_factory: pytest.TempPathFactory) -> dict:
     """A small model trained on source-site cases, validated in the loop on target-site cases;
     held-out cohorts of both sites (raw and cached)."""
-    from glioseg import config as C
+    from glioseg.train import config as C
     from glioseg.train import fit as F
 
     torch.set_num_threads(2)

@@ -289,10 +289,10 @@ def test_training_run_folder_records_timings_and_hardware(tmp_path: Path) -> Non
     writes timings.json under the command's name, and hardware.json."""
     import time
 
-    from glioseg import config as C
     from glioseg.data.labels import MODALITIES
     from glioseg.preprocess import cache as PC
     from glioseg.runinfo import training_command
+    from glioseg.train import config as C
     from glioseg.train.fit import fit
 
     rng = np.random.default_rng(0)

@@ -13,18 +13,10 @@ import pytest
 import torch
 from scipy import ndimage
 
-from glioseg.augment import AugmentConfig, draw_params
 from glioseg.data.labels import regions_from_labels
 from glioseg.io_atomic import write_json
 from glioseg.preprocess import cache as C
-from glioseg.sampling import (
-    centred_origin,
-    extract_box,
-    foreground_centre,
-    origin_range,
-    random_origin,
-    sample_patch,
-)
+from glioseg.train.augment import AugmentConfig, draw_params
 from glioseg.train.data import (
     DataError,
     _resample_from_case,
@@ -32,6 +24,14 @@ from glioseg.train.data import (
     make_loader,
     regions_from_labels_np,
     sample_batch,
+)
+from glioseg.train.sampling import (
+    centred_origin,
+    extract_box,
+    foreground_centre,
+    origin_range,
+    random_origin,
+    sample_patch,
 )
 
 torch.set_num_threads(1)

@@ -76,7 +76,7 @@ def test_training_scheduler_follows_lr_factor():
     """The run's scheduler (``fit.make_scheduler``) gives peak x ``lr_factor`` at every step."""
     import torch
 
-    from glioseg import config as C
+    from glioseg.train import config as C
     from glioseg.train import fit as F
     from glioseg.train.schedule import lr_factor
 

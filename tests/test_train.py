@@ -168,8 +168,8 @@ def _check_resumed_state(run: Path, at_kill: dict, final: dict) -> None:
     of the epoch in flight, whose loader state a checkpoint does not hold), so the steps
     after the checkpoint see other patches than an uninterrupted run would.
     """
-    from glioseg import config as C
     from glioseg.preprocess.cache import open_cache
+    from glioseg.train import config as C
 
     torch.set_num_threads(1)
     cfg = C.load_config(str(run / "config.yaml"))
@@ -190,7 +190,7 @@ def _check_resumed_state(run: Path, at_kill: dict, final: dict) -> None:
 
 
 def test_resume_without_checkpoint_is_an_error(tmp_path: Path):
-    from glioseg import config as C
+    from glioseg.train import config as C
     from glioseg.train.fit import TrainError, fit
 
     cache = _tiny_cache(tmp_path / "cache", n=2)
@@ -272,7 +272,7 @@ def test_card_spacing_is_the_grid_the_model_learnt_on(tmp_path: Path):
 
 
 def test_profile_writes_a_chrome_trace_and_splits_the_step(tmp_path: Path, capsys):
-    from glioseg import config as C
+    from glioseg.train import config as C
     from glioseg.train.profile import SECTIONS, profile_training
 
     cache = _tiny_cache(tmp_path / "cache", n=2)
@@ -308,7 +308,7 @@ def test_metrics_log_survives_a_torn_last_line(tmp_path: Path):
 
 def _fit(cache: Path, run: Path, *sets: str, resume: bool = False) -> dict:
     """``fit`` in this process on the tiny cache (one thread, no loader worker)."""
-    from glioseg import config as C
+    from glioseg.train import config as C
 
     torch.set_num_threads(1)
     cfg = C.load_config("small", [*TINY, f"data.cache_dir={cache}", *sets])

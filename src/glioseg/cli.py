@@ -503,7 +503,7 @@ def _launch_training(out: Path, data: Path | None, config: str | None,
     data, then run here or relaunch this command's workers under torchrun."""
     import subprocess
 
-    from glioseg import config as C
+    from glioseg.train import config as C
     from glioseg.train import fit as F
 
     base = config

@@ -420,7 +420,7 @@ def run_shift_stage(out: Path, plan: DemoPlan, log: Callable[[str], None]) -> No
 
 
 def _fit(overrides: Sequence[str], config: str, run_dir: Path) -> dict[str, Any]:
-    from glioseg import config as C
+    from glioseg.train import config as C
     from glioseg.train.fit import fit
 
     return fit(C.load_config(config, list(overrides)), run_dir)

@@ -407,7 +407,7 @@ def _clean_run(run_dir: Path) -> None:
 def run_one(spec: RunSpec, runs_dir: Path, plan: StudyPlan) -> dict[str, Any]:
     """Train ``spec`` into ``runs_dir/<group>/<name>`` unless its ``result.json`` exists (then
     read it); returns the result: the spec, the final test Dice, seconds and the val curve."""
-    from glioseg import config as C
+    from glioseg.train import config as C
     from glioseg.train.fit import fit, read_metrics
 
     run_dir = runs_dir / spec.group / spec.name

@@ -32,10 +32,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from glioseg.augment import AugmentConfig
 from glioseg.bench import BenchError, BenchRunFailed
 from glioseg.data.labels import region_masks
 from glioseg.preprocess.cache import CachedCase, open_cache
+from glioseg.train.augment import AugmentConfig
 from glioseg.train.data import make_loader
 
 

@@ -64,7 +64,7 @@ def measure(
 ) -> dict[str, Any]:
     """Time ``steps`` training steps (after ``warmup``) on this rank; returns per-rank figures
     reduced over ranks (throughput summed, fractions and times averaged, memory max)."""
-    from glioseg import config as C
+    from glioseg.train import config as C
     from glioseg.train import distributed as D
     from glioseg.train import fit as F
     from glioseg.train import loop as L
@@ -135,7 +135,7 @@ def measure(
 
 
 def _config(preset: str, overrides: Sequence[str]) -> Any:
-    from glioseg import config as C
+    from glioseg.train import config as C
 
     return C.load_config(preset, list(overrides))
 

@@ -24,31 +24,24 @@ proportion to the surfaces (k-d tree), not to the box.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import NamedTuple
 
 import numpy as np
 
 from glioseg.data import labels as L
-from glioseg.errors import GliosegError
+from glioseg.overlap import (  # noqa: F401  (re-exported: the evaluation's metric names)
+    ConfusionCounts,
+    EvaluationError,
+    check_pair,
+    confusion_counts,
+    dice,
+    dice_from_counts,
+)
 
 REGION_NAMES: tuple[str, ...] = L.REGIONS
 """Region order of every region array: WT, TC, ET."""
 
 BRATS_GRID: tuple[int, int, int] = (240, 240, 155)
 """The BraTS grid; its diagonal, 373.1287 voxels, is the HD95 of a one-sided empty case."""
-
-
-class EvaluationError(GliosegError, ValueError):
-    """A prediction or reference that cannot be scored; the message names the case and file."""
-
-
-class ConfusionCounts(NamedTuple):
-    """Voxel counts of one region: true/false positives/negatives over the whole volume."""
-
-    tp: int
-    fp: int
-    fn: int
-    tn: int
 
 
 Spacing = Sequence[float] | None
@@ -61,14 +54,6 @@ def _spacing3(spacing: Spacing) -> tuple[float, float, float]:
     if len(sp) != 3 or not all(s > 0 for s in sp):
         raise EvaluationError(f"spacing must be three positive numbers, got {spacing!r}")
     return sp  # type: ignore[return-value]
-
-
-def check_pair(pred: np.ndarray, ref: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    pred = np.asarray(pred, dtype=bool)
-    ref = np.asarray(ref, dtype=bool)
-    if pred.shape != ref.shape:
-        raise EvaluationError(f"prediction shape {pred.shape} differs from reference {ref.shape}")
-    return pred, ref
 
 
 def _present_outside(labels: np.ndarray, allowed: set[int]) -> list[int]:
@@ -119,22 +104,6 @@ def regions_from_labels(
     return L.regions_from_labels(table[labels])
 
 
-def confusion_counts(pred: np.ndarray, ref: np.ndarray) -> ConfusionCounts:
-    """True/false positive/negative voxel counts of ``pred`` vs ``ref``, ``(X, Y, Z)`` bool."""
-    pred, ref = check_pair(pred, ref)
-    n_pred = int(np.count_nonzero(pred))
-    n_ref = int(np.count_nonzero(ref))
-    tp = int(np.count_nonzero(pred & ref))
-    fp, fn = n_pred - tp, n_ref - tp
-    return ConfusionCounts(tp, fp, fn, int(pred.size) - tp - fp - fn)
-
-
-def dice_from_counts(c: ConfusionCounts) -> float:
-    """Dice = 2 TP / (2 TP + FP + FN); 1 when both masks are empty."""
-    denom = 2 * c.tp + c.fp + c.fn
-    return 1.0 if denom == 0 else 2.0 * c.tp / denom
-
-
 def sensitivity_from_counts(c: ConfusionCounts) -> float:
     """TP / (TP + FN). Empty reference: 1 if the prediction is empty too, else 0."""
     if c.tp + c.fn == 0:
@@ -145,11 +114,6 @@ def sensitivity_from_counts(c: ConfusionCounts) -> float:
 def specificity_from_counts(c: ConfusionCounts) -> float:
     """TN / (TN + FP) over the whole volume; 1 when there is no reference-negative voxel."""
     return 1.0 if c.tn + c.fp == 0 else c.tn / (c.tn + c.fp)
-
-
-def dice(pred: np.ndarray, ref: np.ndarray) -> float:
-    """Dice of two ``(X, Y, Z)`` bool masks; both empty -> 1, exactly one empty -> 0."""
-    return dice_from_counts(confusion_counts(pred, ref))
 
 
 def grid_diagonal(shape: Sequence[int], spacing: Spacing = None) -> float:

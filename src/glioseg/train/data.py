@@ -4,15 +4,15 @@
 whole batches ``(image (B, 4, px, py, pz) float32, regions (B, 3, px, py, pz) float32)``,
 regions in the order WT, TC, ET. Each batch is built by ``sample_batch``:
 
-1. draw the batch's augmentation parameters (``glioseg.augment.draw_params``);
+1. draw the batch's augmentation parameters (``glioseg.train.augment.draw_params``);
 2. for each patch: a case uniformly at random, a foreground-centred (probability
-   ``oversample_fg``) or uniform position (``glioseg.sampling``), and a copy of the box the
+   ``oversample_fg``) or uniform position (``glioseg.train.sampling``), and a copy of the box the
    augmentation needs around it, read from the memory-mapped cache;
-3. one batched spatial + intensity augmentation (``glioseg.augment.augment_batch``);
+3. one batched spatial + intensity augmentation (``glioseg.train.augment.augment_batch``);
 4. labels -> regions.
 
 With ``augment_on="device"`` the workers stop after step 2: they yield
-``glioseg.augment_batched.PatchBoxes`` (the crops and the drawn parameters, drawn with the
+``glioseg.train.augment_batched.PatchBoxes`` (the crops and the drawn parameters, drawn with the
 same generator calls), and ``glioseg.train.loop.to_batch`` applies steps 3-4 to the batch on
 the training device.
 
@@ -30,7 +30,10 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from glioseg.augment import (
+from glioseg.data.labels import region_masks
+from glioseg.errors import GliosegError
+from glioseg.preprocess.cache import CachedCase, open_cache
+from glioseg.train.augment import (
     AugmentConfig,
     AugmentParams,
     augment_intensity,
@@ -39,10 +42,7 @@ from glioseg.augment import (
     required_extent,
     resample_patches,
 )
-from glioseg.data.labels import region_masks
-from glioseg.errors import GliosegError
-from glioseg.preprocess.cache import CachedCase, open_cache
-from glioseg.sampling import clipped_box, draw_origins, extract_box
+from glioseg.train.sampling import clipped_box, draw_origins, extract_box
 
 
 class DataError(GliosegError, ValueError):
@@ -89,7 +89,7 @@ def sample_batch(
     border: float = 0.0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """One training batch drawn with ``rng`` (see the module docstring); ``border``: how far
-    a patch may reach beyond the cropped volume (``glioseg.sampling.origin_range``).
+    a patch may reach beyond the cropped volume (``glioseg.train.sampling.origin_range``).
 
     Patches that are only flipped / turned by 90 degrees are copied from the memory map
     straight into their place in the batch through a flipped, transposed view (one copy, no
@@ -203,7 +203,7 @@ class PatchStream(IterableDataset):
         done = 0
         draw = sample_batch
         if self.augment_on == "device":
-            from glioseg.augment_batched import crop_boxes
+            from glioseg.train.augment_batched import crop_boxes
 
             draw = crop_boxes  # type: ignore[assignment]
         while count is None or done < count:
@@ -268,9 +268,9 @@ def make_loader(
         batches_per_epoch: batches per ``iter(loader)``; None: endless.
         pin_memory: default: when CUDA is available.
         border: how far a patch may reach beyond a case's cropped volume, as a fraction of
-            the patch per face (0: inside; ``glioseg.sampling.origin_range``).
+            the patch per face (0: inside; ``glioseg.train.sampling.origin_range``).
         augment_on: ``worker``: the workers yield augmented ``(image, regions)`` batches;
-            ``device``: they only crop and yield ``glioseg.augment_batched.PatchBoxes``, which
+            ``device``: they only crop and yield ``glioseg.train.augment_batched.PatchBoxes``, which
             ``glioseg.train.loop.to_batch`` augments on the training device.
 
     Raises:

@@ -33,12 +33,12 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from glioseg import config as C
 from glioseg.errors import GliosegError
 from glioseg.io_atomic import write_json, write_text
 from glioseg.records import RecordsError, flatten, read_jsonl
 from glioseg.runinfo import record_training
 from glioseg.train import checkpoint as ckpt
+from glioseg.train import config as C
 from glioseg.train import distributed as D
 from glioseg.train import loop as L
 
@@ -368,7 +368,7 @@ def loader_seed(seed: int, step: int) -> int:
 def make_train_loader(cfg: C.Config, cases: Sequence[Any], info: D.DistInfo, step: int) -> Any:
     """The patch loader of this rank (``glioseg.train.data.make_loader``), endless; pinned
     memory on GPU; augmentation in the workers or on the device (``data.augment_device``)."""
-    from glioseg.augment import AugmentConfig
+    from glioseg.train.augment import AugmentConfig
     from glioseg.train.data import augment_on, make_loader
 
     d = cfg.data

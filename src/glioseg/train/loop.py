@@ -115,9 +115,9 @@ def regions_target(labels: torch.Tensor) -> torch.Tensor:
 
 def to_batch(raw: Any, device: torch.device, channels_last: bool) -> Batch:
     """A loader item (a ``Batch``, a dict with ``image`` and ``labels``/``regions``, an
-    ``(image, labels)`` pair, or ``glioseg.augment_batched.PatchBoxes``, augmented here after
+    ``(image, labels)`` pair, or ``glioseg.train.augment_batched.PatchBoxes``, augmented here after
     the move) moved to ``device`` (``non_blocking``: the loader pins memory on GPU runs)."""
-    from glioseg.augment_batched import PatchBoxes, augment_boxes
+    from glioseg.train.augment_batched import PatchBoxes, augment_boxes
 
     if isinstance(raw, PatchBoxes):
         image, target = augment_boxes(raw.to(device, non_blocking=device.type == "cuda"))
@@ -299,8 +299,8 @@ def predict_logits(
 
 def region_dice(pred_regions: np.ndarray, labels: np.ndarray) -> list[float]:
     """Dice per region (WT, TC, ET) of predicted ``(3, X, Y, Z)`` bool masks against internal
-    labels ``(X, Y, Z)``; both empty gives 1 (``glioseg.evaluate.metrics.dice``)."""
-    from glioseg.evaluate.metrics import dice
+    labels ``(X, Y, Z)``; both empty gives 1 (``glioseg.overlap.dice``)."""
+    from glioseg.overlap import dice
 
     ref = regions_from_labels(np.asarray(labels))
     return [dice(pred_regions[i].astype(bool), ref[i].astype(bool)) for i in range(len(REGIONS))]

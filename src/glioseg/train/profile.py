@@ -14,9 +14,9 @@ from typing import Any
 
 import torch
 
-from glioseg import config as C
 from glioseg.errors import InputError
 from glioseg.io_atomic import atomic_path
+from glioseg.train import config as C
 from glioseg.train import distributed as D
 from glioseg.train import fit as F
 from glioseg.train import loop as L

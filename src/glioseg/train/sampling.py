@@ -123,7 +123,7 @@ def draw_origins(
 ) -> Iterator[tuple[CachedCase, np.ndarray]]:
     """The case and patch origin of each patch of a batch, drawn with ``rng`` in batch order
     (per patch: a case index, a foreground coin, then ``patch_origin``). The one draw of both
-    batch paths (``glioseg.train.data.sample_batch``, ``glioseg.augment_batched.crop_boxes``),
+    batch paths (``glioseg.train.data.sample_batch``, ``glioseg.train.augment_batched.crop_boxes``),
     so one seed gives the same patches on the CPU and on the device."""
     for _ in range(int(batch_size)):
         case = cases[int(rng.integers(len(cases)))]

@@ -35,7 +35,7 @@ from glioseg.errors import GliosegError
 from glioseg.io_atomic import write_text
 from glioseg.model.registry import ModelConfig
 
-PRESETS_DIR = Path(__file__).parent / "configs"
+PRESETS_DIR = Path(__file__).parents[1] / "configs"
 """Folder of the YAML presets shipped with the package (``small.yaml``, ``full.yaml``)."""
 
 
@@ -83,7 +83,7 @@ class DataConfig:
     augment_device: Literal["auto", "cpu", "cuda"] = "auto"
     """Where the augmentation runs. ``cpu``: in the loader workers (each builds augmented
     batches). ``cuda``: the workers only crop patches and the same transforms, drawn the same
-    way, run batched on the GPU after the batch is moved there (``glioseg.augment_batched``),
+    way, run batched on the GPU after the batch is moved there (``glioseg.train.augment_batched``),
     so fewer CPU workers keep a fast step fed. ``auto``: ``cuda`` when training on a GPU,
     else ``cpu``."""
     n_val: int = 2

@@ -1,10 +1,10 @@
-"""Device-side augmentation: the transforms of ``glioseg.augment`` applied to a whole batch on
+"""Device-side augmentation: the transforms of ``glioseg.train.augment`` applied to a whole batch on
 the training device, driven by the same drawn ``AugmentParams``.
 
 With ``data.augment_device`` on the device, a loader worker only crops: ``crop_boxes`` draws
 the batch exactly as ``glioseg.train.data.sample_batch`` does (same generator calls, so the
 same seed gives the same parameters and the same patch positions) and returns a
-``PatchBoxes``: each patch's input box (``glioseg.augment.required_extent``, clipped to the
+``PatchBoxes``: each patch's input box (``glioseg.train.augment.required_extent``, clipped to the
 volume) in one zero-filled tensor, its centre, and the drawn parameters. After the batch is
 moved to the device, ``augment_boxes`` applies the spatial transforms (one ``grid_sample`` for
 all interpolated patches; exact flips / 90-degree turns as views) and
@@ -12,7 +12,7 @@ all interpolated patches; exact flips / 90-degree turns as views) and
 
 Host synchronisation: every decision (which patches interpolate, which transforms run, kernel
 radii) is read from the host-side parameters, and the few small parameter arrays go to the
-device with ``non_blocking`` copies (``glioseg.augment.host_to_device``), so the augmentation
+device with ``non_blocking`` copies (``glioseg.train.augment.host_to_device``), so the augmentation
 never waits for the device.
 
 Layouts: boxes ``(B, C, Sx, Sy, Sz)`` float32, labels ``(B, Sx, Sy, Sz)`` uint8; outputs
@@ -28,7 +28,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from glioseg.augment import (
+from glioseg.train.augment import (
     AugmentConfig,
     AugmentParams,
     _exact,
@@ -81,7 +81,7 @@ def crop_boxes(
 ) -> PatchBoxes:
     """Draw a batch as ``glioseg.train.data.sample_batch`` does (same calls on ``rng``) and
     crop each patch's input box, leaving every transform to ``augment_boxes``."""
-    from glioseg.sampling import clipped_box, draw_origins, extract_box
+    from glioseg.train.sampling import clipped_box, draw_origins, extract_box
 
     size = np.array([int(s) for s in patch_size])
     b = int(batch_size)
@@ -132,7 +132,7 @@ def spatial_batched(
     patch_size: Sequence[int], centres: np.ndarray | None = None,
     extents: np.ndarray | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """The spatial transforms of ``params`` (``glioseg.augment`` geometry) on a batch of boxes.
+    """The spatial transforms of ``params`` (``glioseg.train.augment`` geometry) on a batch of boxes.
 
     Args:
         image: ``(B, C, Sx, Sy, Sz)`` float boxes; labels: ``(B, Sx, Sy, Sz)`` or None.
@@ -183,7 +183,7 @@ def spatial_batched(
 def _blur_kernels(sigma: torch.Tensor, radius: int) -> torch.Tensor:
     """``(R, 2 radius + 1)`` Gaussian kernels for sigmas ``(R,)``, each cut at its own radius
     ``max(1, int(3 sigma + 0.5))`` and normalised over it (``scipy.ndimage.gaussian_filter``
-    with ``truncate=3``, as ``glioseg.augment._gaussian_blur``); sigma 0 gives the identity."""
+    with ``truncate=3``, as ``glioseg.train.augment._gaussian_blur``); sigma 0 gives the identity."""
     t = torch.arange(-radius, radius + 1, dtype=sigma.dtype, device=sigma.device)
     s = sigma[:, None]
     own = torch.clamp(torch.floor(3 * s + 0.5), min=1)
@@ -212,7 +212,7 @@ def _blur_rows(x: torch.Tensor, sigma: torch.Tensor, radius: int) -> torch.Tenso
 
 def augment_intensity_batched(image: torch.Tensor, params: AugmentParams) -> torch.Tensor:
     """Noise, blur, brightness, contrast and gamma of ``params`` (the order and maths of
-    ``glioseg.augment.augment_intensity``) on ``image`` ``(B, C, X, Y, Z)`` float, vectorised
+    ``glioseg.train.augment.augment_intensity``) on ``image`` ``(B, C, X, Y, Z)`` float, vectorised
     over patches and channels; each transform runs only if some patch of the batch has it.
     Returns the augmented image (``image`` itself is modified where possible)."""
     b, c = image.shape[:2]
