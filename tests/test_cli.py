@@ -32,7 +32,7 @@ def test_multi_node_launch_has_one_writer_of_launch_yaml(tmp_path, monkeypatch):
     import typer
     from test_train import _tiny_cache
 
-    from glioseg.cli import _launch_training
+    from glioseg.cli.train import _launch_training
 
     cache = _tiny_cache(tmp_path / "cache", n=1)
     commands = []
