@@ -329,3 +329,46 @@ def test_training_run_folder_records_timings_and_hardware(tmp_path: Path) -> Non
     # finetune and pretrain runs are named by their config
     assert training_command(C.load_config("small", ["train.task=genesis"])) == "pretrain"
     assert training_command(C.load_config("small", ["transfer.init_from=/m"])) == "finetune"
+
+
+GOLDEN = Path(__file__).parent / "golden" / "report"
+"""``pinned.html`` and ``pinned.md``: the report of ``make_run`` as rendered by ``_pinned``.
+After a deliberate change of the report's output, regenerate them with
+``_pinned(make_run(folder))`` and review the diff."""
+
+
+def _pinned(run: Path) -> tuple[str, str]:
+    """(HTML, Markdown) of ``run`` with what depends on the machine held fixed: a fixed title
+    and time stamp, the Environment section's table replaced by a fixed one, and each embedded
+    PNG named (``file:<path>`` for a figure of the folder, ``drawn`` for one drawn by the
+    report, whose bytes depend on matplotlib's version)."""
+    from glioseg.report.html import build_report, kv_table, render_html, render_markdown
+
+    title, sections, generated = build_report(run, "pinned run")
+    assert sections[-1].title == "Environment"
+    sections[-1].blocks = [kv_table({"python": "3.x", "cpu": "pinned CPU"})]
+    names = {base64.b64encode(p.read_bytes()).decode("ascii"): f"file:{p.relative_to(run)}"
+             for p in run.rglob("*.png")}
+    page = re.sub(r"data:image/png;base64,([A-Za-z0-9+/=]+)",
+                  lambda m: f"data:image/png;{names.get(m.group(1), 'drawn')}",
+                  render_html(title, sections, "2026-01-01 00:00 UTC"))
+    return page, render_markdown(title, sections, "2026-01-01 00:00 UTC")
+
+
+def test_report_output_is_pinned(tmp_path: Path) -> None:
+    """The whole report.html and report.md of a folder holding every kind of content, as
+    rendered when the report was one module: a reorganisation keeps them byte for byte."""
+    run = make_run(tmp_path / "run")
+    (run / ".report.json").write_text(json.dumps({
+        "skip": ["weights.safetensors"], "order": ["shift", "eval"],
+        "titles": {"shift": "Shift check"}}))
+    (run / "eval" / "hardware.json").write_text((run / "hardware.json").read_text())
+    (run / "eval" / "broken.json").write_text("{not json")
+    (run / "eval" / "results.json").write_text(json.dumps(
+        [{"cases": n, "dice": {"WT": 0.5 + n / 100}} for n in (2, 4, 8)]))
+    (run / "eval" / "notes.md").write_text("# Notes\n\n<b>raw</b> [x](javascript:y)\n")
+    page, md = _pinned(run)
+    assert page.count("data:image/png;drawn") == 2  # root and demo/run_a curves
+    assert page.count("data:image/png;file:") == 3
+    assert page == (GOLDEN / "pinned.html").read_text(encoding="utf-8")
+    assert md == (GOLDEN / "pinned.md").read_text(encoding="utf-8")
