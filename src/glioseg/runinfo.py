@@ -13,7 +13,8 @@ Written at the end of ``glioseg train`` / ``finetune`` / ``pretrain`` (rank 0, b
 
 Both are written atomically (``glioseg.io_atomic``). This module sits beside ``io_atomic``
 rather than in ``report/`` because training, prediction and evaluation, which come before the
-report in the pipeline, call it.
+report in the pipeline, call it. Its ``/proc/cpuinfo`` and ``/proc/meminfo`` readers
+(``cpuinfo``, ``memory_gib``) are also the report's, for the machine rendering it.
 """
 
 from __future__ import annotations
@@ -31,12 +32,15 @@ TIMINGS = "timings.json"
 HARDWARE = "hardware.json"
 
 
-def _cpuinfo() -> tuple[str | None, int | None]:
-    """(CPU model name, physical cores) from ``/proc/cpuinfo``; None where it does not say."""
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return None, None
+CPUINFO = Path("/proc/cpuinfo")
+MEMINFO = Path("/proc/meminfo")
+
+
+def parse_cpuinfo(text: str) -> tuple[str | None, int | None]:
+    """(CPU model name, physical cores) of a ``/proc/cpuinfo`` text; None where it does not
+    say. The model is the first processor's ``model name``; physical cores are the distinct
+    (``physical id``, ``core id``) pairs (hyper-threads share a core id; a missing
+    ``physical id`` counts as socket 0)."""
     model, cores = None, set()
     for block in text.split("\n\n"):
         fields = {}
@@ -50,9 +54,20 @@ def _cpuinfo() -> tuple[str | None, int | None]:
     return model, len(cores) or None
 
 
-def _memory_gib() -> float | None:
+def cpuinfo(path: Path | None = None) -> tuple[str | None, int | None]:
+    """``parse_cpuinfo`` of ``path`` (default ``CPUINFO``, this machine's); (None, None) where
+    it is not readable (not Linux)."""
     try:
-        first = Path("/proc/meminfo").read_text().split("\n", 1)[0].split()
+        return parse_cpuinfo((path or CPUINFO).read_text())
+    except OSError:
+        return None, None
+
+
+def memory_gib(path: Path | None = None) -> float | None:
+    """Total memory in GiB (one decimal) from the first line of ``path`` (default
+    ``MEMINFO``, this machine's); None where it is not readable."""
+    try:
+        first = (path or MEMINFO).read_text().split("\n", 1)[0].split()
         return round(int(first[1]) / 2**20, 1)
     except (OSError, IndexError, ValueError):
         return None
@@ -62,7 +77,7 @@ def hardware() -> dict[str, Any]:
     """The machine this process runs on (``hardware.json``)."""
     import torch
 
-    model, physical = _cpuinfo()
+    model, physical = cpuinfo()
     try:
         usable: int | None = len(os.sched_getaffinity(0))
     except (AttributeError, OSError):
@@ -75,7 +90,7 @@ def hardware() -> dict[str, Any]:
         "cpu cores (physical)": physical,
         "logical cpus": os.cpu_count(),
         "cpus usable by this process": usable,
-        "memory (GiB)": _memory_gib(),
+        "memory (GiB)": memory_gib(),
         "python": platform.python_version(),
         "torch": torch.__version__,
         "torch threads": torch.get_num_threads(),
