@@ -13,11 +13,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from datafiles import tiny_brats2021_case
 from typer.testing import CliRunner
 
 from glioseg.cli import app
-from glioseg.io_atomic import write_json
 from glioseg.report.html import write_report
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -189,74 +187,6 @@ def test_report_renders_in_headless_chromium(tmp_path: Path) -> None:
     assert int(m.group(1)) == 5 and int(m.group(2)) == 0
 
 
-def _this_machine() -> dict:
-    """What hardware.json must say, read here without glioseg."""
-    import os
-    import platform
-
-    import torch
-
-    cpu = None
-    try:
-        cpu = next((line.split(":", 1)[1].strip() for line in
-                    Path("/proc/cpuinfo").read_text().splitlines()
-                    if line.startswith("model name")), None)
-    except OSError:
-        pass
-    return {"logical cpus": os.cpu_count(), "torch": torch.__version__,
-            "python": platform.python_version(), "cpu": cpu or platform.processor() or "unknown",
-            "gpu": "none" if not torch.cuda.is_available() else None}
-
-
-def test_predict_and_evaluate_folders_report_timings_and_hardware(tmp_path: Path) -> None:
-    import time
-
-    import torch
-
-    from glioseg.model.card import ModelCard, save_model
-    from glioseg.model.registry import build_model, preset
-
-    torch.manual_seed(0)
-    net = build_model(preset("small", base_width=4, max_width=8, n_stages=2,
-                             patch_size=(16, 16, 16)))
-    ckpt = save_model(tmp_path / "model", net, ModelCard.for_model(net, label_scheme="brats2021"))
-    tiny_brats2021_case(tmp_path / "data", "BraTS2021_00001")
-    run = tmp_path / "run"
-    walls = {}
-    for command, args in (("predict", ["predict", "-m", str(ckpt), "-i", str(tmp_path / "data"),
-                                       "-o", str(run / "pred"), "--threads", "1"]),
-                          ("evaluate", ["evaluate", "--pred", str(run / "pred"), "--ref",
-                                        str(tmp_path / "data"), "-o", str(run / "eval")])):
-        t0 = time.perf_counter()
-        result = CliRunner().invoke(app, args)
-        walls[command] = time.perf_counter() - t0
-        assert result.exit_code == 0, result.output
-    machine = _this_machine()
-    for command, folder in (("predict", run / "pred"), ("evaluate", run / "eval")):
-        timings = json.loads((folder / "timings.json").read_text())
-        assert list(timings) == [command]
-        assert 0 < timings[command]["wall seconds"] <= walls[command]
-        hardware = json.loads((folder / "hardware.json").read_text())
-        for key, value in machine.items():
-            if value is not None:
-                assert hardware[key] == value, key
-        assert not list(folder.glob(".*"))  # written atomically: no temporary names left
-    assert json.loads((run / "pred" / "timings.json").read_text())["predict"][
-        "cases predicted"] == 1
-    assert json.loads((run / "eval" / "timings.json").read_text())["evaluate"][
-        "cases scored"] == 1
-    result = CliRunner().invoke(app, ["report", str(run)])
-    assert result.exit_code == 0, result.output
-    page = (run / "report.html").read_text()
-    for text in ("Timings (timings.json): predict", "Timings (timings.json): evaluate",
-                 "wall seconds", f"<td>torch</td><td>{machine['torch']}</td>",
-                 f"<td>cpu</td><td>{machine['cpu']}</td>"):
-        assert text in page, text
-    assert page.count("Hardware (hardware.json)") == 2  # one per run folder
-    md = (run / "report.md").read_text()
-    assert "Timings (timings.json): evaluate" in md and machine["torch"] in md
-
-
 def test_a_sub_folder_on_the_root_machine_gets_one_line(tmp_path: Path) -> None:
     root = tmp_path / "run"
     same, other = root / "a", root / "b"
@@ -267,68 +197,6 @@ def test_a_sub_folder_on_the_root_machine_gets_one_line(tmp_path: Path) -> None:
     assert page.count("<td>CPU one</td>") == 1  # the root's table only
     assert page.count("<td>CPU two</td>") == 1  # a machine of its own keeps its table
     assert page.count("The same machine as the overview") == 1
-
-
-def test_timings_json_keeps_one_entry_per_command(tmp_path: Path) -> None:
-    from glioseg.runinfo import record_run
-
-    record_run(tmp_path, "predict", 2.5, cases=3)
-    record_run(tmp_path, "evaluate", 1.25)
-    record_run(tmp_path, "predict", 4.0, cases=1)  # a re-run replaces its own entry only
-    doc = json.loads((tmp_path / "timings.json").read_text())
-    assert list(doc) == ["predict", "evaluate"]
-    assert doc["predict"]["wall seconds"] == 4.0 and doc["predict"]["cases"] == 1
-    assert doc["evaluate"]["wall seconds"] == 1.25
-    page = write_report(tmp_path)[0].read_text()
-    # two commands: one table, a row each
-    assert re.search(r"<td>predict</td><td>4</td>.*<td>evaluate</td><td>1\.25</td>", page, re.S)
-
-
-def test_training_run_folder_records_timings_and_hardware(tmp_path: Path) -> None:
-    """``glioseg.train.fit`` (what train, finetune and pretrain run) on a tiny cache: rank 0
-    writes timings.json under the command's name, and hardware.json."""
-    import time
-
-    from glioseg.data.labels import MODALITIES
-    from glioseg.preprocess import cache as PC
-    from glioseg.runinfo import training_command
-    from glioseg.train import config as C
-    from glioseg.train.fit import fit
-
-    rng = np.random.default_rng(0)
-    ids = []
-    for i in range(2):
-        labels = np.zeros((16, 16, 16), np.uint8)
-        labels[5:10, 5:10, 5:10] = 2
-        image = rng.normal(0, 0.3, (4, 16, 16, 16)).astype(np.float32)
-        image[3] += 2.0 * (labels > 0)
-        cid = f"CASE_{i:03d}"
-        PC.write_case(tmp_path / "cache", cid, image, labels,
-                      {"case_id": cid, "layout": "brats2023", "shape": [16] * 3})
-        ids.append(cid)
-    write_json(tmp_path / "cache" / "dataset.json", {
-        "format": PC.CACHE_FORMAT, "modalities": list(MODALITIES), "spacing": None,
-        "cases": ids, "source": "test"})
-    sets = ["model.base_width=4", "model.n_stages=2", "model.max_width=8",
-            "data.patch_size=[16,16,16]", "data.batch_size=1", "data.workers=0", "data.n_val=1",
-            "data.augment=false", "train.amp=none", "train.threads=1", "train.steps=2",
-            "train.val_every=2", "train.ckpt_every=2", "optim.warmup_steps=0",
-            f"data.cache_dir={tmp_path / 'cache'}"]
-    cfg = C.load_config("small", sets)
-    t0 = time.perf_counter()
-    fit(cfg, tmp_path / "run")
-    wall = time.perf_counter() - t0
-    timings = json.loads((tmp_path / "run" / "timings.json").read_text())
-    assert list(timings) == ["train"] and timings["train"]["steps"] == 2
-    assert 0 < timings["train"]["wall seconds"] <= wall
-    hardware = json.loads((tmp_path / "run" / "hardware.json").read_text())
-    assert hardware["torch threads"] == 1 and hardware["logical cpus"] == _this_machine()[
-        "logical cpus"]
-    page = write_report(tmp_path / "run")[0].read_text()
-    assert "Timings (timings.json): train" in page and "Hardware (hardware.json)" in page
-    # finetune and pretrain runs are named by their config
-    assert training_command(C.load_config("small", ["train.task=genesis"])) == "pretrain"
-    assert training_command(C.load_config("small", ["transfer.init_from=/m"])) == "finetune"
 
 
 GOLDEN = Path(__file__).parent / "golden" / "report"

@@ -1,4 +1,4 @@
-"""report/html.py: Markdown files of a run folder cannot inject markup into report.html."""
+"""report/sanitise.py: Markdown files of a run folder cannot inject markup into report.html."""
 
 from __future__ import annotations
 
@@ -83,7 +83,7 @@ def test_markdown_from_a_run_folder_cannot_inject_html(tmp_path: Path) -> None:
 
 
 def test_sanitise_html_allow_list() -> None:
-    from glioseg.report.html import sanitise_html
+    from glioseg.report.sanitise import sanitise_html
 
     dirty = ('<p onclick="x" class="c">ok <script>bad()</script><b>bold</b>'
              '<a href=" JaVaScRiPt:alert(1)" title="t">l</a><a href="https://a.b/c?d=1&amp;e=2">'
@@ -101,7 +101,7 @@ def test_sanitise_html_allow_list() -> None:
 
 
 def test_markdown_to_html_keeps_entities_and_code() -> None:
-    from glioseg.report.html import markdown_to_html
+    from glioseg.report.sanitise import markdown_to_html
 
     out = markdown_to_html("a &amp; b &lt;tag&gt;\n\n`x<y>`\n")
     assert "a &amp; b &lt;tag&gt;" in out and "<code>x&lt;y&gt;</code>" in out
