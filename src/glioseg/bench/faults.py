@@ -39,28 +39,37 @@ else afresh), which must exit 0, and compares the final outputs with the referen
 Hidden temporaries a kill leaves behind (``.name.<random>.tmp.ext``, ``.name.tmp-<random>``)
 are listed as debris after the re-run (a stage does not read them as outputs; ``evaluate``
 used to list a predict's temporary as an unmatched prediction, which this bench found).
+
+This module holds the workspace and its runs (``FaultBench``) and the command
+(``bench_faults``); the kill harness is ``bench.fault_process``, the half-written checks
+``bench.fault_files``, the comparisons ``bench.fault_compare``, the results and their table
+``bench.fault_table``.
 """
 
 from __future__ import annotations
 
-import csv
-import json
-import math
-import os
 import shutil
-import signal
-import subprocess
-import sys
 import tempfile
-import time
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from glioseg.bench import BenchError, BenchRunFailed
+from glioseg.bench.fault_compare import (
+    compare_cache,
+    compare_evaluation,
+    compare_predictions,
+    compare_state_dicts,
+)
+from glioseg.bench.fault_files import half_written, walk_outputs
+from glioseg.bench.fault_process import (
+    Kill,
+    glioseg_command,
+    run_and_kill,
+    run_to_end,
+    write_trigger,
+)
+from glioseg.bench.fault_table import IDENTICAL, FaultResult, format_details, format_table
 
 STAGES: tuple[str, ...] = ("preprocess", "train", "predict", "evaluate")
 MOMENTS: tuple[str, ...] = ("early", "middle", "write")
@@ -68,7 +77,6 @@ EARLY = 0.25
 """``early``: this fraction of the uninterrupted run's wall time."""
 MIDDLE = 0.5
 """``middle``: this fraction of the uninterrupted run's working span (first output to end)."""
-IDENTICAL = "recovered, identical"
 TRIES = 3
 """Attempts at a moment before it is given up: a ``write`` moment can miss its temporary
 file, a timed one can come after the end of a run that went faster than the reference (each
@@ -88,413 +96,7 @@ def train_settings(steps: int = TRAIN_STEPS) -> list[str]:
             "train.amp=none", "optim.schedule=constant", "optim.warmup_steps=0", "train.seed=0"]
 
 
-# --------------------------------------------------------------------------- files
-
-def is_hidden(rel: Path) -> bool:
-    """True when a part of the relative path starts with a dot (temporaries, old folders)."""
-    return any(part.startswith(".") for part in rel.parts)
-
-
-def walk_outputs(folder: Path) -> tuple[list[Path], list[Path]]:
-    """(visible files, hidden entries) under ``folder``, relative to it, sorted. Hidden
-    folders are listed, not entered."""
-    visible: list[Path] = []
-    hidden: list[Path] = []
-    if not folder.is_dir():
-        return visible, hidden
-    for root, dirs, files in os.walk(folder):
-        here = Path(root)
-        for d in sorted(dirs):
-            if d.startswith("."):
-                hidden.append((here / d).relative_to(folder))
-                dirs.remove(d)
-        for f in files:
-            rel = (here / f).relative_to(folder)
-            (hidden if f.startswith(".") else visible).append(rel)
-    return sorted(visible), sorted(hidden)
-
-
-def _check_jsonl(path: Path, allow_torn_tail: bool) -> str | None:
-    lines = path.read_text(encoding="utf-8").split("\n")
-    whole, tail = lines[:-1], lines[-1]
-    for i, line in enumerate(whole, 1):
-        if line.strip():
-            try:
-                json.loads(line)
-            except json.JSONDecodeError as exc:
-                return f"line {i} is not JSON ({exc})"
-    if tail and not allow_torn_tail:
-        return "torn last line (no newline)"
-    return None
-
-
-def _check_csv(path: Path) -> str | None:
-    text = path.read_text(encoding="utf-8")
-    if not text.endswith("\n"):
-        return "no newline at the end (truncated?)"
-    rows = list(csv.reader(text.splitlines()))
-    if not rows:
-        return "empty table"
-    bad = [i for i, r in enumerate(rows[1:], 2) if len(r) != len(rows[0])]
-    return f"row {bad[0]} has another number of fields than the header" if bad else None
-
-
-def check_loadable(path: Path, allow_torn_tail: bool = False) -> str | None:
-    """None when the file reads whole as its kind, else what is wrong. ``allow_torn_tail``:
-    a ``.jsonl`` log may end in a torn line (a kill mid-append; dropped on resume)."""
-    name = path.name
-    try:
-        if path.stat().st_size == 0 and not name.endswith(".jsonl"):
-            return "empty file"
-        if name.endswith(".npy"):
-            np.load(path, allow_pickle=False)
-        elif name.endswith(".npz"):
-            with np.load(path, allow_pickle=False) as z:
-                for key in z.files:
-                    z[key]
-        elif name.endswith(".json"):
-            json.loads(path.read_text(encoding="utf-8"))
-        elif name.endswith(".jsonl"):
-            return _check_jsonl(path, allow_torn_tail)
-        elif name.endswith(".csv"):
-            return _check_csv(path)
-        elif name.endswith((".nii.gz", ".nii")):
-            from glioseg.data.nifti import load_volume
-
-            load_volume(path, dtype=None)
-        elif name.endswith(".pt"):
-            from glioseg.train.checkpoint import load_checkpoint
-
-            load_checkpoint(path)
-        elif name.endswith(".safetensors"):
-            from glioseg.model.card import load_state_dict
-
-            load_state_dict(path)
-        elif name.endswith((".yaml", ".yml")):
-            import yaml
-
-            yaml.safe_load(path.read_text(encoding="utf-8"))
-        elif name.endswith((".md", ".txt", ".html")):
-            path.read_text(encoding="utf-8")
-        elif "tfevents" in name:  # appended by TensorBoard; its reader stops at a torn record
-            return None
-        else:
-            path.read_bytes()
-    except Exception as exc:  # whatever a reader raises on a half-written file
-        return f"{type(exc).__name__}: {str(exc)[:160]}"
-    return None
-
-
-def half_written(folder: Path, allow_torn_tail: bool = False) -> list[str]:
-    """Visible files under ``folder`` that do not load, as ``"rel: what is wrong"``."""
-    visible, _ = walk_outputs(folder)
-    out = []
-    for rel in visible:
-        problem = check_loadable(folder / rel, allow_torn_tail)
-        if problem:
-            out.append(f"{rel}: {problem}")
-    return out
-
-
-# --------------------------------------------------------------------------- comparisons
-
-def compare_arrays(ref: np.ndarray, got: np.ndarray, what: str) -> list[str]:
-    """Bit-for-bit comparison of two arrays: dtype, shape and every byte."""
-    if ref.dtype != got.dtype:
-        return [f"{what}: dtype {got.dtype} != {ref.dtype}"]
-    if ref.shape != got.shape:
-        return [f"{what}: shape {got.shape} != {ref.shape}"]
-    a, b = np.ascontiguousarray(ref), np.ascontiguousarray(got)
-    if a.tobytes() == b.tobytes():
-        return []
-    bytes_a = np.frombuffer(a.tobytes(), np.uint8).reshape(a.size, -1)
-    bytes_b = np.frombuffer(b.tobytes(), np.uint8).reshape(b.size, -1)
-    n = int(np.count_nonzero((bytes_a != bytes_b).any(axis=1)))  # values with another bit
-    msg = f"{what}: {n} of {a.size} values differ"
-    if np.issubdtype(a.dtype, np.number) and a.size:
-        diff = np.abs(a.astype(np.float64) - b.astype(np.float64))
-        msg += f" (max abs diff {float(np.nanmax(diff)) if np.isfinite(diff).any() else 'nan'})"
-    return [msg]
-
-
-def values_equal(ref: Any, got: Any) -> bool:
-    """Deep equality of JSON-like values; NaN equals NaN."""
-    if isinstance(ref, float) and isinstance(got, float):
-        return ref == got or (math.isnan(ref) and math.isnan(got))
-    if isinstance(ref, Mapping) and isinstance(got, Mapping):
-        return ref.keys() == got.keys() and all(values_equal(ref[k], got[k]) for k in ref)
-    if isinstance(ref, list | tuple) and isinstance(got, list | tuple):
-        return len(ref) == len(got) and all(values_equal(a, b) for a, b in zip(ref, got,
-                                                                                strict=True))
-    return type(ref) is type(got) and ref == got
-
-
-def _json_differences(ref: Any, got: Any, where: str) -> list[str]:
-    if isinstance(ref, Mapping) and isinstance(got, Mapping):
-        if ref.keys() != got.keys():
-            return [f"{where}: keys {sorted(set(ref) ^ set(got))} in one file only"]
-        out: list[str] = []
-        for k in ref:
-            out += _json_differences(ref[k], got[k], f"{where}.{k}")
-        return out
-    return [] if values_equal(ref, got) else [f"{where}: {got!r} != {ref!r}"[:200]]
-
-
-def compare_file(ref: Path, got: Path, rel: str) -> list[str]:
-    """Compare one output file with the reference's by kind: arrays bit for bit, JSON values
-    equal, anything else byte for byte."""
-    name = ref.name
-    if name.endswith(".npy"):
-        return compare_arrays(np.load(ref), np.load(got), rel)
-    if name.endswith(".npz"):
-        with np.load(ref) as a, np.load(got) as b:
-            if sorted(a.files) != sorted(b.files):
-                return [f"{rel}: arrays {sorted(b.files)} != {sorted(a.files)}"]
-            return [d for k in a.files for d in compare_arrays(a[k], b[k], f"{rel}[{k}]")]
-    if name.endswith(".json"):
-        return _json_differences(json.loads(ref.read_text()), json.loads(got.read_text()), rel)
-    return [] if ref.read_bytes() == got.read_bytes() else [f"{rel}: bytes differ"]
-
-
-def _same_file_set(ref: Path, got: Path, names: Callable[[Path], bool]) -> tuple[list[Path],
-                                                                                 list[str]]:
-    a = [p for p in walk_outputs(ref)[0] if names(p)]
-    b = [p for p in walk_outputs(got)[0] if names(p)]
-    diffs = [f"{p}: missing" for p in sorted(set(a) - set(b))]
-    diffs += [f"{p}: not in the uninterrupted run's output" for p in sorted(set(b) - set(a))]
-    return sorted(set(a) & set(b)), diffs
-
-
-def compare_cache(ref: Path, got: Path) -> list[str]:
-    """Every file of two preprocessing caches: arrays bit for bit, JSON values equal."""
-    common, diffs = _same_file_set(ref, got, lambda p: True)
-    for rel in common:
-        diffs += compare_file(ref / rel, got / rel, str(rel))
-    return diffs
-
-
-def compare_predictions(ref: Path, got: Path) -> list[str]:
-    """Every ``<case>.nii.gz`` label file: voxel arrays (as stored) bit for bit, same affine."""
-    from glioseg.data.nifti import load_volume
-
-    common, diffs = _same_file_set(ref, got, lambda p: p.name.endswith((".nii.gz", ".nii")))
-    for rel in common:
-        a, ha = load_volume(ref / rel, dtype=None)
-        b, hb = load_volume(got / rel, dtype=None)
-        diffs += compare_arrays(a, b, str(rel))
-        if not np.array_equal(ha.affine, hb.affine):
-            diffs.append(f"{rel}: affine differs")
-    return diffs
-
-
-def _read_table(path: Path) -> list[dict[str, Any]]:
-    def value(s: str) -> Any:
-        try:
-            return float(s)
-        except ValueError:
-            return s
-
-    with path.open(newline="") as fh:
-        return [{k: value(v) for k, v in row.items()} for row in csv.DictReader(fh)]
-
-
-def compare_evaluation(ref: Path, got: Path) -> list[str]:
-    """``per_case.csv`` (every value of every row) and ``summary.json`` (every value)."""
-    diffs: list[str] = []
-    for name in ("per_case.csv", "summary.json"):
-        if not (got / name).is_file():
-            diffs.append(f"{name}: missing")
-            continue
-        if name.endswith(".json"):
-            diffs += compare_file(ref / name, got / name, name)
-            continue
-        a, b = _read_table(ref / name), _read_table(got / name)
-        if len(a) != len(b):
-            diffs.append(f"{name}: {len(b)} rows != {len(a)}")
-            continue
-        for i, (ra, rb) in enumerate(zip(a, b, strict=True), 1):
-            diffs += _json_differences(ra, rb, f"{name} row {i}")
-    return diffs
-
-
-def compare_state_dicts(ref: Mapping[str, Any], got: Mapping[str, Any],
-                        what: str) -> tuple[float, list[str]]:
-    """(largest absolute difference, differences) between two (nested) state dicts of
-    tensors; equal means every tensor bit for bit."""
-    import torch
-
-    diffs: list[str] = []
-    worst = 0.0
-    if ref.keys() != got.keys():
-        return math.inf, [f"{what}: keys {sorted(map(str, set(ref) ^ set(got)))[:5]} in one only"]
-    for k, a in ref.items():
-        b = got[k]
-        if isinstance(a, Mapping) and isinstance(b, Mapping):
-            w, d = compare_state_dicts(a, b, f"{what}.{k}")
-            worst, diffs = max(worst, w), diffs + d
-        elif isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor):
-            if a.shape != b.shape or a.dtype != b.dtype:
-                worst = math.inf
-                diffs.append(f"{what}.{k}: {tuple(b.shape)} {b.dtype} != {tuple(a.shape)} "
-                             f"{a.dtype}")
-            elif not torch.equal(a, b):
-                d = float((a.double() - b.double()).abs().max()) if a.numel() else 0.0
-                worst = max(worst, d)
-                diffs.append(f"{what}.{k}: max abs diff {d:.3g}")
-        elif not values_equal(a, b):
-            diffs.append(f"{what}.{k}: {b!r} != {a!r}"[:200])
-    return worst, diffs
-
-
-# --------------------------------------------------------------------------- processes
-
-@dataclass
-class Kill:
-    """What happened to one attempt at killing a run."""
-
-    killed: bool
-    at_s: float
-    trigger: str
-    returncode: int | None = None
-
-
-def _env() -> dict[str, str]:
-    # one thread everywhere: results that do not depend on the thread count or the load
-    return {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
-            "OPENBLAS_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-
-
-def glioseg_command(*args: str) -> list[str]:
-    return [sys.executable, "-m", "glioseg", *args]
-
-
-def run_to_end(cmd: Sequence[str], log: Path, watch: Path | None = None,
-               poll_s: float = 0.005) -> tuple[int, float, float | None]:
-    """Run ``cmd`` to its end (output appended to ``log``): (exit status, wall seconds,
-    seconds until the folder ``watch`` first held an entry, or None)."""
-    log.parent.mkdir(parents=True, exist_ok=True)
-    first = None
-    with log.open("ab") as fh:
-        fh.write(f"$ {' '.join(cmd)}\n".encode())
-        fh.flush()
-        t0 = time.monotonic()
-        proc = subprocess.Popen(list(cmd), stdout=fh, stderr=subprocess.STDOUT, env=_env())
-        while proc.poll() is None:
-            if watch is not None and first is None and _scan(watch):
-                first = time.monotonic() - t0
-            time.sleep(poll_s)
-        wall = time.monotonic() - t0
-    return proc.returncode, wall, first
-
-
-def run_and_kill(cmd: Sequence[str], log: Path, *, after_s: float | None = None,
-                 trigger: Callable[[], str | None] | None = None, poll_s: float = 0.001) -> Kill:
-    """Start ``cmd`` in its own process group; SIGKILL the group after ``after_s`` seconds or
-    as soon as ``trigger()`` returns a description, whichever comes first. ``killed`` is False
-    when the run ended before (its exit status in ``returncode``)."""
-    log.parent.mkdir(parents=True, exist_ok=True)
-    with log.open("ab") as fh:
-        fh.write(f"$ {' '.join(cmd)}\n".encode())
-        fh.flush()
-        t0 = time.monotonic()
-        proc = subprocess.Popen(list(cmd), stdout=fh, stderr=subprocess.STDOUT, env=_env(),
-                                start_new_session=True)
-        why = ""
-        try:
-            while proc.poll() is None:
-                now = time.monotonic() - t0
-                if after_s is not None and now >= after_s:
-                    why = f"{now:.2f} s"
-                    break
-                if trigger is not None:
-                    seen = trigger()
-                    if seen:
-                        why = f"{now:.2f} s, {seen}"
-                        break
-                time.sleep(poll_s)
-            else:
-                return Kill(False, time.monotonic() - t0, "", proc.returncode)
-            try:
-                os.killpg(proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            proc.wait()
-        finally:
-            if proc.poll() is None:  # an exception in the loop: leave no process behind
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
-        return Kill(proc.returncode == -signal.SIGKILL, time.monotonic() - t0, why,
-                    proc.returncode)
-
-
-def _temporary(name: str) -> bool:
-    return name.startswith(".") and (".tmp" in name or ".old-" in name)
-
-
-def _scan(folder: Path) -> list[str]:
-    try:
-        return [e.name for e in os.scandir(folder)]
-    except OSError:
-        return []
-
-
-def write_trigger(stage: str, out: Path) -> Callable[[], str | None]:
-    """The ``write`` moment of ``stage``: a temporary output beside an earlier whole one."""
-    def trig() -> str | None:
-        names = _scan(out)
-        tmps = [n for n in names if _temporary(n)]
-        if not tmps:
-            return None
-        if stage == "preprocess":
-            cases = [n for n in names if not n.startswith(".") and (out / n).is_dir()]
-            tmp = [t for t in tmps if ".tmp-" in t]
-            return f"writing {tmp[0]} after {len(cases)} case(s)" if cases and tmp else None
-        if stage == "train":
-            tmp = [t for t in tmps if t.startswith(".last.pt.")]
-            return f"writing {tmp[0]} over last.pt" if tmp and "last.pt" in names else None
-        if stage == "predict":
-            done = [n for n in names if n.endswith(".nii.gz") and not n.startswith(".")]
-            tmp = [t for t in tmps if t.endswith(".nii.gz")]
-            return f"writing {tmp[0]} after {len(done)} case(s)" if done and tmp else None
-        return f"writing {tmps[0]}"
-    return trig
-
-
 # --------------------------------------------------------------------------- the bench
-
-@dataclass
-class FaultResult:
-    """One fault: the stage killed at a moment, what was left, how the re-run went."""
-
-    stage: str
-    moment: str
-    tries: int = 0
-    killed: bool = False
-    at_kill: str = ""
-    state: str = ""
-    half_written: list[str] = field(default_factory=list)
-    rerun: str = ""
-    rerun_rc: int | None = None
-    differences: list[str] = field(default_factory=list)
-    debris: list[str] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)
-
-    @property
-    def outcome(self) -> str:
-        if not self.killed:
-            return "not killed: the run ended before the moment"
-        if self.half_written:
-            return f"half-written output visible ({len(self.half_written)} file(s))"
-        if self.rerun_rc != 0:
-            return f"re-run failed (exit {self.rerun_rc})"
-        if self.differences:
-            return f"recovered, differs ({len(self.differences)} difference(s))"
-        return IDENTICAL
-
-    @property
-    def ok(self) -> bool:
-        return self.outcome == IDENTICAL
-
 
 class FaultBench:
     """The workspace (``data/``, ``refs/<stage>``, ``faults/<stage>-<moment>``) and the runs."""
@@ -694,37 +296,6 @@ class FaultBench:
             res.notes.append(f"weights vs the run that never stopped: max abs diff {w:.3g} "
                              "(fresh patches after a resume, by design)")
         return diffs
-
-
-# --------------------------------------------------------------------------- table
-
-def format_table(results: Sequence[FaultResult]) -> str:
-    """The fault table: stage, moment, tries, when killed, what was left, re-run, outcome."""
-    head = ("fault", "moment", "tries", "killed at", "left by the kill", "re-run", "outcome")
-    rows = [(r.stage, r.moment, str(r.tries), r.at_kill or "-", r.state or "-", r.rerun or "-",
-             r.outcome) for r in results]
-    widths = [max(len(h), *(len(row[i]) for row in rows)) if rows else len(h)
-              for i, h in enumerate(head)]
-    line = "  ".join("-" * w for w in widths)
-    out = ["  ".join(h.ljust(w) for h, w in zip(head, widths, strict=True)), line]
-    out += ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) for row in rows]
-    return "\n".join(out)
-
-
-def format_details(results: Sequence[FaultResult]) -> list[str]:
-    """Notes, differences, half-written files and debris, per fault."""
-    out = []
-    for r in results:
-        items = ([f"half-written: {h}" for h in r.half_written]
-                 + [f"differs: {d}" for d in r.differences[:8]]
-                 + ([f"... {len(r.differences) - 8} more"] if len(r.differences) > 8 else [])
-                 + r.notes
-                 + ([f"debris after the re-run (hidden): {', '.join(r.debris)}"]
-                    if r.debris else []))
-        if items:
-            out.append(f"{r.stage} / {r.moment}:")
-            out += [f"  {x}" for x in items]
-    return out
 
 
 # --------------------------------------------------------------------------- entry point
