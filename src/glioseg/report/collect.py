@@ -114,10 +114,9 @@ class _Builder:
         path = files.pop("card.json", None)
         if path is None:
             return []
-        try:
-            card = json.loads(path.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            return [Block("text", f"card.json: unreadable ({exc})", "Model card")]
+        card, unreadable = _load_json(path, "Model card")
+        if unreadable:
+            return unreadable
         if not isinstance(card, dict):
             return [Block("text", "card.json: not a JSON object", "Model card")]
         return [Block("table", kv_table(flatten(card)).data, "Model card")]
@@ -159,10 +158,9 @@ class _Builder:
         path = files.pop("shift.json", None)
         if path is None:
             return []
-        try:
-            doc = json.loads(path.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            return [Block("text", f"shift.json: unreadable ({exc})", "Domain shift")]
+        doc, unreadable = _load_json(path, "Domain shift")
+        if unreadable:
+            return unreadable
         blocks = [Block("verdict", str(doc.get("verdict", "(no verdict)")), "Domain shift")]
         if doc.get("advice"):
             blocks.append(Block("list", [str(a) for a in doc["advice"]]))
@@ -216,11 +214,9 @@ class _Builder:
         for name in order:
             if name not in files:
                 continue
-            path = files.pop(name)
-            try:
-                obj = json.loads(path.read_text())
-            except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-                blocks.append(Block("text", f"{name}: unreadable ({exc})", name))
+            obj, unreadable = _load_json(files.pop(name), name)
+            if unreadable:
+                blocks.extend(unreadable)
                 continue
             title = "Evaluation summary" if name == "summary.json" else name
             sub = json_blocks(obj)
@@ -244,10 +240,9 @@ class _Builder:
             path = files.pop(name, None)
             if path is None:
                 continue
-            try:
-                obj = json.loads(path.read_text())
-            except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-                blocks.append(Block("text", f"{name}: unreadable ({exc})", title))
+            obj, unreadable = _load_json(path, title)
+            if unreadable:
+                blocks.extend(unreadable)
                 continue
             if (name == "hardware.json" and folder != self.root and obj is not None
                     and obj == self.root_hardware and not self.skipped(self.root / name)):
@@ -305,6 +300,15 @@ class _Builder:
         return sec
 
 
+def _load_json(path: Path, title: str) -> tuple[Any, list[Block]]:
+    """``(JSON value of path, [])``, or ``(None, [a text block saying why it is unreadable])``
+    for a file that is not JSON."""
+    try:
+        return json.loads(path.read_text()), []
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        return None, [Block("text", f"{path.name}: unreadable ({exc})", title)]
+
+
 def _read_json(path: Path) -> Any:
     """The JSON value of ``path``; None when it is missing or unreadable."""
     try:
@@ -322,10 +326,7 @@ in this order], "titles": {sub-folder path: section title}}`` (``glioseg demo`` 
 def read_spec(root: Path) -> dict[str, Any]:
     """``root/.report.json`` with defaults for missing keys; an unreadable file is ignored."""
     spec: dict[str, Any] = {"skip": [], "order": [], "titles": {}}
-    try:
-        loaded = json.loads((root / SPEC_FILE).read_text())
-    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
-        return spec
+    loaded = _read_json(root / SPEC_FILE)
     if isinstance(loaded, dict):
         for key, kind in (("skip", list), ("order", list), ("titles", dict)):
             if isinstance(loaded.get(key), kind):
