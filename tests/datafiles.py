@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from glioseg.data.cases import case_file_name
+from glioseg.data.layouts import case_file_name
 from glioseg.data.nifti import save_volume
 
 SHAPE: tuple[int, int, int] = (6, 5, 4)
@@ -210,3 +210,40 @@ def tiny_brats2021_case(root: Path, case_id: str, seed: int = 0) -> Path:
     seg[10:20, 10:20, 5:12] = 2
     nib.save(nib.Nifti1Image(seg, np.eye(4)), folder / f"{case_id}_seg.nii.gz")
     return folder
+
+
+# ------------------------------------------------------------------ files written by hand
+# Tables written out from the challenges' documentation, not taken from the code under test.
+
+# Canonical channel order, written out: the order every array of the project uses.
+CANONICAL = ("t1", "t1ce", "t2", "flair")
+
+# File suffix of each channel, in canonical order, as the challenges publish them.
+PUBLISHED_SUFFIX = {
+    "brats2020": ("_t1", "_t1ce", "_t2", "_flair"),
+    "brats2021": ("_t1", "_t1ce", "_t2", "_flair"),
+    "brats2023": ("-t1n", "-t1c", "-t2w", "-t2f"),
+}
+PUBLISHED_SEG_SUFFIX = {"brats2020": "_seg", "brats2021": "_seg", "brats2023": "-seg"}
+
+BRATS_CASES = [  # (layout, case id, extension): one of each kind the challenges publish
+    ("brats2020", "BraTS20_Training_001", ".nii"),
+    ("brats2020", "BraTS20_Training_002", ".nii.gz"),
+    ("brats2021", "BraTS2021_00000", ".nii.gz"),
+    ("brats2023", "BraTS-GLI-00000-000", ".nii.gz"),
+    ("brats2023", "BraTS-SSA-00002-000", ".nii.gz"),
+    ("brats2023", "BraTS-MEN-00004-000", ".nii.gz"),
+    ("brats2023", "BraTS-MET-00001-000", ".nii.gz"),
+    ("brats2023", "BraTS-PED-00012-000", ".nii.gz"),
+]
+
+
+def write_by_hand(folder, layout, cid, ext, shape=SHAPE, seg=None):
+    """Case ``cid`` of ``layout`` under ``folder``, named from ``PUBLISHED_SUFFIX`` (not from
+    ``case_file_name``): each file filled with 1000 * (its position there + 1) + index."""
+    for k, suffix in enumerate(PUBLISHED_SUFFIX[layout]):
+        save_volume(folder / cid / f"{cid}{suffix}{ext}", 1000.0 * (k + 1) + pattern(shape),
+                    AFFINE, dtype=np.float32)
+    if seg is not None:
+        save_volume(folder / cid / f"{cid}{PUBLISHED_SEG_SUFFIX[layout]}{ext}", seg, AFFINE,
+                    dtype=np.uint8)

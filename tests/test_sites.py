@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from glioseg.data.sites import SITES
+from glioseg.data.sites import SITES, get_site
 from glioseg.data.synthetic import generate_case
 
 CALIBRATION = Path(__file__).resolve().parents[1] / "docs" / "figures" / \
@@ -18,6 +18,12 @@ CALIBRATION = Path(__file__).resolve().parents[1] / "docs" / "figures" / \
 
 def _mid(r: tuple[float, float]) -> float:
     return (r[0] + r[1]) / 2
+
+
+def test_unknown_site_lists_the_known_ones():
+    with pytest.raises(ValueError, match="source, target"):
+        get_site("nowhere")
+    assert {"source", "target"} <= set(SITES)
 
 
 def test_target_is_milder_than_target_severe_and_harsher_than_source():
