@@ -1,0 +1,38 @@
+"""report/section_curves.py: the training curves the report draws from metrics.jsonl records."""
+
+from __future__ import annotations
+
+import io
+
+from glioseg.report.section_curves import curves_png
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def _size(png: bytes) -> tuple[int, int]:
+    import matplotlib.image as mpimg
+
+    return mpimg.imread(io.BytesIO(png), format="png").shape[:2]
+
+
+def test_curves_need_a_key_with_two_numeric_values() -> None:
+    assert curves_png([]) is None
+    assert curves_png([{"step": 1, "loss": 0.5}]) is None  # one value
+    # bookkeeping keys (time, rank, ...) and booleans are not curves
+    assert curves_png([{"step": s, "time": 10.0 * s, "rank": 0, "nan_seen": False}
+                       for s in range(5)]) is None
+    assert curves_png([{"step": s, "loss": "n/a"} for s in range(5)]) is None
+
+
+def test_one_panel_per_group_of_keys() -> None:
+    recs = [{"step": s, "loss": 1 / (1 + s), "val/loss": 2 / (1 + s), "lr": 1e-3 * (s + 1)}
+            for s in range(6)]
+    one = curves_png([{"step": r["step"], "loss": r["loss"]} for r in recs])
+    two = curves_png(recs)  # the losses share a panel, the learning rate gets one
+    three = curves_png([{**r, "val_dice/WT": 0.1 * r["step"]} for r in recs])
+    assert one is not None and two is not None and three is not None
+    assert one[:8] == two[:8] == three[:8] == PNG_MAGIC
+    h1, w1 = _size(one)
+    h2, w2 = _size(two)
+    h3, w3 = _size(three)
+    assert w1 < w2 < w3 and abs(h1 - h2) < 0.2 * h1  # panels side by side, one row
