@@ -151,14 +151,20 @@ class TrainConfig:
     log_every: int = 10
     """Append the mean training loss to ``metrics.jsonl`` every this many steps."""
     amp: Literal["auto", "bf16", "fp16", "none"] = "auto"
-    """Autocast dtype: bf16 needs no loss scaling and is fast on CPUs with AVX-512 BF16 / AMX
-    and on Ampere+ GPUs; fp16 (with a GradScaler) for older GPUs; none for float32; auto: bf16
-    where it is native, fp16 on GPUs without bf16, float32 on other CPUs (where bf16 is
-    emulated and measured 50x slower)."""
-    compile: bool = False
-    """``torch.compile`` the model (GPU runs; on CPU it needs a C++ compiler and minutes)."""
-    channels_last: bool = True
-    """``channels_last_3d`` memory format: faster convolutions with oneDNN and cuDNN."""
+    """Autocast dtype: bf16 needs no loss scaling and is fast on CPUs with AVX-512 BF16 / AMX;
+    fp16 always trains with a GradScaler; none for float32. auto: on a GPU the faster of fp16
+    and bf16 in a short timed probe of the run's own step (``glioseg.train.device_policy``;
+    a precision whose probe gives a non-finite loss is ruled out); on a CPU bf16 where it is
+    native, else float32 (bf16 is emulated there and measured 50x slower)."""
+    compile: bool | Literal["auto"] = False
+    """``torch.compile`` the model (on CPU it needs a C++ compiler and minutes). auto: on a GPU
+    for runs of at least ``device_policy.COMPILE_MIN_STEPS`` steps (compiling costs a minute
+    or more), never on a CPU."""
+    channels_last: bool | Literal["auto"] = True
+    """``channels_last_3d`` memory format (oneDNN's and cuDNN's preferred layout for some
+    convolutions, not all: measured 23% slower for the full preset with cuDNN on an H200).
+    auto: on a GPU timed against the default layout in the same probe as ``amp``; on a CPU
+    channels_last (this option's default)."""
     grad_accum: int = 1
     """Micro-batches accumulated per optimiser step (a larger batch without more memory)."""
     seed: int = 0

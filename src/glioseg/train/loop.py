@@ -10,7 +10,6 @@ Tensor layouts: images ``(B, 4, X, Y, Z)`` float32, region targets ``(B, 3, X, Y
 from __future__ import annotations
 
 import contextlib
-import math
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -148,14 +147,34 @@ def to_batch(raw: Any, device: torch.device, channels_last: bool) -> Batch:
 
 @dataclass
 class StepResult:
-    """What one optimiser step reports: the mean loss over its micro-batches, the gradient
-    norm before clipping, the patches it saw on this process, and whether the update was
-    skipped because the gradient was not finite (nan or inf; the weights are then unchanged)."""
+    """What one optimiser step reports, as device tensors (reading one is a host sync: the
+    training loop sums them on the device, ``glioseg.train.device_step.StepStats``, and reads
+    them once per log; the float properties are for tests and one-off callers).
 
-    loss: float
-    grad_norm: float
+    Attributes:
+        loss_t: 0-d float32, the mean loss over the step's micro-batches.
+        grad_norm_t: 0-d, the gradient norm before clipping.
+        patches: the patches the step saw on this process.
+        skipped_t: 0-d bool, the update was skipped because the gradient was not finite (nan
+            or inf; the weights and optimiser state are then unchanged).
+    """
+
+    loss_t: torch.Tensor
+    grad_norm_t: torch.Tensor
     patches: int
-    skipped: bool = False
+    skipped_t: torch.Tensor
+
+    @property
+    def loss(self) -> float:
+        return float(self.loss_t)
+
+    @property
+    def grad_norm(self) -> float:
+        return float(self.grad_norm_t)
+
+    @property
+    def skipped(self) -> bool:
+        return bool(self.skipped_t)
 
 
 def _no_sync(model: torch.nn.Module, last: bool) -> contextlib.AbstractContextManager:
@@ -180,15 +199,21 @@ def train_step(
     The loss of each micro-batch is divided by their number, so the update equals that of one
     batch holding all of them (for per-sample losses averaged over the batch).
 
-    A gradient whose norm is not finite skips the update, as a GradScaler does (which, for
-    fp16, then lowers its scale): the weights and the optimiser state stay as they were and the
-    result says ``skipped``. The norm (after unscaling, before clipping) is computed at every
-    step; its finiteness is the step's one host sync besides the loss values. Under DDP the
-    gradients are already averaged, so every rank takes the same decision.
+    A gradient whose norm (after unscaling, before clipping) is not finite skips the update,
+    as a GradScaler does (which, for fp16, then lowers its scale): the weights and the
+    optimiser state stay as they were and the result says ``skipped``. Nothing here reads a
+    tensor back to the host: the decision is taken on the device
+    (``glioseg.train.device_step.guarded_step``) and the loss, norm and flag are returned as
+    device tensors. Under DDP the gradients are already averaged, so every rank takes the same
+    decision. The GradScaler's own ``step`` is not called (it reads its overflow flag on the
+    host for non-fused optimisers): ``unscale_`` records the overflow and ``update`` adjusts
+    the scale from it on the device.
     """
+    from glioseg.train.device_step import guarded_step
+
     device = micro_batches[0].image.device
     n = len(micro_batches)
-    total = 0.0
+    total = torch.zeros((), device=device)
     patches = 0
     for i, mb in enumerate(micro_batches):
         with _no_sync(model, last=(i == n - 1)):
@@ -197,22 +222,20 @@ def train_step(
                 loss = loss_fn(logits, mb.target)
             with _section(timer, "backward"):
                 scaler.scale(loss / n).backward()
-        total += float(loss.detach())
+        total += loss.detach().float()
         patches += mb.size
     with _section(timer, "optimizer"):
-        scaler.unscale_(optimizer)  # a no-op without fp16; then step does not unscale again
+        scaler.unscale_(optimizer)  # a no-op without fp16; records an overflow for update()
         if grad_clip > 0:
             norm = torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
         else:
             norm = torch.nn.utils.get_total_norm(
                 [p.grad for p in model.parameters() if p.grad is not None])
-        grad_norm = float(norm)
-        skipped = not math.isfinite(grad_norm)
-        if not skipped:
-            scaler.step(optimizer)
+        bad = ~torch.isfinite(norm)
+        guarded_step(optimizer, bad)
         scaler.update()  # fp16: lowers the scale after an overflow; a no-op otherwise
         optimizer.zero_grad(set_to_none=True)
-    return StepResult(total / n, grad_norm, patches, skipped)
+    return StepResult(total / n, norm.detach(), patches, bad)
 
 
 class StepTimer:
