@@ -4,9 +4,13 @@ Every engine is a callable ``(B, C, x, y, z)`` float32 tensor -> ``(B, K, x, y, 
 tensor, which is what ``sliding_window_inference`` takes:
 
 - ``TorchEngine``: the ``nn.Module`` itself, in ``inference_mode``, under bf16 (CPU) / fp16
-  (CUDA) autocast when asked; channels-last memory format for bf16/fp16 only (measured on the
-  2-core AVX-512 CPU, one window: channels-last made fp32 9-15% slower for both presets, bf16
-  7-24% faster for the full preset at 64^3-128^3 and 12% slower for a small one at 48^3).
+  (CUDA) autocast when asked; channels-last memory format for bf16 on the CPU only (measured on
+  the 2-core AVX-512 CPU, one window: channels-last made fp32 9-15% slower for both presets,
+  bf16 7-24% faster for the full preset at 64^3-128^3 and 12% slower for a small one at 48^3;
+  on an H200 with cuDNN, channels_last_3d made the same network's step 23% slower, so a GPU
+  keeps the default layout). ``cudnn_benchmark``: cuDNN times its algorithms once per input
+  shape (a process-wide setting, turned on by the first engine that asks): a gain for
+  windows, which all share one shape, a loss for whole boxes of a new shape each case.
 - ``OnnxRuntimeEngine``: an exported ONNX graph (all graph optimisations on).
 - ``OpenVinoEngine``: an ONNX or OpenVINO IR file compiled by OpenVINO for the CPU, in f32 or
   bf16 (OpenVINO's default on CPUs with AVX-512 BF16; check accuracy), one compiled model per
@@ -53,8 +57,9 @@ class TorchEngine:
         model: network ``(B, C, x, y, z)`` -> logits; put in eval mode here.
         device: ``cpu`` or ``cuda``.
         dtype: ``fp32``; ``bf16`` (autocast, CPU or CUDA); ``fp16`` (autocast, CUDA only).
-        channels_last: use ``torch.channels_last_3d`` memory format; None: only for bf16 and
-            fp16 (see the module docstring for the measurements behind this default).
+        channels_last: use ``torch.channels_last_3d`` memory format; None: only for bf16 on
+            the CPU (see the module docstring for the measurements behind this default).
+        cudnn_benchmark: on CUDA, let cuDNN choose its algorithms by timing them per shape.
     """
 
     name = "torch"
@@ -65,6 +70,7 @@ class TorchEngine:
         device: str = "cpu",
         dtype: str = "fp32",
         channels_last: bool | None = None,
+        cudnn_benchmark: bool = False,
     ) -> None:
         if dtype not in DTYPES:
             raise EngineError(f"unknown dtype {dtype!r}; known: {', '.join(DTYPES)}")
@@ -74,7 +80,10 @@ class TorchEngine:
             raise EngineError("fp16 runs on CUDA only; use bf16 on a CPU")
         self.device = torch.device(device)
         self.dtype = dtype
-        self.channels_last = dtype != "fp32" if channels_last is None else channels_last
+        cpu = self.device.type == "cpu"
+        self.channels_last = (dtype != "fp32" and cpu) if channels_last is None else channels_last
+        if cudnn_benchmark and self.device.type == "cuda":
+            torch.backends.cudnn.benchmark = True
         self.model = model.eval().to(self.device)
         if self.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last_3d)

@@ -133,7 +133,24 @@ def postprocess(
         min_component: smallest whole-tumour component kept, in voxels (0 disables).
         min_sizes: smallest component kept per region (WT, TC, ET), voxels (0 disables).
     """
-    labels = probabilities_to_labels(probabilities, threshold)
+    return postprocess_labels(probabilities_to_labels(probabilities, threshold), scheme,
+                              et_min_voxels, min_component, min_sizes)
+
+
+def has_component_step(min_component: int, min_sizes: Sequence[int]) -> bool:
+    """Whether ``postprocess`` removes components (cc3d, on the host) with these sizes."""
+    return min_component > 1 or any(int(n) > 1 for n in min_sizes)
+
+
+def postprocess_labels(
+    labels: np.ndarray,
+    scheme: str | None = None,
+    et_min_voxels: int = 0,
+    min_component: int = 0,
+    min_sizes: Sequence[int] = (0, 0, 0),
+) -> np.ndarray:
+    """``postprocess`` after the threshold: internal labels ``(X, Y, Z)`` (ET in TC in WT
+    already imposed) -> small components, ET rule, ``scheme``; arguments as ``postprocess``."""
     labels = remove_small_components(labels, min_component)
     labels = apply_size_thresholds(labels, min_sizes)
     labels = apply_et_rule(labels, et_min_voxels)

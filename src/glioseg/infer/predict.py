@@ -3,13 +3,21 @@
 Per case (``CasePredictor``)::
 
     image (4, X, Y, Z) in MODALITIES order, original grid
-      --preprocess_arrays (the checkpoint's own: crop to brain bbox, z-score, resample)-->
-      (C, x, y, z) channels of the card's modalities
-      --one forward of the whole box (mode auto/whole), or a sliding window (Gaussian,
-        batched) of the ROI; mirror TTA optional; per checkpoint, sigmoid-->
-      --average probabilities over checkpoints (folds)-->  (3, x, y, z)
-      --restore_to_original (order 1)-->  (3, X, Y, Z) WT, TC, ET probabilities
-      --postprocess (threshold, small components, ET rule, label scheme)-->  (X, Y, Z) uint8
+      --prepare, on the host: turned to the card's orientation, preprocess_arrays (the
+        checkpoint's own: crop to brain bbox, z-score, resample)-->  (C, x, y, z)
+      --on the model's device: one forward of the whole box (mode auto/whole), or a sliding
+        window (Gaussian, batched, one buffer); mirror TTA optional; per checkpoint, sigmoid;
+        average over checkpoints (folds)-->  (3, x, y, z) WT, TC, ET probabilities
+      --still on the device (``glioseg.infer.device``): back to the box's grid, threshold,
+        ET in TC in WT, ET rule, label scheme, pasted into (X, Y, Z)-->  ONE copy to the host
+      --on the host only when asked: small components (cc3d), then the ET rule and scheme-->
+      (X, Y, Z) uint8 labels, on the input's axes
+
+``predict`` does all of it; ``prepare`` and ``run`` are its two halves, so that a folder
+(``glioseg.infer.folder.predict_dir``) prepares the next case while the device runs this one.
+``probabilities`` / ``labels`` are the older host-side pair (float probabilities copied back,
+``restore_to_original`` and ``postprocess`` in numpy), kept for callers that want the
+probabilities themselves; ``predict`` gives the same labels (tested).
 
 Only the brain's bounding box ever reaches the network (BraTS: ~140x170x140 of 240x240x155).
 
@@ -22,20 +30,20 @@ whole volume's normalisation statistics gave 0.588 / 0.824 / 0.669, so the stati
 context, make the gap. ``auto`` (the default) therefore runs the whole box in one forward, as
 training validates, whenever its estimated memory fits ``WHOLE_VOLUME_BUDGET_GB``, and falls
 back to windows of the model's patch size only above it (one forward is also 3-8x fewer
-voxels through the network than overlapping windows).
+voxels through the network than overlapping windows). Both modes take the same device path.
 
-``predict_dir`` runs this over a folder: a progress bar over cases, cases already predicted
-skipped, each file written atomically, a failing case reported and skipped while the others go
-on; the returned ``PredictSummary`` says which failed.
+Precision (``PredictOptions.dtype``): ``auto`` is resolved once, per engine and device
+(``glioseg.infer.device.resolve_dtype``), and the resolved value is what ``predict.json``
+records. Card and network readers live in ``glioseg.infer.cards`` (importable from here too).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import tempfile
+import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -43,15 +51,45 @@ import numpy as np
 import torch
 
 from glioseg.data.labels import MODALITIES, REGIONS
-from glioseg.errors import GliosegError
-from glioseg.io_atomic import write_json
+from glioseg.infer.cards import (
+    BYTES_PER_VOXEL_AND_WIDTH,
+    ET_MIN_VOXELS_DEFAULT,
+    PREDICT_MODES,
+    WHOLE_VOLUME_BUDGET_GB,
+    PredictError,
+    card_allows_missing,
+    card_et_min_voxels,
+    card_min_size_mm3,
+    card_modalities,
+    card_orientation,
+    card_spacing,
+    model_divisor,
+    model_in_channels,
+    model_roi,
+    model_width,
+    whole_volume_bytes,
+)
 
-ET_MIN_VOXELS_DEFAULT = 0
-"""ET rule threshold used when neither the card nor the command line gives one (rule off)."""
+__all__ = [
+    "BYTES_PER_VOXEL_AND_WIDTH", "ET_MIN_VOXELS_DEFAULT", "PREDICT_MODES",
+    "WHOLE_VOLUME_BUDGET_GB", "CasePredictor", "CaseResult", "PredictError", "PredictOptions",
+    "PreparedCase", "build_engine", "card_allows_missing", "card_et_min_voxels",
+    "card_min_size_mm3", "card_modalities", "card_orientation", "card_spacing", "load_model",
+    "model_divisor", "model_in_channels", "model_roi", "model_width", "predict_case",
+    "whole_volume_bytes",
+]
+_FOLDER = ("PredictSummary", "RESULT_OPTIONS", "load_for_model", "output_paths", "output_scheme",
+           "predict_dir", "probabilities_for_file", "resolved_paths")
 
 
-class PredictError(GliosegError, ValueError):
-    """Input or options the predictor cannot use; the message names the case or the option."""
+def __getattr__(name: str) -> Any:
+    """The folder-level names (``predict_dir`` and its helpers) live in
+    ``glioseg.infer.folder``, which imports this module; they are looked up there on first use."""
+    if name in _FOLDER:
+        from glioseg.infer import folder
+
+        return getattr(folder, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 @dataclass(frozen=True)
@@ -60,7 +98,9 @@ class PredictOptions:
 
     engine: str = "torch"  # torch | onnxruntime | openvino
     device: str = "cpu"  # cpu | cuda (torch and onnxruntime engines)
-    dtype: str = "fp32"  # fp32 | bf16 (torch autocast or OpenVINO hint) | fp16 (torch, cuda)
+    # fp32 | bf16 (torch autocast or OpenVINO hint) | fp16 (torch, cuda) | auto (fp16 on CUDA,
+    # bf16 on a CPU with native bf16, else fp32; glioseg.infer.device.resolve_dtype)
+    dtype: str = "fp32"
     mode: str = "auto"  # auto (whole box if it fits in memory, else windows) | whole | sliding
     roi: tuple[int, int, int] | None = None  # window ROI (implies sliding); None = model's patch
     overlap: float = 0.5  # fraction of a window shared with its neighbour
@@ -71,114 +111,20 @@ class PredictOptions:
     min_component: int = 0  # smallest whole-tumour component kept (voxels); 0 = keep all
     min_size_mm3: tuple[float, float, float] | None = None  # WT/TC/ET sizes; None = the card's
     scheme: str | None = None  # output label scheme; None = the input's (else the card's)
-    probabilities: bool = False  # also write <case>_probabilities.nii.gz (X,Y,Z,3), see below
+    probabilities: bool = False  # also write <case>_probabilities.nii.gz (X,Y,Z,3)
     overwrite: bool = False  # predict cases whose output already exists
     threads: int | None = None  # CPU threads of the engine; None = torch's setting
+    prefetch: int = 1  # predict_dir: cases read ahead (and written behind) while one runs; 0 = none
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+    def resolved(self) -> PredictOptions:
+        """These options with ``dtype`` ``auto`` replaced by what it means here."""
+        from glioseg.infer.device import resolve_dtype
 
-def _card_section(card: Any, name: str) -> dict[str, Any]:
-    value = getattr(card, name, None) if card is not None else None
-    return dict(value) if isinstance(value, dict) else {}
-
-
-def card_modalities(card: Any, in_channels: int) -> tuple[str, ...]:
-    """Modalities the network takes, in input order (the card's, else the canonical four)."""
-    mods = tuple(getattr(card, "modalities", None) or MODALITIES[:in_channels])
-    unknown = [m for m in mods if m not in MODALITIES]
-    if unknown:
-        raise PredictError(f"model card names unknown modalities {unknown}; known: {MODALITIES}")
-    return mods
-
-
-def card_spacing(card: Any) -> list[float] | None:
-    """Voxel size the model was trained at (None: the original grid)."""
-    sp = _card_section(card, "preprocessing").get("spacing")
-    if sp is None:
-        return None
-    return [float(sp)] * 3 if np.isscalar(sp) else [float(s) for s in sp]
-
-
-def card_orientation(card: Any) -> tuple[str, str, str] | None:
-    """Axis codes of the training arrays (e.g. ``('L', 'P', 'S')``); None: not recorded
-    (cases are then used as stored, whatever their orientation)."""
-    codes = _card_section(card, "preprocessing").get("orientation")
-    return tuple(str(c) for c in codes) if codes else None  # type: ignore[return-value]
-
-
-def card_allows_missing(card: Any) -> bool:
-    """Whether the card lets a missing sequence be replaced by zeros (modality dropout).
-
-    Set by ``preprocessing["missing_modality"] = "zeros"`` in the card (a model trained with
-    sequence dropout); otherwise a missing sequence is an error.
-    """
-    pre = _card_section(card, "preprocessing")
-    return pre.get("missing_modality") in ("zeros", "zero") or bool(pre.get("allow_missing"))
-
-
-def card_et_min_voxels(card: Any) -> int | None:
-    """The card's ET rule threshold (``et_threshold``, voxels), or None."""
-    value = getattr(card, "et_threshold", None)
-    if value is not None:
-        return int(value)
-    for section in ("postprocessing", "preprocessing", "training", "metrics"):
-        value = _card_section(card, section).get("et_min_voxels")
-        if value is not None:
-            return int(value)
-    return None
-
-
-WHOLE_VOLUME_BUDGET_GB = 8.0
-"""Largest estimated memory (GiB) of a whole-box forward that ``mode: auto`` runs."""
-
-BYTES_PER_VOXEL_AND_WIDTH = 40
-"""Estimated peak bytes of an fp32 whole-volume forward per voxel and per first-stage feature:
-measured (peak RSS above the model) 32 for the small preset on an 80x96x80 box and 27 for the
-full preset on 160x192x160, rounded up."""
-
-PREDICT_MODES = ("auto", "whole", "sliding")
-
-
-def card_min_size_mm3(card: Any) -> dict[str, float] | None:
-    """The card's per-region size thresholds (``postprocessing.min_size_mm3``), or None."""
-    sizes = _card_section(card, "postprocessing").get("min_size_mm3")
-    if not isinstance(sizes, dict):
-        return None
-    return {r: float(sizes.get(r, 0.0)) for r in REGIONS}
-
-
-def whole_volume_bytes(shape: Sequence[int], width: int) -> int:
-    """Estimated peak memory of one forward of a ``shape`` volume through a network whose
-    first stage has ``width`` features (``BYTES_PER_VOXEL_AND_WIDTH``)."""
-    return int(np.prod([int(s) for s in shape])) * max(int(width), 1) * BYTES_PER_VOXEL_AND_WIDTH
-
-
-def model_width(model: torch.nn.Module) -> int:
-    cfg = getattr(model, "config", None)
-    return int(getattr(cfg, "base_width", 32) or 32)
-
-
-def model_divisor(model: torch.nn.Module) -> int:
-    div = getattr(model, "divisor", 1)
-    return int(max(div) if isinstance(div, list | tuple) else div)
-
-
-def model_roi(model: torch.nn.Module) -> tuple[int, int, int]:
-    cfg = getattr(model, "config", None)
-    roi = getattr(cfg, "patch_size", None)
-    return tuple(int(r) for r in roi) if roi else (128, 128, 128)  # type: ignore[return-value]
-
-
-def model_in_channels(model: torch.nn.Module) -> int:
-    cfg = getattr(model, "config", None)
-    if cfg is not None and hasattr(cfg, "in_channels"):
-        return int(cfg.in_channels)
-    for p in model.parameters():
-        if p.ndim == 5:
-            return int(p.shape[1])
-    return len(MODALITIES)
+        return dataclasses.replace(self, dtype=resolve_dtype(self.dtype, self.engine,
+                                                             self.device))
 
 
 def build_engine(model: torch.nn.Module, options: PredictOptions, workdir: Path,
@@ -186,8 +132,11 @@ def build_engine(model: torch.nn.Module, options: PredictOptions, workdir: Path,
     """The engine of ``options.engine`` running ``model`` (exporting it into ``workdir``)."""
     from glioseg.infer.engines import EngineError, OnnxRuntimeEngine, OpenVinoEngine, TorchEngine
 
-    if options.engine == "torch":
-        return TorchEngine(model, device=options.device, dtype=options.dtype)
+    options = options.resolved()
+    if options.engine == "torch":  # windows share one shape: let cuDNN time its algorithms
+        windows = options.mode == "sliding" or options.roi is not None
+        return TorchEngine(model, device=options.device, dtype=options.dtype,
+                           cudnn_benchmark=windows)
     if options.engine not in ("onnxruntime", "openvino"):
         raise EngineError(f"unknown engine {options.engine!r}; known: torch, onnxruntime, openvino")
     if options.device != "cpu" and options.engine == "openvino":
@@ -208,53 +157,58 @@ def build_engine(model: torch.nn.Module, options: PredictOptions, workdir: Path,
     return OpenVinoEngine(path, precision=options.dtype, threads=options.threads)
 
 
-def resolved_paths(paths: Sequence[str | Path]) -> list[str]:
-    """Absolute paths, symbolic links resolved: how ``predict.json`` names the models, so a
-    re-run with a relative ``--model`` from another working folder is recognised."""
-    return [str(Path(p).resolve()) for p in paths]
+@dataclass
+class PreparedCase:
+    """A case after the host's work, ready for the network (``CasePredictor.prepare``)."""
+
+    x: torch.Tensor  # (C, x, y, z) float32 network input on the host (pinned for a GPU)
+    geometry: dict[str, Any]  # preprocess_arrays' geometry, in the card's orientation
+    ornt: np.ndarray | None  # how the axes were turned to the card's orientation; None: not
+    spacing: tuple[float, ...]  # voxel size (mm) of the input grid, on its own axes
+    seconds: float = 0.0  # host time spent preparing
 
 
-RESULT_OPTIONS = ("engine", "device", "dtype", "mode", "roi", "overlap", "tta", "threshold",
-                  "et_min_voxels", "min_component", "min_size_mm3", "scheme")
-"""The options that change the labels: a folder predicted with others is not resumed."""
+@dataclass
+class CaseResult:
+    """A predicted case (``CasePredictor.run``), on the input's grid and axes."""
+
+    labels: np.ndarray  # (X, Y, Z) uint8 in the scheme asked for
+    probabilities: np.ndarray | None  # (3, X, Y, Z) float32 WT, TC, ET when asked
+    seconds: dict[str, float]  # prepare, network, labels (device work to the copy), host
 
 
-def _check_same_settings(out_dir: Path, model_paths: Sequence[str | Path],
-                         opts: PredictOptions, digests: Sequence[str] | None = None) -> None:
-    """Refuse to add to ``out_dir`` predictions made with other models or options (its
-    ``predict.json``), so that skipping finished cases never mixes two settings.
 
-    Models are compared by ``digests`` (sha256 of weights and card, ``model_digest``) when
-    the record has them: a folder retrained in place is another model, a copy of the same
-    model elsewhere is not. Older records without digests are compared by path."""
-    record = out_dir / "predict.json"
-    if not record.is_file():
-        return
-    try:
-        before = json.loads(record.read_text())
-    except ValueError:
-        raise PredictError(f"{record}: unreadable; use another --output or --overwrite") from None
-    now = opts.to_dict()
-    diffs = []
-    # predict.json stores resolved paths (older records may hold paths relative to the
-    # folder they were run from: resolved here against this one, the best guess left)
-    models = resolved_paths(model_paths)
-    if digests is not None and "model_digests" in before:
-        if list(before["model_digests"]) != list(digests):
-            diffs.append(f"models {before.get('models')} -> {models} (weights or card "
-                         f"differ: sha256 {[d[:12] for d in before['model_digests']]} -> "
-                         f"{[d[:12] for d in digests]})")
-    elif resolved_paths(before.get("models", [])) != models:
-        diffs.append(f"models {before.get('models')} -> {models}")
-    for key in RESULT_OPTIONS:
-        old = before.get("options", {}).get(key)
-        new = list(now[key]) if isinstance(now[key], tuple) else now[key]
-        if old != new:
-            diffs.append(f"{key} {old!r} -> {new!r}")
-    if diffs:
-        raise PredictError(f"{out_dir} holds predictions made with other settings ("
-                           f"{'; '.join(diffs)}); use another --output, or --overwrite to "
-                           "predict every case again")
+def _check_options(options: PredictOptions) -> None:
+    if not 0 <= options.overlap < 1:
+        raise PredictError(f"--overlap must be in [0, 1), got {options.overlap}")
+    if options.batch < 1:
+        raise PredictError(f"--batch must be >= 1, got {options.batch}")
+    if options.mode not in PREDICT_MODES:
+        raise PredictError(f"--mode must be one of {', '.join(PREDICT_MODES)}, "
+                           f"got {options.mode!r}")
+    if options.mode == "whole" and options.roi:
+        raise PredictError("--roi sets the windows of --mode sliding; --mode whole has none")
+
+
+def _check_cards(models: Sequence[tuple[torch.nn.Module, Any]]) -> None:
+    """Every checkpoint outputs WT/TC/ET and takes the first one's inputs."""
+    for i, (_, c) in enumerate(models, start=1):
+        regions = tuple(getattr(c, "regions", REGIONS))
+        if regions != tuple(REGIONS):
+            raise PredictError(
+                f"checkpoint {i} outputs {', '.join(regions)}, not the {'/'.join(REGIONS)} "
+                "region probabilities prediction thresholds (a self-supervised or other-task "
+                "model?); fine-tune it first: glioseg finetune --from MODEL ...")
+    first, card = models[0]
+    mods, spacing = card_modalities(card, model_in_channels(first)), card_spacing(card)
+    for i, (m, c) in enumerate(models[1:], start=2):
+        if card_modalities(c, model_in_channels(m)) != mods or card_spacing(c) != spacing:
+            raise PredictError(f"checkpoint {i} was trained on other modalities or spacing "
+                               f"than checkpoint 1; an ensemble needs the same inputs")
+        if card_orientation(c) != card_orientation(card):
+            raise PredictError(f"checkpoint {i} was trained on arrays in orientation "
+                               f"{card_orientation(c)}, checkpoint 1 in "
+                               f"{card_orientation(card)}; an ensemble needs the same inputs")
 
 
 class CasePredictor:
@@ -262,43 +216,21 @@ class CasePredictor:
 
     Args:
         models: ``(nn.Module, card)`` pairs; the cards must agree on modalities and spacing.
-        options: how to predict.
+        options: how to predict (``dtype`` ``auto`` is resolved here: ``self.options``).
     """
 
     def __init__(self, models: Sequence[tuple[torch.nn.Module, Any]], options: PredictOptions):
         if not models:
             raise PredictError("no model given")
-        if not 0 <= options.overlap < 1:
-            raise PredictError(f"--overlap must be in [0, 1), got {options.overlap}")
-        if options.batch < 1:
-            raise PredictError(f"--batch must be >= 1, got {options.batch}")
-        self.options = options
-        for i, (_, c) in enumerate(models, start=1):
-            regions = tuple(getattr(c, "regions", REGIONS))
-            if regions != tuple(REGIONS):
-                raise PredictError(
-                    f"checkpoint {i} outputs {', '.join(regions)}, not the {'/'.join(REGIONS)} "
-                    "region probabilities prediction thresholds (a self-supervised or other-task "
-                    "model?); fine-tune it first: glioseg finetune --from MODEL ...")
+        _check_options(options)
+        _check_cards(models)
+        self.options = options = options.resolved()
         first_model, self.card = models[0]
         self.modalities = card_modalities(self.card, model_in_channels(first_model))
         self.spacing = card_spacing(self.card)
         self.orientation = card_orientation(self.card)
-        for i, (m, c) in enumerate(models[1:], start=2):
-            if card_modalities(c, model_in_channels(m)) != self.modalities or card_spacing(c) != self.spacing:
-                raise PredictError(f"checkpoint {i} was trained on other modalities or spacing "
-                                   f"than checkpoint 1; an ensemble needs the same inputs")
-            if card_orientation(c) != self.orientation:
-                raise PredictError(f"checkpoint {i} was trained on arrays in orientation "
-                                   f"{card_orientation(c)}, checkpoint 1 in {self.orientation}; "
-                                   "an ensemble needs the same inputs")
         self.divisor = max(model_divisor(m) for m, _ in models)
         self.roi = tuple(options.roi) if options.roi else model_roi(first_model)
-        if options.mode not in PREDICT_MODES:
-            raise PredictError(f"--mode must be one of {', '.join(PREDICT_MODES)}, "
-                               f"got {options.mode!r}")
-        if options.mode == "whole" and options.roi:
-            raise PredictError("--roi sets the windows of --mode sliding; --mode whole has none")
         self.width = max(model_width(m) for m, _ in models)
         sizes = options.min_size_mm3
         self.min_size_mm3 = (dict(zip(REGIONS, (float(v) for v in sizes), strict=True))
@@ -309,28 +241,46 @@ class CasePredictor:
         self._tmp = tempfile.TemporaryDirectory(prefix="glioseg-engines-")
         self.engines = [build_engine(m, options, Path(self._tmp.name), f"model{i}")
                         for i, (m, _) in enumerate(models)]
+        on_gpu = options.device.startswith("cuda") and options.engine == "torch"
+        self.device = torch.device(options.device if on_gpu else "cpu")
 
-    def probabilities(self, image: np.ndarray, spacing: Sequence[float]) -> np.ndarray:
-        """Region probabilities on the original grid.
+    def prepare(self, image: np.ndarray, spacing: Sequence[float],
+                affine: np.ndarray | None = None) -> PreparedCase:
+        """The host's half of a case: turned to the card's orientation (when the card records
+        one and ``affine`` is given), preprocessed as in training, the card's channels picked.
 
         Args:
             image: ``(4, X, Y, Z)`` float32, channels in ``MODALITIES`` order (a missing
                 sequence all zeros).
             spacing: voxel size (mm) of the grid.
-
-        Returns:
-            ``(3, X, Y, Z)`` float32 WT, TC, ET probabilities (0 outside the brain's box).
+            affine: the grid's voxel-to-world matrix; None: used as stored.
         """
-        from glioseg.infer.sliding_window import sliding_window_inference
-        from glioseg.infer.tta import mirrored
-        from glioseg.preprocess.pure import preprocess_arrays, restore_to_original
+        from glioseg.preprocess.pure import preprocess_arrays
 
-        pre, _, geometry = preprocess_arrays(image, None, spacing, self.spacing)
+        t0 = time.perf_counter()
+        ornt, turned = None, tuple(float(s) for s in spacing)
+        if self.orientation is not None and affine is not None:
+            from glioseg.data.nifti import orientation_to, reorient, reorient_spacing
+
+            ornt = orientation_to(affine, self.orientation)
+            image, turned = reorient(image, ornt), reorient_spacing(spacing, ornt)
+        pre, _, geometry = preprocess_arrays(image, None, turned, self.spacing)
         channels = [MODALITIES.index(m) for m in self.modalities]
         x = torch.from_numpy(np.ascontiguousarray(pre[channels]))
-        gpu = self.options.device.startswith("cuda")
-        if gpu and self.options.engine == "torch":  # windows cut and summed on the GPU
-            x = x.to(self.options.device)
+        if self.device.type == "cuda":
+            x = x.pin_memory()  # a copy the device can read while the host goes on
+        return PreparedCase(x, geometry, ornt, tuple(float(s) for s in spacing),
+                            time.perf_counter() - t0)
+
+    def region_probabilities(self, prepared: PreparedCase) -> torch.Tensor:
+        """``(3, x, y, z)`` float32 WT, TC, ET probabilities on the preprocessed grid, on the
+        model's device: per checkpoint the whole box or the windows (``window``), sigmoid,
+        averaged over checkpoints."""
+        from glioseg.infer.sliding_window import sliding_window_inference
+        from glioseg.infer.tta import mirrored
+
+        x = prepared.x.to(self.device, non_blocking=True)
+        gpu = self.device.type == "cuda"
         acc = torch.float16 if (self.options.dtype == "fp16" and gpu) else torch.float32
         shape = tuple(int(v) for v in x.shape[1:])
         roi, one = self.window(shape), self.whole(shape)
@@ -345,27 +295,88 @@ class CasePredictor:
             p = torch.sigmoid(logits.float())
             total = p if total is None else total + p
         assert total is not None
-        probs = (total / len(self.engines)).cpu().numpy()
-        return restore_to_original(probs, geometry, order=1)
+        return total / len(self.engines)
+
+    def _clock(self, sync: bool) -> float:
+        if sync and self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        return time.perf_counter()
+
+    def run(self, prepared: PreparedCase, scheme: str | None = None,
+            with_probabilities: bool = False, sync_timers: bool = False) -> CaseResult:
+        """The device's half of a case: network, probabilities -> labels on the device
+        (``glioseg.infer.device``), one copy of the labels to the host (and of the
+        probabilities when ``with_probabilities``), the host's component step if asked.
+
+        ``scheme``: output label scheme (None: internal labels). ``sync_timers``: wait for
+        the GPU at each stage boundary, so ``seconds`` splits network from labels (a
+        benchmark's view; a folder predict leaves the GPU's queue alone)."""
+        from glioseg.infer.device import in_box, labels_on_device, paste
+        from glioseg.infer.postprocess import (
+            has_component_step,
+            min_sizes_in_voxels,
+            postprocess_labels,
+        )
+
+        t0 = self._clock(sync_timers)
+        probs = self.region_probabilities(prepared)
+        t1 = self._clock(sync_timers)
+        sizes = min_sizes_in_voxels(self.min_size_mm3, prepared.spacing)
+        host = has_component_step(self.options.min_component, sizes)
+        geo = prepared.geometry
+        labels = labels_on_device(probs, geo, self.options.threshold,
+                                  None if host else self.et_min_voxels, None if host else scheme)
+        labels_np = labels.cpu().numpy()  # the one copy of the case
+        full = paste(in_box(probs, geo), geo).cpu().numpy() if with_probabilities else None
+        t2 = time.perf_counter()
+        if host:
+            labels_np = postprocess_labels(labels_np, scheme, self.et_min_voxels,
+                                           self.options.min_component, sizes)
+        if prepared.ornt is not None:
+            from glioseg.data.nifti import invert_orientation, reorient
+
+            back = invert_orientation(prepared.ornt)
+            labels_np = reorient(labels_np, back)
+            full = None if full is None else reorient(full, back)
+        seconds = {"prepare": prepared.seconds, "network": t1 - t0, "labels": t2 - t1,
+                   "host": time.perf_counter() - t2}
+        return CaseResult(labels_np, full, seconds)
+
+    def predict(self, image: np.ndarray, spacing: Sequence[float],
+                affine: np.ndarray | None = None, scheme: str | None = None,
+                with_probabilities: bool = False) -> CaseResult:
+        """``run(prepare(...))``: labels ``(X, Y, Z)`` uint8 of one case in ``scheme``."""
+        return self.run(self.prepare(image, spacing, affine), scheme, with_probabilities)
+
+    def probabilities(self, image: np.ndarray, spacing: Sequence[float],
+                      affine: np.ndarray | None = None) -> np.ndarray:
+        """Region probabilities on the original grid, through the host (``restore_to_original``).
+
+        Args:
+            image: ``(4, X, Y, Z)`` float32, channels in ``MODALITIES`` order (a missing
+                sequence all zeros).
+            spacing: voxel size (mm) of the grid.
+            affine: the grid's voxel-to-world matrix: the case is turned to the card's
+                orientation, predicted and turned back; None: used as stored.
+
+        Returns:
+            ``(3, X, Y, Z)`` float32 WT, TC, ET probabilities (0 outside the brain's box).
+        """
+        from glioseg.preprocess.pure import restore_to_original
+
+        prepared = self.prepare(image, spacing, affine)
+        probs = self.region_probabilities(prepared).cpu().numpy()
+        probs = restore_to_original(probs, prepared.geometry, order=1)
+        if prepared.ornt is None:
+            return probs
+        from glioseg.data.nifti import invert_orientation, reorient
+
+        return reorient(probs, invert_orientation(prepared.ornt))
 
     def oriented_probabilities(self, image: np.ndarray, spacing: Sequence[float],
                                affine: np.ndarray | None) -> np.ndarray:
-        """``probabilities`` of a case on a grid with voxel-to-world ``affine``: the case is
-        turned to the card's orientation (voxel axes permuted and flipped, nibabel's
-        orientation tools in ``glioseg.data.nifti``), predicted, and the result turned back
-        to the input's own axes. No recorded orientation (or no affine): as stored."""
-        if self.orientation is None or affine is None:
-            return self.probabilities(image, spacing)
-        from glioseg.data.nifti import (
-            invert_orientation,
-            orientation_to,
-            reorient,
-            reorient_spacing,
-        )
-
-        ornt = orientation_to(affine, self.orientation)
-        probs = self.probabilities(reorient(image, ornt), reorient_spacing(spacing, ornt))
-        return reorient(probs, invert_orientation(ornt))
+        """``probabilities`` with ``affine``: turned to the card's orientation and back."""
+        return self.probabilities(image, spacing, affine)
 
     def _padded(self, shape: Sequence[int]) -> tuple[int, ...]:
         """``shape`` rounded up to the network's divisor."""
@@ -388,9 +399,9 @@ class CasePredictor:
 
     def labels(self, probabilities: np.ndarray, scheme: str | None,
                spacing: Sequence[float] | None = None) -> np.ndarray:
-        """Post-processed labels ``(X, Y, Z)`` uint8 in ``scheme`` (None: internal); the
-        per-region size thresholds (mm^3) are turned into voxels of ``spacing`` (mm; None:
-        1 mm)."""
+        """Post-processed labels ``(X, Y, Z)`` uint8 in ``scheme`` (None: internal) of host
+        probabilities; the per-region size thresholds (mm^3) are turned into voxels of
+        ``spacing`` (mm; None: 1 mm)."""
         from glioseg.infer.postprocess import min_sizes_in_voxels, postprocess
 
         sizes = min_sizes_in_voxels(self.min_size_mm3, spacing or (1.0, 1.0, 1.0))
@@ -440,210 +451,6 @@ def predict_case(
     pairs = [(model, card)] if isinstance(model, torch.nn.Module) else list(model)
     predictor = CasePredictor(pairs, opts)
     try:
-        probs = predictor.oriented_probabilities(image, spacing, affine)
-        return predictor.labels(probs, scheme, spacing)
+        return predictor.predict(image, spacing, affine, scheme).labels
     finally:
         predictor.close()
-
-
-def load_for_model(case, modalities: Sequence[str], allow_missing: bool):
-    """Image ``(4, X, Y, Z)`` float32 (MODALITIES order) and header of a case on disk.
-
-    A sequence the model needs but the case lacks is an error naming the case and the file,
-    unless ``allow_missing`` (the card allows it): then it is zeros, as in modality dropout.
-    """
-    from glioseg.data.cases import CaseError, load_case
-    from glioseg.data.nifti import NiftiError, load_volume
-
-    if not case.missing:
-        data = load_case(case, with_labels=False)
-        return data.image, data.header
-    needed = [m for m in case.missing if m in modalities]
-    if needed and not allow_missing:
-        files = ", ".join(case.expected_file(m) for m in needed)
-        raise CaseError(f"{case.case_id}: missing sequence {', '.join(needed)} (no {files} in "
-                        f"{case.folder}); the model needs {', '.join(modalities)} and its card "
-                        "does not allow a missing sequence")
-    vols: dict[str, np.ndarray] = {}
-    header = None
-    for m in MODALITIES:
-        if m not in case.images:
-            continue
-        try:
-            vol, h = load_volume(case.images[m], dtype=np.float32)
-        except NiftiError as exc:
-            raise CaseError(f"{case.case_id}: {exc}") from None
-        if vol.ndim != 3 or (header is not None and vol.shape != header.shape[:3]):
-            raise CaseError(f"{case.case_id}: {case.images[m].name}: shape {vol.shape} differs "
-                            "from the other sequences")
-        if not np.isfinite(vol).all():
-            raise CaseError(f"{case.case_id}: {case.images[m].name}: NaN/inf voxels")
-        vols[m] = vol
-        header = header or h
-    if header is None:
-        raise CaseError(f"{case.case_id}: no sequence found in {case.folder}")
-    shape = header.shape[:3]
-    image = np.stack([vols.get(m, np.zeros(shape, np.float32)) for m in MODALITIES])
-    return image, header
-
-
-@dataclass
-class PredictSummary:
-    """What ``predict_dir`` did: case ids predicted, skipped (already done) and failed."""
-
-    predicted: list[str] = field(default_factory=list)
-    skipped: list[str] = field(default_factory=list)
-    failed: dict[str, str] = field(default_factory=dict)
-    seconds: dict[str, float] = field(default_factory=dict)
-
-    @property
-    def ok(self) -> bool:
-        return not self.failed
-
-
-def output_scheme(asked: str | None, case_scheme: str | None, card: Any) -> str | None:
-    """Label scheme of a case's output: the one asked for, else the input's, else the card's.
-
-    The input's convention comes before the card's: a model trained on BraTS 2023 files
-    (labels 1/2/3) that segments BraTS 2021 cases writes 1/2/4, as the cases' own files.
-    """
-    from glioseg.data.labels import SCHEMES
-
-    if asked:
-        return asked
-    if case_scheme in SCHEMES:
-        return case_scheme
-    return getattr(card, "label_scheme", None)
-
-
-def output_paths(out_dir: Path, case_id: str) -> tuple[Path, Path]:
-    """``(<case_id>.nii.gz, <case_id>_probabilities.nii.gz)`` in ``out_dir``."""
-    return out_dir / f"{case_id}.nii.gz", out_dir / f"{case_id}_probabilities.nii.gz"
-
-
-def probabilities_for_file(probabilities: np.ndarray) -> np.ndarray:
-    """``(3, X, Y, Z)`` probabilities -> ``(X, Y, Z, 3)`` float32 holding float16 values.
-
-    NIfTI-1 has no float16 data type (nibabel refuses it), so the file is float32; rounding
-    the values to float16 first (11-bit mantissa, ample for probabilities) makes the gzip
-    stream several times smaller than full float32 values would.
-    """
-    return np.moveaxis(probabilities, 0, -1).astype(np.float16).astype(np.float32)
-
-
-def predict_dir(
-    model_paths: Sequence[str | Path],
-    input_path: str | Path,
-    output_dir: str | Path,
-    options: PredictOptions | None = None,
-    progress: bool = True,
-) -> PredictSummary:
-    """Predict every case found under ``input_path`` into ``output_dir``.
-
-    Args:
-        model_paths: checkpoints (folders or ``.safetensors``); several are ensembled.
-        input_path: a data folder or one case folder, any layout ``discover`` knows.
-        output_dir: gets ``<case_id>.nii.gz`` (labels in ``options.scheme``, else the case's
-            own scheme, so that ``glioseg evaluate`` reads them in the reference's convention,
-            else the card's ``label_scheme``; uint8, the input's grid and affine), optionally
-            ``<case_id>_probabilities.nii.gz`` (``(X, Y, Z, 3)`` WT, TC, ET; see
-            ``probabilities_for_file``), and
-            ``predict.json`` (options, checkpoints as absolute paths, per-case status),
-            ``timings.json`` and ``hardware.json`` (``glioseg.runinfo``: this call's wall
-            seconds, the machine).
-
-    Returns:
-        ``PredictSummary``; a case that fails is recorded with its message, the others go on.
-    """
-    import time
-
-    from tqdm import tqdm
-
-    from glioseg.data.cases import discover
-    from glioseg.data.nifti import save_volume
-    from glioseg.runinfo import record_run
-
-    started = time.perf_counter()
-    opts = options or PredictOptions()
-    out_dir = Path(output_dir)
-    cases = discover(input_path)
-    from glioseg.model.card import load_model_and_digest
-
-    loaded = [load_model_and_digest(p) for p in model_paths]  # the resume key: what was read
-    models = [(m.eval(), c) for m, c, _ in loaded]
-    digests = [d for _, _, d in loaded]
-    if not opts.overwrite:
-        _check_same_settings(out_dir, model_paths, opts, digests)
-    summary = PredictSummary()
-    todo = []
-    for case in cases:
-        labels_path, prob_path = output_paths(out_dir, case.case_id)
-        done = labels_path.is_file() and (not opts.probabilities or prob_path.is_file())
-        if done and not opts.overwrite:
-            summary.skipped.append(case.case_id)
-        else:
-            todo.append(case)
-    predictor = CasePredictor(models, opts) if todo else None
-    allow = card_allows_missing(predictor.card) if predictor else False
-
-    def record() -> None:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        write_json(out_dir / "predict.json", {
-            "models": resolved_paths(model_paths),
-            "model_digests": digests,
-            "input": str(input_path),
-            "options": opts.to_dict(),
-            "predicted": summary.predicted,
-            "skipped": summary.skipped,
-            "failed": summary.failed,
-            "seconds": summary.seconds,
-        }, indent=2)
-
-    if opts.overwrite and todo:
-        # every case is predicted again: its old outputs go first (before predict.json names
-        # the new settings), so a case that now fails, or is not reached before a kill,
-        # never keeps an output of the old model
-        from glioseg.io_atomic import fsync_dir
-
-        for case in todo:
-            for path in output_paths(out_dir, case.case_id):
-                path.unlink(missing_ok=True)
-        if out_dir.is_dir():
-            fsync_dir(out_dir)
-    if todo:  # the settings on disk before the first file, for a resume after a kill
-        record()
-    bar = tqdm(todo, desc="cases", unit="case", disable=not progress)
-    try:
-        for case in bar:
-            bar.set_postfix_str(case.case_id)
-            t0 = time.perf_counter()
-            try:
-                assert predictor is not None
-                image, header = load_for_model(case, predictor.modalities, allow)
-                probs = predictor.oriented_probabilities(image, header.spacing, header.affine)
-                labels = predictor.labels(probs, output_scheme(opts.scheme, case.label_scheme,
-                                                               predictor.card), header.spacing)
-                labels_path, prob_path = output_paths(out_dir, case.case_id)
-                if opts.probabilities:
-                    save_volume(prob_path, probabilities_for_file(probs), header.affine,
-                                np.float32, like=header)
-                save_volume(labels_path, labels, header.affine, np.uint8, like=header)
-            except KeyboardInterrupt:
-                raise
-            except Exception as exc:  # one bad case must not stop the others
-                msg = str(exc) if isinstance(exc, ValueError) else f"{type(exc).__name__}: {exc}"
-                summary.failed[case.case_id] = msg if case.case_id in msg else f"{case.case_id}: {msg}"
-                continue
-            summary.predicted.append(case.case_id)
-            summary.seconds[case.case_id] = round(time.perf_counter() - t0, 3)
-    finally:
-        if predictor is not None:
-            predictor.close()
-    record()
-    seconds = list(summary.seconds.values())
-    record_run(out_dir, "predict", time.perf_counter() - started,
-               **{"cases predicted": len(summary.predicted),
-                  "cases skipped": len(summary.skipped), "cases failed": len(summary.failed),
-                  "mean seconds per predicted case": round(sum(seconds) / len(seconds), 3)
-                  if seconds else None})
-    return summary

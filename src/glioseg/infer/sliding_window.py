@@ -15,10 +15,16 @@ separable product of 1D Gaussians centred at ``(n - 1) / 2`` with ``sigma = sigm
 Aggregation buffers: float32 by default. A float16 buffer (``accumulate_dtype``) is allowed for
 float16 compute on a GPU, as nnU-Net does; bfloat16 is never used to accumulate (8-bit
 mantissa: summing 8 windows loses ~1% of the value), so bf16 compute still sums in float32.
+
+Everything stays where the volume is (a GPU when the predictor moved it there): windows are cut
+from it, batched, weighted and summed into one buffer on that device; only the caller copies
+anything back. A single unweighted window (the whole-box mode) is the forward itself, with no
+buffers.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Iterator, Sequence
 
@@ -94,6 +100,16 @@ def gaussian_importance_map(roi_size: Sequence[int], sigma_scale: float = 0.125)
     return np.maximum(out, max(float(out.min()), MIN_WEIGHT)).astype(np.float32)
 
 
+@functools.lru_cache(maxsize=8)
+def importance_weights(roi_size: tuple[int, ...], sigma_scale: float | None,
+                       device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """``gaussian_importance_map`` (``sigma_scale`` None: ones) as a tensor on ``device``, made
+    once per ROI, device and dtype (every case of a folder shares its windows' weights)."""
+    weight = (torch.ones(roi_size) if sigma_scale is None
+              else torch.from_numpy(gaussian_importance_map(roi_size, sigma_scale)))
+    return weight.to(device=device, dtype=dtype)
+
+
 def fit_roi(image_size: Sequence[int], roi_size: Sequence[int], divisor: int = 1) -> tuple[int, ...]:
     """The window actually used: the ROI, shrunk on axes where the volume is smaller.
 
@@ -160,11 +176,11 @@ def sliding_window_inference(
         pad[:, : size[0], : size[1], : size[2]] = x
         x = pad
     slices = window_slices(padded, roi, overlap)
-    weight = (
-        torch.from_numpy(gaussian_importance_map(roi, sigma_scale))
-        if gaussian
-        else torch.ones(roi)
-    ).to(device=x.device, dtype=accumulate_dtype)
+    if len(slices) == 1 and not gaussian:  # one window of weight 1: the forward itself
+        logits = predictor(x[None].to(device))[0].to(device=x.device, dtype=accumulate_dtype)
+        return logits[:, : size[0], : size[1], : size[2]]
+    weight = importance_weights(roi, sigma_scale if gaussian else None, x.device,
+                                accumulate_dtype)
     out: torch.Tensor | None = None
     norm = torch.zeros(padded, dtype=accumulate_dtype, device=x.device)
     batches = list(_batches(slices, batch_size))
@@ -179,7 +195,7 @@ def sliding_window_inference(
             out = torch.zeros((logits.shape[1], *padded), dtype=accumulate_dtype, device=x.device)
         logits = logits.to(device=x.device, dtype=accumulate_dtype)
         for j, s in enumerate(batch):
-            out[(slice(None), *s)] += logits[j] * weight
+            out[(slice(None), *s)].addcmul_(logits[j], weight)
             norm[s] += weight
     assert out is not None
     out /= norm
