@@ -1,39 +1,26 @@
-"""Foreign checkpoints: built with the libraries' own classes, saved in their layout, imported,
-and compared with the original modules on the same input.
-
-Tolerance: the imported networks run the same operations on the same numbers, possibly on
-permuted axes, so outputs agree to float32 rounding: rtol 1e-4, atol 1e-4 on logits of order 1.
+"""``glioseg.transfer.monai_import``: MONAI SegResNet, SwinUNETR and the self-supervised Swin
+encoder, built with MONAI's own classes, saved in their layout, imported, and compared with
+the original modules on the same input (tolerance: ``foreign_nets.TOL``).
 """
 
-import numpy as np
 import pytest
 import torch
+from foreign_nets import TOL, randomise
 from monai.networks.nets import SegResNet, SwinUNETR
 
 from glioseg.model.card import load_model
 from glioseg.model.registry import build_model
 from glioseg.model.weights import load_adapted
-from glioseg.transfer.foreign import (
-    ForeignCheckpointError,
-    UnsafeCheckpointError,
-    import_checkpoint,
+from glioseg.transfer.foreign import import_checkpoint
+from glioseg.transfer.foreign_base import ForeignCheckpointError
+from glioseg.transfer.monai_import import (
     import_monai_segresnet,
-    import_nnunet,
     import_swinunetr,
     import_swinvit_ssl,
+    swinvit_ssl_key,
 )
 
 torch.set_num_threads(1)
-TOL = dict(rtol=1e-4, atol=1e-4)
-
-
-def randomise(module: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
-    """Perturb every parameter (norm scales too) so that a mis-mapped tensor shows."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in module.parameters():
-            p.add_(0.2 * torch.randn(p.shape, generator=g))
-    return module.eval()
 
 
 def test_monai_segresnet_bundle(tmp_path):
@@ -158,8 +145,6 @@ def test_swinvit_ssl_encoder_under_wrapper_prefixes(tmp_path, layout):
 
 
 def test_swinvit_ssl_keys_and_two_encoders_in_one_file(tmp_path):
-    from glioseg.transfer.foreign import swinvit_ssl_key
-
     assert swinvit_ssl_key("swin_vit.layers1.0.blocks.0.mlp.fc1.weight") == \
         "swinViT.layers1.0.blocks.0.mlp.linear1.weight"
     assert swinvit_ssl_key("encoder.swinViT.patch_embed.proj.bias") == \
@@ -172,109 +157,3 @@ def test_swinvit_ssl_keys_and_two_encoders_in_one_file(tmp_path):
     torch.save({"state_dict": state}, tmp_path / "two.pt")
     with pytest.raises(ForeignCheckpointError, match="two encoders"):
         import_swinvit_ssl(tmp_path / "two.pt")
-
-
-def nnunet_checkpoint(tmp_path, transpose_forward=(0, 1, 2)):
-    from dynamic_network_architectures.architectures.unet import PlainConvUNet
-
-    kwargs = dict(
-        input_channels=4, n_stages=3, features_per_stage=[4, 8, 16], conv_op=torch.nn.Conv3d,
-        kernel_sizes=[[1, 3, 3], [3, 3, 3], [3, 3, 3]], strides=[[1, 1, 1], [1, 2, 2], [2, 2, 2]],
-        n_conv_per_stage=[2, 2, 2], num_classes=3, n_conv_per_stage_decoder=[2, 2],
-        conv_bias=True, norm_op=torch.nn.InstanceNorm3d,
-        norm_op_kwargs={"eps": 1e-5, "affine": True}, dropout_op=None, dropout_op_kwargs=None,
-        nonlin=torch.nn.LeakyReLU, nonlin_kwargs={"inplace": True}, deep_supervision=True)
-    net = randomise(PlainConvUNet(**kwargs))
-    arch_kwargs = {k: v for k, v in kwargs.items() if k not in ("input_channels", "num_classes",
-                                                                 "deep_supervision")}
-    arch_kwargs.update(conv_op="torch.nn.modules.conv.Conv3d",
-                       norm_op="torch.nn.modules.instancenorm.InstanceNorm3d",
-                       nonlin="torch.nn.LeakyReLU")
-    plans = {
-        "dataset_name": "Dataset999_Test", "transpose_forward": list(transpose_forward),
-        "configurations": {
-            "3d_fullres": {"patch_size": [16, 32, 48], "spacing": [1.5, 1.0, 0.5],
-                           "normalization_schemes": ["ZScoreNormalization"] * 4,
-                           "use_mask_for_norm": [True] * 4,
-                           "architecture": {"network_class_name":
-                                            "dynamic_network_architectures.architectures.unet."
-                                            "PlainConvUNet", "arch_kwargs": arch_kwargs}},
-            "3d_lowres": {"inherits_from": "3d_fullres", "spacing": [3.0, 2.0, 1.0]},
-        },
-    }
-    dataset_json = {"channel_names": {"0": "T1", "1": "T1ce", "2": "T2", "3": "Flair"},
-                    "labels": {"background": 0, "whole tumor": [1, 2, 3], "tumor core": [2, 3],
-                               "enhancing tumor": [3]}, "regions_class_order": [1, 2, 3]}
-    ckpt = {"network_weights": net.state_dict(), "trainer_name": "nnUNetTrainer",
-            "current_epoch": 1000, "optimizer_state": {},
-            "init_args": {"plans": plans, "configuration": "3d_fullres", "fold": 0,
-                          "dataset_json": dataset_json},
-            "logging": {"mean_fg_dice": [np.float64(0.5), np.float64(0.7)]}}
-    torch.save(ckpt, tmp_path / "checkpoint_final.pth")
-    net.decoder.deep_supervision = False
-    return net
-
-
-@pytest.mark.parametrize("array_axes, transpose_forward",
-                         [("zyx", (0, 1, 2)), ("xyz", (0, 1, 2)), ("zyx", (2, 0, 1))])
-def test_nnunet_plain_conv_unet(tmp_path, array_axes, transpose_forward):
-    net = nnunet_checkpoint(tmp_path, transpose_forward)
-    imported = import_nnunet(tmp_path / "checkpoint_final.pth", array_axes=array_axes)
-    # what nnU-Net does: read the file into reader axes, transpose_forward, run the network
-    x_net = torch.randn(1, 4, 6, 8, 12)  # network axes; strides (1,2,2) then (2,2,2)
-    tf = list(transpose_forward)
-    reader_of_net = tf  # network axis a is reader axis tf[a]
-    net_of_reader = [reader_of_net.index(r) for r in range(3)]
-    x_reader = x_net.permute(0, 1, *[2 + a for a in net_of_reader])
-    x_ours = x_reader.permute(0, 1, 4, 3, 2) if array_axes == "zyx" else x_reader
-    with torch.no_grad():
-        out_net = net(x_net)
-        out_reader = out_net.permute(0, 1, *[2 + a for a in net_of_reader])
-        expected = out_reader.permute(0, 1, 4, 3, 2) if array_axes == "zyx" else out_reader
-        torch.testing.assert_close(imported.model.eval()(x_ours), expected, **TOL)
-    card = imported.card
-    assert card.regions == ("WT", "TC", "ET") and card.modalities == ("t1", "t1ce", "t2", "flair")
-    assert card.provenance["trainer_name"] == "nnUNetTrainer"
-    assert card.preprocessing["normalisation"] == "zscore-brain"
-    spacing_reader = [[1.5, 1.0, 0.5][net_of_reader[r]] for r in range(3)]
-    expected_spacing = spacing_reader[::-1] if array_axes == "zyx" else spacing_reader
-    assert card.preprocessing["spacing"] == expected_spacing
-
-
-def test_nnunet_configuration_inheritance(tmp_path):
-    nnunet_checkpoint(tmp_path)
-    imported = import_nnunet(tmp_path / "checkpoint_final.pth", configuration="3d_lowres")
-    assert imported.card.preprocessing["spacing"] == [1.0, 2.0, 3.0]  # zyx -> xyz
-    assert imported.card.provenance["configuration"] == "3d_lowres"
-
-
-def test_nnunet_bare_state_dict_needs_modality_names(tmp_path):
-    net = nnunet_checkpoint(tmp_path)
-    torch.save(net.state_dict(), tmp_path / "bare.pth")
-    with pytest.raises(ForeignCheckpointError, match="pass modalities"):
-        import_nnunet(tmp_path / "bare.pth")
-    imported = import_nnunet(tmp_path / "bare.pth", modalities=("t1", "t1ce", "t2", "flair"))
-    assert imported.card.regions == ("output0", "output1", "output2")
-
-
-class NotData:
-    pass
-
-
-def test_pickled_objects_are_refused_with_a_way_out(tmp_path):
-    torch.save({"network_weights": {}, "trainer": NotData()}, tmp_path / "unsafe.pth")
-    with pytest.raises(UnsafeCheckpointError, match="cannot be loaded safely") as info:
-        import_nnunet(tmp_path / "unsafe.pth")
-    assert "weights_only=False" in str(info.value) and "torch.save" in str(info.value)
-
-
-def test_unsupported_layouts_are_clear_errors(tmp_path):
-    torch.save({"network_weights": {"encoder.stem.convs.0.conv.weight": torch.zeros(1)}},
-               tmp_path / "resenc.pth")
-    with pytest.raises(ForeignCheckpointError, match="not supported"):
-        import_nnunet(tmp_path / "resenc.pth")
-    torch.save({"a.weight": torch.zeros(1)}, tmp_path / "other.pt")
-    with pytest.raises(ForeignCheckpointError, match="not a MONAI SegResNet"):
-        import_monai_segresnet(tmp_path / "other.pt")
-    with pytest.raises(ForeignCheckpointError, match="unknown checkpoint kind"):
-        import_checkpoint(tmp_path / "other.pt", "caffe")
