@@ -14,7 +14,6 @@ from typer.testing import CliRunner
 
 from glioseg import demo as D
 from glioseg.cli import app
-from glioseg.train import config as C
 
 
 def _table_cells(page: str, label: str) -> list[str]:
@@ -67,46 +66,6 @@ def test_quick_demo_end_to_end_then_resumes(tmp_path: Path) -> None:
     assert other.exit_code == 1 and "another plan" in other.output
 
 
-def test_full_plan_is_wired_and_printed() -> None:
-    res = CliRunner().invoke(app, ["demo", "--full", "--dry-run"])
-    assert res.exit_code == 0, res.output
-    assert "1 mm" in res.output and "'full'" in res.output and "128^3" in res.output
-    full = D.plan_for(full=True)
-    cfg = C.load_config(full.config, D.source_overrides(full, _caches()))
-    assert cfg.patch_size == (128, 128, 128) and cfg.optim.name == "sgd"
-    assert cfg.train.steps == full.source_steps and cfg.data.n_val == full.n_val
-    with pytest.raises(D.DemoError, match="exclude"):
-        D.plan_for(quick=True, full=True)
-
-
-def _caches() -> dict[str, Path]:
-    return {c: Path(f"/data/{c}") for c in D.COHORTS}
-
-
-@pytest.mark.parametrize("plan", [D.plan_for(), D.plan_for(quick=True), D.plan_for(full=True)])
-def test_scratch_and_transfer_arms_differ_only_in_their_start(plan: D.DemoPlan) -> None:
-    init = Path("/runs/source/best")
-    scratch = C.config_to_dict(C.load_config(plan.config, D.target_overrides(plan, _caches(),
-                                                                             None)))
-    transfer = C.config_to_dict(C.load_config(plan.config, D.target_overrides(plan, _caches(),
-                                                                              init)))
-    assert transfer.pop("transfer") == {**scratch.pop("transfer"), "init_from": str(init),
-                                        "strategy": plan.strategy}
-    assert scratch == transfer
-    assert scratch["train"]["steps"] == plan.target_steps
-    assert scratch["data"]["cache_dir"] == "/data/target_train"
-    assert scratch["data"]["val_cache"] == "/data/target_test"
-
-
-def test_target_cohorts_are_disjoint_ranges_of_one_site() -> None:
-    specs = D.cohort_specs(D.plan_for())
-    site_a, seed_a, start_a, n_a = specs["target_train"]
-    site_b, seed_b, start_b, n_b = specs["target_test"]
-    assert site_a == site_b == "target" and seed_a == seed_b
-    assert set(range(start_a, start_a + n_a)).isdisjoint(range(start_b, start_b + n_b))
-    assert specs["source"][0] == "source"
-
-
 def _summary(wt: list[float], tc: list[float], et: list[float]) -> dict:
     def stats(v: list[float]) -> dict:
         return {"mean": float(np.mean(v)), "std": float(np.std(v, ddof=1)) if len(v) > 1
@@ -136,19 +95,6 @@ def test_dice_rows_table_and_verdict_by_hand() -> None:
     assert "does not beat" in worse and "0 of 3" in worse
     one = D.dice_rows({"x": _summary([0.5], [0.5], [0.5])})
     assert "| x | 0.500 | 0.500 | 0.500 | 0.500 |" in D.table_markdown(one)
-
-
-def test_val_records_skip_train_records_and_bad_lines(tmp_path: Path) -> None:
-    path = tmp_path / "metrics.jsonl"
-    path.write_text("\n".join([
-        json.dumps({"step": 10, "split": "train", "loss": 1.0}),
-        json.dumps({"step": 10, "split": "val", "dice_WT": 0.5, "dice_TC": 0.4, "dice_ET": 0.3,
-                    "dice_mean": 0.4}),
-        "{half a record",
-    ]) + "\n")
-    assert D.val_records(path) == [{"step": 10.0, "dice_WT": 0.5, "dice_TC": 0.4,
-                                    "dice_ET": 0.3, "dice_mean": 0.4}]
-    assert D.val_records(tmp_path / "missing.jsonl") == []
 
 
 def test_report_spec_skips_orders_and_titles_sections(tmp_path: Path) -> None:

@@ -40,17 +40,7 @@ ENTRY_POINTS = {"cli", "__main__", "demo", "study"}
 FORBIDDEN = [("evaluate", "report"), ("train", "report"), ("report", "train")]
 
 # (importer, imported) -> why it is still there. Each is a debt of issue 14.
-ALLOWED: dict[tuple[str, str], str] = {
-    # issue 14 item 5: evaluate_folder(figures=True) draws through report.eval_figures. The
-    # fix is for the callers (the CLI and demo.py) to call report.eval_figures on the
-    # result; demo.py is being reworked into the experiment runner (item 2), so it waits.
-    ("evaluate.folder", "report.eval_figures"):
-        "figures drawn from evaluate_folder; move to callers with the demo rework",
-    # issue 14 item 5: the same shape for the shift stage (run_shift draws its PNGs; demo.py
-    # calls run_shift).
-    ("analysis.shift_run", "report.shift_figures"):
-        "figures drawn from run_shift; move to callers with the demo rework",
-}
+ALLOWED: dict[tuple[str, str], str] = {}
 
 
 def _modules() -> dict[str, Path]:

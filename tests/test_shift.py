@@ -18,7 +18,7 @@ from glioseg.analysis.features import (
     encoder_features,
     intensity_features,
 )
-from glioseg.analysis.shift_run import analyse_features, run_shift
+from glioseg.analysis.shift_run import analyse_features, analyse_shift
 from glioseg.cli import app
 from glioseg.data.cases import case_file_name, case_id_for
 from glioseg.data.labels import MODALITIES
@@ -246,13 +246,13 @@ def test_cli_end_to_end(tmp_path: Path) -> None:
     assert bad.exit_code == 1 and "no such folder" in bad.output
 
 
-def test_run_shift_with_stand_in_model(tmp_path: Path) -> None:
+def test_analyse_shift_with_stand_in_model(tmp_path: Path) -> None:
     torch.set_num_threads(1)
     rng = np.random.default_rng(1)
     src = _write_cohort(tmp_path / "src", 4, rng)
     tgt = _write_cohort(tmp_path / "tgt", 4, rng, flair_skew=1.5)
-    doc = run_shift(src, tgt, tmp_path / "out", model=TinyEncoder(), n_permutations=50,
-                    patch_size=8, n_patches=2)
+    doc = analyse_shift(src, tgt, model=TinyEncoder(), n_permutations=50, patch_size=8,
+                        n_patches=2).doc
     enc = doc["tests"]["encoder"]["overall"]
     assert enc["n_features"] == 8 and enc["n_source"] == 4
     assert "encoder features: MMD^2" in doc["verdict"]

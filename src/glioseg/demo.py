@@ -33,23 +33,42 @@ Layout of the demo folder::
 Re-running resumes: a stage whose marker ``.stages/<stage>.json`` exists is skipped, and an
 interrupted training run continues from its ``last.pt`` (``glioseg.train.fit``). A folder made
 with another plan (``--quick`` vs default) is refused rather than mixed.
+
+The plan, its cohorts and the runs' typed config overrides are ``glioseg.workflows.demo_plan``;
+the markers, cohort writing and curves are the runner shared with the study
+(``glioseg.workflows.runner``); the figures are ``glioseg.report.demo_figures``.
 """
 
 from __future__ import annotations
 
 import json
-import math
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 from glioseg import io_atomic
-from glioseg.errors import GliosegError
-from glioseg.records import read_jsonl
-from glioseg.report.savefig import save_figure
+from glioseg.data.labels import REGIONS
 from glioseg.runinfo import hardware
+from glioseg.workflows.demo_plan import (
+    DemoError,
+    DemoPlan,
+    demo_cohorts,
+    describe_plan,
+    source_overrides,
+    target_overrides,
+)
+from glioseg.workflows.overrides import Overrides, build_config
+from glioseg.workflows.runner import (
+    check_plan,
+    prepare_cohort,
+    read_marker,
+    read_val_records,
+    run_if_not_done,
+    stage_marker,
+    timed,
+)
 
 STAGES: tuple[str, ...] = ("data", "shift", "source", "target", "evaluate", "report")
 """The stages, in order."""
@@ -65,8 +84,6 @@ ARM_LABELS: dict[str, str] = {
     "scratch": "scratch (target cases only)",
     "transfer": "transfer (fine-tuned from source)",
 }
-
-REGIONS: tuple[str, ...] = ("WT", "TC", "ET")
 
 REPORT_SPEC: dict[str, Any] = {
     "skip": ["data", "predictions", "runs/*/tb", "runs/*/last", "runs/scratch/best",
@@ -88,134 +105,6 @@ REPORT_SPEC: dict[str, Any] = {
 }
 """``.report.json`` of the demo folder (``glioseg.report.html``): what the report leaves out
 (the raw data, the predictions, duplicated model cards) and the order of its sections."""
-
-
-class DemoError(GliosegError, ValueError):
-    """A demo that cannot run or resume; the message names the folder and the problem."""
-
-
-@dataclass(frozen=True)
-class DemoPlan:
-    """Every knob of a demo. Steps are optimiser steps; ``patch`` is the cube edge (voxels) of
-    every training run."""
-
-    name: str
-    """``default`` (2 mm, CPU), ``quick`` (tests) or ``full`` (1 mm, GPU)."""
-    spacing: float
-    """Voxel size (mm) of the synthetic cohorts."""
-    config: str
-    """Config preset of every training run (``small`` or ``full``)."""
-    n_source: int
-    """Source-site cases (``n_val`` of them validate the source model)."""
-    n_target_train: int
-    """Labelled target cases both target arms train on."""
-    n_target_test: int
-    """Held-out target cases: the shift test, the learning curves and the Dice table."""
-    source_steps: int
-    target_steps: int
-    """Step budget of each target arm (equal for scratch and transfer)."""
-    patch: int
-    source_val_every: int
-    target_val_every: int
-    target_warmup: int
-    """Learning-rate warm-up steps of the target arms."""
-    n_val: int
-    """Source cases held out to validate (and choose ``best/`` of) the source model."""
-    permutations: int
-    """Permutations per MMD test of the shift stage."""
-    strategy: str = "full"
-    """Fine-tuning strategy of the transfer arm (``glioseg.transfer.freeze``)."""
-    data_seed: int = 2026
-    """Seed of the source cohort; the target cohorts use ``data_seed + 1``."""
-    layout: str = "brats2023"
-    """BraTS layout of the synthetic cohorts (2023: lesion-wise metrics, BraTS-SSA target ids)."""
-    synth_workers: int = 2
-    predict_overlap: float = 0.5
-    """Sliding-window overlap of the predict stage (``glioseg predict --overlap``)."""
-    overrides: tuple[str, ...] = ()
-    """Extra ``key=value`` config overrides of every training run."""
-
-
-def plan_for(*, quick: bool = False, full: bool = False) -> DemoPlan:
-    """The plan of ``glioseg demo`` (default), ``--quick`` or ``--full``."""
-    if quick and full:
-        raise DemoError("--quick and --full exclude each other")
-    if quick:  # ~30 s: a test of the plumbing; the numbers mean nothing
-        return DemoPlan(name="quick", spacing=4.0, config="small", n_source=3, n_target_train=2,
-                        n_target_test=2, source_steps=6, target_steps=4, patch=32,
-                        source_val_every=3, target_val_every=2, target_warmup=1, n_val=1,
-                        permutations=50, predict_overlap=0.0)
-    if full:  # 1 mm with the full preset: for a GPU (hours on a CPU)
-        return DemoPlan(name="full", spacing=1.0, config="full", n_source=40, n_target_train=4,
-                        n_target_test=10, source_steps=4000, target_steps=600, patch=128,
-                        source_val_every=500, target_val_every=100, target_warmup=20, n_val=5,
-                        permutations=1000, synth_workers=8)
-    return DemoPlan(name="default", spacing=2.0, config="small", n_source=12, n_target_train=4,
-                    n_target_test=8, source_steps=300, target_steps=100, patch=48,
-                    source_val_every=50, target_val_every=25, target_warmup=10, n_val=4,
-                    permutations=1000)
-
-
-def describe_plan(plan: DemoPlan) -> list[str]:
-    """The plan as the lines ``glioseg demo`` prints before it starts."""
-    return [
-        f"glioseg demo ({plan.name}): {plan.spacing:g} mm synthetic cohorts, "
-        f"config preset '{plan.config}', {plan.patch}^3 training patches",
-        f"  data:     {plan.n_source} source-site cases; target site: {plan.n_target_train} "
-        f"labelled + {plan.n_target_test} held-out test cases ({plan.layout} layout)",
-        f"  shift:    MMD tests, source vs target test cases, {plan.permutations} permutations",
-        f"  source:   {plan.source_steps} steps on {plan.n_source - plan.n_val} source cases "
-        f"({plan.n_val} validate)",
-        f"  target:   {plan.target_steps} steps on the {plan.n_target_train} labelled target "
-        f"cases, twice: fine-tuned from the source model (strategy {plan.strategy}) and from "
-        "scratch",
-        f"  evaluate: BraTS metrics of source-only / scratch / transfer on the "
-        f"{plan.n_target_test} test cases",
-        "  report:   report.html (shift, curves, Dice table, overlays)",
-    ]
-
-
-# --------------------------------------------------------------------------- plan -> runs
-
-def _list(values: Sequence[Any]) -> str:
-    return "[" + ",".join(str(v) for v in values) + "]"
-
-
-def cohort_specs(plan: DemoPlan) -> dict[str, tuple[str, int, int, int]]:
-    """cohort -> (site profile, seed, first case index, number of cases). The two target
-    cohorts are disjoint index ranges of one target-site stream: no scan is in both."""
-    s = plan.data_seed
-    return {
-        "source": ("source", s, 0, plan.n_source),
-        "target_train": ("target", s + 1, 0, plan.n_target_train),
-        "target_test": ("target", s + 1, plan.n_target_train, plan.n_target_test),
-    }
-
-
-def source_overrides(plan: DemoPlan, caches: Mapping[str, Path]) -> list[str]:
-    """Config overrides of the source model's run."""
-    p = plan.patch
-    return [f"data.cache_dir={caches['source']}", f"data.n_val={plan.n_val}",
-            f"data.patch_size=[{p},{p},{p}]", f"train.steps={plan.source_steps}",
-            f"train.val_every={plan.source_val_every}",
-            f"train.ckpt_every={plan.source_val_every}", "train.seed=0", *plan.overrides]
-
-
-def target_overrides(plan: DemoPlan, caches: Mapping[str, Path],
-                     init_from: Path | None) -> list[str]:
-    """Config overrides of a target arm: the labelled target cases, validated on the target
-    test cache; ``init_from`` (a model folder) makes it the transfer arm, None the scratch arm.
-    Both arms get the same steps, schedule, patch and seed."""
-    p = plan.patch
-    ov = [f"data.cache_dir={caches['target_train']}", f"data.val_cache={caches['target_test']}",
-          f"data.patch_size=[{p},{p},{p}]", f"train.steps={plan.target_steps}",
-          f"train.val_every={plan.target_val_every}",
-          f"train.ckpt_every={plan.target_val_every}",
-          f"train.log_every={min(10, plan.target_steps)}",
-          f"optim.warmup_steps={plan.target_warmup}", "train.seed=0", *plan.overrides]
-    if init_from is not None:
-        ov += [f"transfer.init_from={init_from}", f"transfer.strategy={plan.strategy}"]
-    return ov
 
 
 # --------------------------------------------------------------------------- results
@@ -281,111 +170,11 @@ def verdict(rows: Sequence[Mapping[str, Any]], n_train: int, steps: int) -> str:
             + (f" ({', '.join(won)})" if won else "") + ".")
 
 
-def val_records(metrics_path: Path) -> list[dict[str, float]]:
-    """Validation records (``split == "val"``) of a run's ``metrics.jsonl``:
-    ``[{"step", "dice_WT", "dice_TC", "dice_ET", "dice_mean"}]``; bad lines are skipped."""
-    if not metrics_path.is_file():
-        return []
-    return [{k: float(rec[k]) for k in ("step", "dice_WT", "dice_TC", "dice_ET", "dice_mean")
-             if k in rec}
-            for rec in read_jsonl(metrics_path) if rec.get("split") == "val"]
-
-
-# --------------------------------------------------------------------------- figures
-
-def plot_dice(path: Path, rows: Sequence[Mapping[str, Any]], per_case: Mapping[str, Any]
-              ) -> Path:
-    """Bars: mean Dice per region and model on the target test cases; dots: the cases.
-
-    ``per_case``: model -> list of per-case rows of ``per_case.csv`` (``WT_dice`` ...).
-    """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    colors = {"source-only": "tab:gray", "scratch": "tab:blue", "transfer": "tab:orange"}
-    fig, ax = plt.subplots(figsize=(7.5, 4.2))
-    width = 0.8 / max(len(rows), 1)
-    for j, r in enumerate(rows):
-        for i, region in enumerate((*REGIONS, "mean")):
-            x = i + (j - (len(rows) - 1) / 2) * width
-            ax.bar(x, r[region], width * 0.95, color=colors.get(r["model"], "tab:green"),
-                   label=r["label"] if i == 0 else None)
-            if region != "mean":
-                vals = [float(c[f"{region}_dice"]) for c in per_case.get(r["model"], [])]
-                ax.scatter([x] * len(vals), vals, s=9, color="k", zorder=3)
-    ax.set_xticks(range(len(REGIONS) + 1), [*REGIONS, "mean"])
-    ax.set_ylim(0, 1)
-    ax.set_ylabel("Dice on the held-out target cases")
-    ax.grid(alpha=0.3, axis="y")
-    ax.legend(fontsize=8, loc="upper right")
-    ax.set_title("Target site: source model vs scratch vs transfer (bars: mean, dots: cases)")
-    return save_figure(fig, path)
-
-
-def plot_curves(path: Path, curves: Mapping[str, Sequence[Mapping[str, float]]],
-                zero_shot: float | None, n_train: int) -> Path:
-    """Validation Dice on the target test cases vs step, one line per target arm (mean of
-    WT/TC/ET solid, WT dashed); the source model's table mean as a dotted line."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    colors = {"scratch": "tab:blue", "transfer": "tab:orange"}
-    fig, ax = plt.subplots(figsize=(7.5, 4.2))
-    for arm, recs in curves.items():
-        if not recs:
-            continue
-        steps = [r["step"] for r in recs]
-        ax.plot(steps, [r["dice_mean"] for r in recs], marker="o", color=colors.get(arm),
-                label=f"{arm}: mean of WT/TC/ET")
-        ax.plot(steps, [r["dice_WT"] for r in recs], ls="--", color=colors.get(arm), alpha=0.6,
-                label=f"{arm}: WT")
-    if zero_shot is not None and not math.isnan(zero_shot):
-        ax.axhline(zero_shot, color="grey", ls=":", label="source model, no target labels")
-    ax.set_ylim(0, 1)
-    ax.set_xlabel("step")
-    ax.set_ylabel("Dice on the target test cases")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    ax.set_title(f"Learning on {n_train} labelled target cases (equal step budgets)")
-    return save_figure(fig, path)
-
-
-# --------------------------------------------------------------------------- stage bookkeeping
-
-def _plan_doc(plan: DemoPlan) -> dict[str, Any]:
-    return json.loads(json.dumps(asdict(plan)))
-
-
-def _check_plan(out: Path, plan: DemoPlan) -> None:
-    """Refuse a folder made with another plan; record this plan in a fresh one."""
-    path = out / ".stages" / "plan.json"
-    if path.is_file():
-        saved = json.loads(path.read_text())
-        if saved != _plan_doc(plan):
-            raise DemoError(f"{out}: holds a demo made with another plan ({saved.get('name')}, "
-                            f"this is {plan.name}); use another --out")
-        return
-    io_atomic.write_json(path, _plan_doc(plan))
-
+# --------------------------------------------------------------------------- stage markers
 
 def stage_done(out: Path, stage: str) -> dict[str, Any] | None:
     """The marker of a finished stage (``{"seconds": ...}``), None when it has not finished."""
-    path = out / ".stages" / f"{stage}.json"
-    if not path.is_file():
-        return None
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError:
-        return None
-
-
-def _mark_done(out: Path, stage: str, seconds: float, **extra: Any) -> None:
-    io_atomic.write_json(out / ".stages" / f"{stage}.json",
-                         {"seconds": round(seconds, 1), **extra})
+    return read_marker(stage_marker(out, stage))
 
 
 # --------------------------------------------------------------------------- stages
@@ -400,34 +189,31 @@ def _raw(out: Path, cohort: str) -> Path:
 
 def run_data(out: Path, plan: DemoPlan, log: Callable[[str], None]) -> None:
     """Write the three synthetic cohorts and preprocess them (both resume case by case)."""
-    from glioseg.data.synthetic import write_cohort
-    from glioseg.preprocess.run import preprocess_dir
-
-    for cohort, (site, seed, start, n) in cohort_specs(plan).items():
-        log(f"  {cohort}: {n} '{site}' cases")
-        write_cohort(_raw(out, cohort), n_cases=n, layout=plan.layout, site=site, seed=seed,
-                     spacing=plan.spacing, start=start, workers=plan.synth_workers)
-        preprocess_dir(_raw(out, cohort), out / "data" / "cache" / cohort, spacing=None)
+    for cohort, spec in demo_cohorts(plan).items():
+        log(f"  {cohort}: {spec.n} '{spec.site}' cases")
+        prepare_cohort(_raw(out, cohort), out / "data" / "cache" / cohort, [spec],
+                       layout=plan.layout, spacing=plan.spacing, workers=plan.synth_workers)
 
 
 def run_shift_stage(out: Path, plan: DemoPlan, log: Callable[[str], None]) -> None:
     """``glioseg shift`` of the target test cases against the source cohort."""
-    from glioseg.analysis.shift_run import run_shift
+    from glioseg.analysis.shift_run import analyse_shift, write_shift
+    from glioseg.report.shift_figures import draw_shift_figures
 
-    doc = run_shift(_raw(out, "source"), _raw(out, "target_test"), out / "shift",
-                    n_permutations=plan.permutations, seed=0)
+    analysis = analyse_shift(_raw(out, "source"), _raw(out, "target_test"),
+                             n_permutations=plan.permutations, seed=0)
+    doc = write_shift(out / "shift", analysis, draw_shift_figures(analysis, out / "shift"))
     log(f"  {doc['verdict']}")
 
 
-def _fit(overrides: Sequence[str], config: str, run_dir: Path) -> dict[str, Any]:
-    from glioseg.train import config as C
+def _fit(overrides: Overrides, config: str, run_dir: Path) -> dict[str, Any]:
     from glioseg.train.fit import fit
 
-    return fit(C.load_config(config, list(overrides)), run_dir)
+    return fit(build_config(config, overrides), run_dir)
 
 
 def _log_val(log: Callable[[str], None], name: str, run_dir: Path) -> None:
-    recs = val_records(run_dir / "metrics.jsonl")
+    recs = read_val_records(run_dir / "metrics.jsonl")
     if recs:
         r = recs[-1]
         log(f"  {name}: step {r['step']:.0f}, validation Dice WT {r['dice_WT']:.3f} "
@@ -468,6 +254,7 @@ def run_evaluate(out: Path, plan: DemoPlan, log: Callable[[str], None]) -> None:
     from glioseg.evaluate.folder import evaluate_folder
     from glioseg.evaluate.tune_postprocess import tune_postprocess
     from glioseg.infer.predict import PredictOptions, predict_dir
+    from glioseg.report.eval_figures import draw_evaluation_figures
 
     test = _raw(out, "target_test")
     for arm, model in model_paths(out).items():
@@ -484,7 +271,8 @@ def run_evaluate(out: Path, plan: DemoPlan, log: Callable[[str], None]) -> None:
         if summary.failed:
             raise DemoError(f"{pred}: {len(summary.failed)} case(s) failed: "
                             + "; ".join(summary.failed.values()))
-        evaluate_folder(pred, test, out / "eval" / arm, figures=True)
+        result = evaluate_folder(pred, test, out / "eval" / arm)
+        draw_evaluation_figures(result, out / "eval" / arm)
 
 
 def read_results(out: Path) -> tuple[list[dict[str, Any]], dict[str, list[dict[str, str]]]]:
@@ -524,6 +312,7 @@ def summary_markdown(plan: DemoPlan, rows: Sequence[Mapping[str, Any]], text: st
 
 def run_report(out: Path, plan: DemoPlan, log: Callable[[str], None]) -> None:
     """summary.md, dice.png, curves.png, timings.json, hardware.json, then report.html."""
+    from glioseg.report.demo_figures import plot_curves, plot_dice
     from glioseg.report.figures import show_case
     from glioseg.report.html import write_report
 
@@ -537,7 +326,7 @@ def run_report(out: Path, plan: DemoPlan, log: Callable[[str], None]) -> None:
     io_atomic.write_json(out / ".report.json", REPORT_SPEC)
     zero = next((r["mean"] for r in rows if r["model"] == "source-only"), None)
     plot_dice(out / "dice.png", rows, per_case)
-    curves = {arm: val_records(out / "runs" / arm / "metrics.jsonl")
+    curves = {arm: read_val_records(out / "runs" / arm / "metrics.jsonl")
               for arm in ("scratch", "transfer")}
     plot_curves(out / "curves.png", curves, zero, plan.n_target_train)
     # One test case (the transfer model's median by WT Dice), each target model's prediction.
@@ -565,6 +354,15 @@ STAGE_TITLES: dict[str, str] = {
 }
 
 
+def _stage_work(stage: str, head: str, out: Path, plan: DemoPlan, log: Callable[[str], None]
+                ) -> Callable[[], dict[str, Any]]:
+    """The work of a stage not done yet: print its head line, run it, time it."""
+    def work() -> dict[str, Any]:
+        log(head)
+        return timed(lambda: RUNNERS[stage](out, plan, log))()
+    return work
+
+
 def run_demo(out: str | Path, plan: DemoPlan, log: Callable[[str], None] = print
              ) -> dict[str, Any]:
     """Run (or resume) the demo into ``out``.
@@ -579,21 +377,16 @@ def run_demo(out: str | Path, plan: DemoPlan, log: Callable[[str], None] = print
     """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    _check_plan(out, plan)
+    check_plan(out, json.loads(json.dumps(asdict(plan))), DemoError)
     t_all = time.perf_counter()
     ran, skipped = [], []
     for i, stage in enumerate(STAGES, 1):
         head = f"[{i}/{len(STAGES)}] {stage}: {STAGE_TITLES[stage]}"
-        marker = stage_done(out, stage)
-        if marker is not None:
+        marker, now = run_if_not_done(stage_marker(out, stage),
+                                      _stage_work(stage, head, out, plan, log))
+        if not now:
             log(f"{head} - done before ({marker['seconds']:.0f} s), skipped")
-            skipped.append(stage)
-            continue
-        log(head)
-        t0 = time.perf_counter()
-        RUNNERS[stage](out, plan, log)
-        _mark_done(out, stage, time.perf_counter() - t0)
-        ran.append(stage)
+        (ran if now else skipped).append(stage)
     rows, _ = read_results(out)
     return {"rows": rows, "table": table_markdown(rows),
             "verdict": verdict(rows, plan.n_target_train, plan.target_steps),

@@ -1,12 +1,16 @@
 """``glioseg shift``: compare a target cohort with the source cohort a model learnt from.
 
-Reads both cohorts (any layout), computes per-case features (``features``), runs the MMD
-permutation tests (``shift``), draws the figures (``report.shift_figures``) and writes
-``OUT/shift.json`` with every number plus the verdict and advice.
+Reads both cohorts (any layout), computes per-case features (``features``) and runs the MMD
+permutation tests (``shift``): ``analyse_shift`` returns the ``shift.json`` document and the
+features; the caller draws the figures from them (``report.shift_figures.draw_shift_figures``)
+and ``write_shift`` writes ``OUT/shift.json`` with every number, the verdict, the advice and
+the names of the figures.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -81,30 +85,28 @@ def analyse_features(
     return {"tests": tests, "feature_shifts": shifts[:12], "verdict": line, "advice": advice}
 
 
-def _figures(src: list[CaseFeatures], tgt: list[CaseFeatures], tests: dict[str, Any],
-             out_dir: Path, seed: int, alpha: float) -> list[str]:
-    from glioseg.report import shift_figures as F
-
-    views = {"z-scored intensity quantiles": (stack(src, "zscored"), stack(tgt, "zscored")),
-             "raw intensity quantiles": (stack(src, "raw"), stack(tgt, "raw"))}
-    if "encoder" in tests:
-        views["encoder features"] = (stack(src, "encoder"), stack(tgt, "encoder"))
-    F.plot_embeddings(views, out_dir / "shift_pca.png", "pca", seed)
-    F.plot_embeddings(views, out_dir / "shift_tsne.png", "tsne", seed)
-    F.plot_histograms([f.sample for f in src], [f.sample for f in tgt], MODALITIES,
-                      out_dir / "shift_histograms.png")
-    bars = {f"z {k}": v for k, v in tests["zscored"].items()}
-    bars["raw overall"] = tests["raw"]["overall"]
-    if "encoder" in tests:
-        bars["encoder"] = tests["encoder"]["overall"]
-    F.plot_mmd_bars(bars, out_dir / "shift_mmd.png", alpha)
-    return ["shift_pca.png", "shift_tsne.png", "shift_histograms.png", "shift_mmd.png"]
+def _test_settings(alpha: float, n_permutations: int) -> dict[str, Any]:
+    """The fixed settings of the MMD tests, as ``shift.json`` records them."""
+    return {"per_sequence_alpha": alpha / len(MODALITIES),
+            "n_permutations": n_permutations, "quantiles": list(QUANTILES),
+            "kernel": "rbf exp(-d^2 / (2 h^2)), h = median pairwise distance (pooled)",
+            "estimator": "unbiased MMD^2_u, features standardised over the pooled sample",
+            "moderate_mmd2": S.MODERATE_MMD2, "large_mmd2": S.LARGE_MMD2}
 
 
-def run_shift(
+@dataclass(frozen=True)
+class ShiftAnalysis:
+    """What ``analyse_shift`` computed: the ``shift.json`` document (without ``figures``) and
+    the per-case features of both cohorts (what the figures show)."""
+
+    doc: dict[str, Any]
+    source: list[CaseFeatures]
+    target: list[CaseFeatures]
+
+
+def analyse_shift(
     source_dir: str | Path,
     target_dir: str | Path,
-    out_dir: str | Path,
     model: Any | None = None,
     spacing: float | list[float] | None = None,
     n_permutations: int = 1000,
@@ -115,12 +117,11 @@ def run_shift(
     n_patches: int = 4,
     model_path: str | None = None,
     modalities: list[str] | None = None,
-) -> dict[str, Any]:
-    """Domain-shift analysis of ``target_dir`` against ``source_dir``; writes ``out_dir``.
+) -> ShiftAnalysis:
+    """Domain-shift analysis of ``target_dir`` against ``source_dir``; writes nothing.
 
     Args:
         source_dir: cohort the model learnt from. target_dir: the new site's cohort.
-        out_dir: folder for ``shift.json`` and the PNG figures.
         model: optional module with ``forward_features`` (adds the encoder-feature test).
         spacing: spacing (mm) the model expects; cases are resampled to it before the encoder.
         n_permutations: permutations per test. seed: seed of every random choice.
@@ -130,9 +131,8 @@ def run_shift(
         modalities: the model's input sequences in its order (its card's); None: all four.
 
     Returns:
-        The ``shift.json`` content.
+        The ``shift.json`` content but its ``figures``, and both cohorts' features.
     """
-    out = Path(out_dir)
     rng_src, rng_tgt, rng_test = (np.random.default_rng(s)
                                   for s in np.random.SeedSequence(seed).spawn(3))
     kw = dict(model=model, spacing=spacing, n_sample=n_sample, patch_size=patch_size,
@@ -140,7 +140,6 @@ def run_shift(
     src = cohort_features(source_dir, rng_src, desc="source", **kw)  # type: ignore[arg-type]
     tgt = cohort_features(target_dir, rng_tgt, desc="target", **kw)  # type: ignore[arg-type]
     result = analyse_features(src, tgt, rng_test, n_permutations, alpha)
-    figures = _figures(src, tgt, result["tests"], out, seed, alpha)
     doc = {
         "format": FORMAT,
         "verdict": result["verdict"],
@@ -151,18 +150,21 @@ def run_shift(
                    "cases": [f.case_id for f in tgt]},
         "settings": {
             "model": model_path, "spacing": spacing, "seed": seed, "alpha": alpha,
-            "per_sequence_alpha": alpha / len(MODALITIES),
-            "n_permutations": n_permutations, "quantiles": list(QUANTILES),
-            "kernel": "rbf exp(-d^2 / (2 h^2)), h = median pairwise distance (pooled)",
-            "estimator": "unbiased MMD^2_u, features standardised over the pooled sample",
-            "moderate_mmd2": S.MODERATE_MMD2, "large_mmd2": S.LARGE_MMD2,
+            **_test_settings(alpha, n_permutations),
             "patch_size": patch_size if model is not None else None,
             "n_patches": n_patches if model is not None else None,
         },
         "tests": result["tests"],
         "feature_shifts": result["feature_shifts"],
         "cases": {"source": _case_table(src), "target": _case_table(tgt)},
-        "figures": figures,
     }
-    write_json(out / "shift.json", doc)
+    return ShiftAnalysis(doc, src, tgt)
+
+
+def write_shift(out_dir: str | Path, analysis: ShiftAnalysis, figures: Sequence[str]
+                ) -> dict[str, Any]:
+    """Write ``out_dir/shift.json``: ``analysis.doc`` with the names of the figures drawn
+    beside it; returns that document."""
+    doc = {**analysis.doc, "figures": list(figures)}
+    write_json(Path(out_dir) / "shift.json", doc)
     return doc

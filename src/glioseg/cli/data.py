@@ -98,7 +98,8 @@ def shift(
     alpha: Annotated[float, typer.Option(help="Significance level.")] = 0.05,
 ) -> None:
     """How different is a new site from the source data? MMD tests, figures and advice."""
-    from glioseg.analysis.shift_run import run_shift
+    from glioseg.analysis.shift_run import analyse_shift, write_shift
+    from glioseg.report.shift_figures import draw_shift_figures
 
     net, spacing, mods = None, None, None
     if model is not None:
@@ -107,9 +108,10 @@ def shift(
         net, card = load_model(model)
         spacing = (getattr(card, "preprocessing", None) or {}).get("spacing")
         mods = list(card.modalities)
-    doc = run_shift(source, target, output, model=net, spacing=spacing,
-                    n_permutations=permutations, seed=seed, alpha=alpha,
-                    model_path=None if model is None else str(model), modalities=mods)
+    analysis = analyse_shift(source, target, model=net, spacing=spacing,
+                             n_permutations=permutations, seed=seed, alpha=alpha,
+                             model_path=None if model is None else str(model), modalities=mods)
+    doc = write_shift(output, analysis, draw_shift_figures(analysis, output))
     typer.echo(doc["verdict"])
     for line in doc["advice"]:
         typer.echo(f"- {line}")

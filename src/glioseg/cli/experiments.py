@@ -71,7 +71,8 @@ def demo(
     """Synthetic source and target sites -> domain shift -> train on the source -> fine-tune vs
     scratch on a few target cases -> predict + BraTS metrics -> OUT/report.html (~5 min on 2
     CPU cores)."""
-    from glioseg.demo import describe_plan, plan_for, run_demo
+    from glioseg.demo import run_demo
+    from glioseg.workflows.demo_plan import describe_plan, plan_for
 
     plan = plan_for(quick=quick, full=full)
     for line in describe_plan(plan):

@@ -168,7 +168,11 @@ def evaluate(
 
     started = time.perf_counter()
     result = evaluate_folder(pred, ref, output, scheme=scheme, spacing_mm=spacing_mm,
-                             workers=workers, pred_label_scheme=pred_labels, figures=figures)
+                             workers=workers, pred_label_scheme=pred_labels)
+    if figures:
+        from glioseg.report.eval_figures import draw_evaluation_figures
+
+        draw_evaluation_figures(result, output)
     record_run(output, "evaluate", time.perf_counter() - started,
                **{"cases scored": len(result.rows), "workers": workers})
     missing = result.summary["missing_predictions"]

@@ -3,7 +3,8 @@
 ``score_labels`` is the pure per-case function (file-label arrays in, flat dict of scores out);
 ``evaluate_folder`` is the thin loop around it: match predictions (``<case_id>.nii.gz``) to
 reference cases by case id, check the grids, score in parallel, write ``per_case.csv``,
-``summary.json`` and ``summary.md`` (each written to a temporary name, then renamed).
+``summary.json`` and ``summary.md`` (each written to a temporary name, then renamed). Its
+figures are the report's: ``glioseg.report.eval_figures.draw_evaluation_figures(result)``.
 
 Schemes (``scheme``):
 
@@ -220,12 +221,19 @@ class EvaluationResult:
     Attributes:
         rows: one dict per scored case (``case_id``, ``missing_prediction``, score columns).
         summary: the content of ``summary.json``.
-        paths: files written, by name (``per_case``, ``summary``, ``markdown``, figures...).
+        paths: files written, by name (``per_case``, ``summary``, ``markdown``; the figures'
+            once ``glioseg.report.eval_figures.draw_evaluation_figures`` has drawn them).
+        case_folders: case id -> reference case folder (what the overlays show).
+        predictions: case id -> prediction file (None: missing, scored as empty).
+        pred_label_scheme: label scheme of the predictions when it is not the reference's.
     """
 
     rows: list[dict]
     summary: dict
     paths: dict[str, Path] = field(default_factory=dict)
+    case_folders: dict[str, Path] = field(default_factory=dict)
+    predictions: dict[str, Path | None] = field(default_factory=dict)
+    pred_label_scheme: str | None = None
 
 
 def summarise(rows: Sequence[dict], scheme: str) -> dict[str, dict[str, dict[str, float | None]]]:
@@ -371,7 +379,6 @@ def evaluate_folder(
     spacing_mm: bool = False,
     workers: int = 1,
     pred_label_scheme: str | None = None,
-    figures: bool = False,
     progress: bool = True,
 ) -> EvaluationResult:
     """Score every reference case that has a segmentation; write the tables.
@@ -385,7 +392,6 @@ def evaluate_folder(
             units); lesion-wise scores always use it (as the 2023 reference code).
         workers: parallel processes.
         pred_label_scheme: label convention of the predictions (default: the reference's).
-        figures: also draw the box plot and best/median/worst slice overlays.
         progress: show a progress bar.
 
     Raises:
@@ -439,13 +445,5 @@ def evaluate_folder(
                                      json.dumps(summary, indent=2) + "\n"),
         "markdown": io_atomic.write_text(out_dir / "summary.md", markdown_table(summary)),
     }
-    result = EvaluationResult(rows, summary, paths)
-    if figures:
-        from glioseg.report.eval_figures import write_eval_figures
-
-        case_folders = {c.case_id: c.folder for c in cases}
-        preds = {t.case_id: t.pred for t in tasks}
-        panels = ("dice", "hd95") + (LESION_METRICS if scheme == "brats2023" else ())
-        paths.update(write_eval_figures(rows, out_dir, case_folders, preds, panels,
-                                        summary["distance_unit"], pred_label_scheme))
-    return result
+    return EvaluationResult(rows, summary, paths, {c.case_id: c.folder for c in cases},
+                            {t.case_id: t.pred for t in tasks}, pred_label_scheme)

@@ -2,6 +2,8 @@
 best, median and worst case by WT Dice (prediction beside reference).
 
 Every PNG is written to a temporary name in the output folder, then renamed.
+``draw_evaluation_figures`` draws them for an ``evaluate_folder`` result (``glioseg evaluate
+--figures``, the demo).
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from glioseg.data.labels import REGIONS
+from glioseg.evaluate.folder import LESION_METRICS, EvaluationResult
 from glioseg.report.savefig import save_figure
 
 
@@ -135,4 +138,16 @@ def write_eval_figures(
         show_case(case_folders[case_id], output, pred=predictions.get(case_id), views=("axial",),
                   pred_labels=pred_labels)
         paths[f"overlay_{which}"] = caption_png(output, overlay_caption(which, by_id[case_id]))
+    return paths
+
+
+def draw_evaluation_figures(result: EvaluationResult, out_dir: str | Path) -> dict[str, Path]:
+    """``write_eval_figures`` of what ``evaluate_folder`` scored, into its output folder
+    ``out_dir``: Dice and HD95 panels (and the lesion-wise ones under brats2023). The PNG
+    paths are added to ``result.paths`` and returned."""
+    scheme = result.summary["scheme"]
+    panels = ("dice", "hd95") + (LESION_METRICS if scheme == "brats2023" else ())
+    paths = write_eval_figures(result.rows, out_dir, result.case_folders, result.predictions,
+                               panels, result.summary["distance_unit"], result.pred_label_scheme)
+    result.paths.update(paths)
     return paths

@@ -1,4 +1,5 @@
-"""Figures of a domain-shift analysis: PCA and t-SNE of cases, intensity histograms per site.
+"""Figures of a domain-shift analysis: PCA and t-SNE of cases, intensity histograms per site,
+MMD bars; ``draw_shift_figures`` draws all four for ``glioseg shift`` and the demo.
 
 Every figure is written atomically (temporary file in the same folder, then rename).
 """
@@ -10,6 +11,9 @@ from pathlib import Path
 
 import numpy as np
 
+from glioseg.analysis.features import stack
+from glioseg.analysis.shift_run import ShiftAnalysis
+from glioseg.data.labels import MODALITIES
 from glioseg.report.savefig import save_figure
 
 SITE_COLOURS = {"source": "#1f77b4", "target": "#d62728"}
@@ -173,3 +177,26 @@ def plot_mmd_bars(results: Mapping[str, Mapping[str, float]], path: str | Path,
     plt.setp(ax.get_xticklabels(), rotation=20, ha="right")
     fig.tight_layout()
     return save_figure(fig, path)
+
+
+def draw_shift_figures(analysis: ShiftAnalysis, out_dir: str | Path) -> list[str]:
+    """The four figures of a shift analysis (``analysis.shift_run.analyse_shift``) into
+    ``out_dir``: PCA and t-SNE of the cases, intensity histograms, MMD bars; returns their file
+    names (``shift.json``'s ``figures``). Seed and alpha are the analysis's own."""
+    out_dir = Path(out_dir)
+    src, tgt, tests = analysis.source, analysis.target, analysis.doc["tests"]
+    seed, alpha = analysis.doc["settings"]["seed"], analysis.doc["settings"]["alpha"]
+    views = {"z-scored intensity quantiles": (stack(src, "zscored"), stack(tgt, "zscored")),
+             "raw intensity quantiles": (stack(src, "raw"), stack(tgt, "raw"))}
+    if "encoder" in tests:
+        views["encoder features"] = (stack(src, "encoder"), stack(tgt, "encoder"))
+    plot_embeddings(views, out_dir / "shift_pca.png", "pca", seed)
+    plot_embeddings(views, out_dir / "shift_tsne.png", "tsne", seed)
+    plot_histograms([f.sample for f in src], [f.sample for f in tgt], MODALITIES,
+                    out_dir / "shift_histograms.png")
+    bars = {f"z {k}": v for k, v in tests["zscored"].items()}
+    bars["raw overall"] = tests["raw"]["overall"]
+    if "encoder" in tests:
+        bars["encoder"] = tests["encoder"]["overall"]
+    plot_mmd_bars(bars, out_dir / "shift_mmd.png", alpha)
+    return ["shift_pca.png", "shift_tsne.png", "shift_histograms.png", "shift_mmd.png"]
