@@ -8,13 +8,12 @@ import torch
 from glioseg.model.card import (
     CardError,
     ModelCard,
-    WeightsMismatchError,
     load_card,
     load_model,
     save_model,
-    strip_wrapper_prefixes,
 )
 from glioseg.model.registry import ModelConfig, build_model
+from glioseg.model.state_dict import WeightsMismatchError
 
 torch.set_num_threads(1)
 
@@ -85,11 +84,6 @@ def test_save_unwraps_compile_and_takes_config_from_the_model(tmp_path):
     assert back.model["out_channels"] == 2
     for k, v in model.state_dict().items():
         torch.testing.assert_close(loaded.state_dict()[k], v, rtol=0, atol=0)
-
-
-def test_strip_wrapper_prefixes():
-    sd = {"module._orig_mod.a.weight": torch.zeros(1), "b": torch.ones(1)}
-    assert sorted(strip_wrapper_prefixes(sd)) == ["a.weight", "b"]
 
 
 def test_missing_card_is_a_clear_error(tmp_path):
@@ -275,19 +269,3 @@ def test_card_records_the_training_orientation_of_the_cache(tmp_path):
     assert cache_orientation(tmp_path / "no-cache") is None
 
 
-def test_a_training_run_card_carries_the_cache_orientation(tmp_path):
-    """train/fit.py builds the checkpoint cards with the cache's orientation."""
-    from types import SimpleNamespace
-
-    from datafiles import tiny_brats2021_case
-
-    import glioseg.train.config as C
-    from glioseg.preprocess.run import preprocess_dir
-    from glioseg.train.fit import _model_card
-
-    for i in range(2):
-        tiny_brats2021_case(tmp_path / "data", f"BraTS2021_0000{i}", seed=i)
-    preprocess_dir(tmp_path / "data", tmp_path / "cache")
-    cfg = C.config_from_dict({"data": {"cache_dir": str(tmp_path / "cache")}})
-    card = _model_card(cfg, SimpleNamespace(model=build_model(tiny())), 5, {}, [])
-    assert card.preprocessing["orientation"] == ["R", "A", "S"]

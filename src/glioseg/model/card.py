@@ -17,6 +17,8 @@ tensors, never a silent partial load. Partial weights (e.g. an imported encoder)
 ``load_model`` reads both files through one handle on the folder (``read_model_files``), so a
 folder replaced while it reads gives it one version or the other, never a mix; ``model_digest``
 (sha256 of the weights and the card) names what was loaded, which ``predict`` keys its resume on.
+Unwrapping, the safetensors files and the strict check of a state dict are
+``glioseg.model.state_dict``.
 """
 
 from __future__ import annotations
@@ -38,21 +40,24 @@ import torch
 from glioseg import __version__
 from glioseg.data.labels import MODALITIES, REGIONS
 from glioseg.errors import GliosegError
-from glioseg.io_atomic import atomic_dir, atomic_path, write_text
+from glioseg.io_atomic import atomic_dir, write_text
 from glioseg.model.registry import ModelConfig, build_model
+from glioseg.model.state_dict import (
+    WeightsMismatchError,
+    check_state_dict,
+    save_state_dict,
+    strip_wrapper_prefixes,
+    unwrap_model,
+)
+from glioseg.model.state_dict import load_state_dict as load_state_dict  # re-exported
 
 CARD_FORMAT = "glioseg-card/1"
 WEIGHTS_NAME = "model.safetensors"
 CARD_NAME = "card.json"
-_WRAPPER_PREFIXES = ("module.", "_orig_mod.")
 
 
 class CardError(GliosegError, ValueError):
     """A model card that is missing, unreadable or inconsistent."""
-
-
-class WeightsMismatchError(GliosegError, ValueError):
-    """Weights that do not fit the network the card describes."""
 
 
 @dataclass(frozen=True)
@@ -237,47 +242,12 @@ def _inline(d: Mapping[str, Any]) -> str:
     return ", ".join(f"{k}={json.dumps(v) if not isinstance(v, str) else v}" for k, v in d.items())
 
 
-def unwrap_model(model: torch.nn.Module) -> torch.nn.Module:
-    """The network inside DDP / DataParallel (``.module``) and ``torch.compile``
-    (``._orig_mod``) wrappers; the one unwrapping of the package (checkpoints, cards, weights)."""
-    while True:
-        if isinstance(model, torch.nn.parallel.DistributedDataParallel | torch.nn.DataParallel):
-            model = model.module
-        elif hasattr(model, "_orig_mod") and isinstance(model._orig_mod, torch.nn.Module):
-            model = model._orig_mod
-        else:
-            return model
-
-
-def strip_wrapper_prefixes(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Remove leading ``module.`` (DDP) and ``_orig_mod.`` (torch.compile) from every key."""
-    out = {}
-    for key, value in state_dict.items():
-        k = key
-        while k.startswith(_WRAPPER_PREFIXES):
-            k = k.split(".", 1)[1]
-        if k in out:
-            raise WeightsMismatchError(f"state dict has {k!r} twice once wrapper prefixes are removed")
-        out[k] = value
-    return out
-
-
 def _config_of(model: torch.nn.Module) -> ModelConfig:
     cfg = getattr(unwrap_model(model), "config", None)
     if not isinstance(cfg, ModelConfig):
         raise CardError(f"{type(model).__name__} has no ModelConfig in .config; build it with "
                         "glioseg.model.registry.build_model")
     return cfg
-
-
-def save_state_dict(path: Path, state_dict: Mapping[str, torch.Tensor],
-                    metadata: dict[str, str] | None = None) -> None:
-    """Write ``state_dict`` as safetensors to ``path`` atomically (tensors copied contiguous)."""
-    from safetensors.torch import save_file
-
-    tensors = {k: v.detach().cpu().contiguous().clone() for k, v in state_dict.items()}
-    with atomic_path(Path(path)) as tmp:
-        save_file(tensors, str(tmp), metadata=metadata or {})
 
 
 def save_card(path: Path, card: ModelCard) -> None:
@@ -370,35 +340,6 @@ def load_card(path: str | os.PathLike[str]) -> ModelCard:
         return ModelCard.from_json(card_path.read_text(encoding="utf-8"))
     except CardError as exc:
         raise CardError(f"{card_path}: {exc}") from None
-
-
-def load_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
-    """The tensors of a safetensors file (on the CPU)."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
-    try:
-        return load_file(str(path), device="cpu")
-    except (SafetensorError, OSError) as exc:
-        raise WeightsMismatchError(f"{path}: cannot read the weights: {exc}") from None
-
-
-def check_state_dict(model: torch.nn.Module, state_dict: Mapping[str, torch.Tensor],
-                     where: str = "weights") -> None:
-    """Raise :class:`WeightsMismatchError` listing every missing, unexpected or reshaped tensor."""
-    expected = model.state_dict()
-    missing = [k for k in expected if k not in state_dict]
-    unexpected = [k for k in state_dict if k not in expected]
-    reshaped = [f"{k} {tuple(state_dict[k].shape)} vs model {tuple(v.shape)}"
-                for k, v in expected.items() if k in state_dict and state_dict[k].shape != v.shape]
-    if missing or unexpected or reshaped:
-        parts = [f"{where} do not match the network of the card:"]
-        for name, items in (("missing", missing), ("unexpected", unexpected),
-                            ("reshaped", reshaped)):
-            if items:
-                shown = ", ".join(items[:8]) + (f", ... ({len(items)} in all)" if len(items) > 8 else "")
-                parts.append(f"{len(items)} {name}: {shown}")
-        raise WeightsMismatchError("\n  ".join(parts))
 
 
 _READ_TRIES = 50

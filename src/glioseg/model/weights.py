@@ -29,12 +29,10 @@ from dataclasses import dataclass, field
 import torch
 
 from glioseg.data.labels import MODALITY_ALIASES
-from glioseg.model.card import (
-    ModelCard,
+from glioseg.model.card import ModelCard, load_card, resolve_paths
+from glioseg.model.state_dict import (
     WeightsMismatchError,
-    load_card,
     load_state_dict,
-    resolve_paths,
     strip_wrapper_prefixes,
     unwrap_model,
 )

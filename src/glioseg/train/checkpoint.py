@@ -39,7 +39,7 @@ import torch
 
 from glioseg.errors import GliosegError
 from glioseg.io_atomic import atomic_path, fsync_dir, fsync_file, temporary_name
-from glioseg.model.card import unwrap_model
+from glioseg.model.state_dict import unwrap_model
 
 CHECKPOINT_FORMAT = "glioseg-train/1"
 LAST, PREVIOUS, BEST = "last.pt", "previous.pt", "best.pt"

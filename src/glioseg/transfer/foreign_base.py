@@ -28,14 +28,9 @@ import torch
 
 from glioseg.data.labels import MODALITIES, REGIONS
 from glioseg.errors import GliosegError
-from glioseg.model.card import (
-    ModelCard,
-    check_state_dict,
-    save_model,
-    save_model_files,
-    strip_wrapper_prefixes,
-)
+from glioseg.model.card import ModelCard, save_model, save_model_files
 from glioseg.model.registry import ModelConfig, build_model
+from glioseg.model.state_dict import check_state_dict, strip_wrapper_prefixes
 from glioseg.model.weights import canonical_modality, canonical_region, load_adapted
 
 

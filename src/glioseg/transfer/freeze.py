@@ -31,7 +31,7 @@ from typing import Any
 from torch import nn
 
 from glioseg.errors import GliosegError
-from glioseg.model.card import unwrap_model
+from glioseg.model.state_dict import unwrap_model
 
 STRATEGIES = ("full", "frozen-encoder", "gradual", "discriminative")
 _NORMS = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm)
