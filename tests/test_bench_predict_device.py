@@ -15,7 +15,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from glioseg.bench.predict import _engine_run, _reference_run, bench_predict
+from glioseg.bench.predict import engine_run, reference_run, bench_predict
 from glioseg.cli import app
 from glioseg.model.card import ModelCard, save_model
 from glioseg.model.registry import ModelConfig, build_model, register_model
@@ -73,9 +73,9 @@ def test_the_slow_first_call_is_real(case: tuple[Path, Path]) -> None:
 def test_reference_and_engine_are_timed_after_one_warm_up_window(
         case: tuple[Path, Path], tmp_path: Path) -> None:
     ckpt, image = case
-    ref = _reference_run(str(ckpt), str(image), [1.0, 1.0, 1.0], (8, 8, 8), 0.5,
+    ref = reference_run(str(ckpt), str(image), [1.0, 1.0, 1.0], (8, 8, 8), 0.5,
                          str(tmp_path / "ref.npy"), str(tmp_path / "crop.npy"), "cpu")
-    ours = _engine_run("torch:fp32", str(ckpt), str(image), [1.0, 1.0, 1.0], (8, 8, 8), 0.5, 1,
+    ours = engine_run("torch:fp32", str(ckpt), str(image), [1.0, 1.0, 1.0], (8, 8, 8), 0.5, 1,
                        str(tmp_path / "ours.npy"), device="cpu")
     # both timers start after the first (slow) call: a cold reference would count the sleep
     assert 0 < ref["seconds"] < FIRST_CALL_S

@@ -17,8 +17,8 @@ from datafiles import tiny_brats2021_case
 from monai.inferers import sliding_window_inference as monai_swi
 
 from glioseg.bench.predict import (
-    _crop_windows,
-    _monai_windows,
+    crop_windows,
+    monai_windows,
     region_dice,
     window_flops,
 )
@@ -46,10 +46,10 @@ def test_window_counts_match_what_runs(shape, roi, overlap) -> None:
     calls, net = _counting()
     x = torch.zeros((1, 1, *shape))
     monai_swi(x, roi, 1, net, overlap=overlap, mode="gaussian")
-    assert _monai_windows(shape, roi, overlap) == sum(calls)
+    assert monai_windows(shape, roi, overlap) == sum(calls)
     calls.clear()
     sliding_window_inference(x[0], net, roi, overlap=overlap, divisor=8)
-    assert _crop_windows(shape, roi, overlap, 8) == sum(calls)
+    assert crop_windows(shape, roi, overlap, 8) == sum(calls)
 
 
 def test_window_flops_by_hand() -> None:

@@ -131,3 +131,39 @@ def test_mirrored_is_flip_invariant_and_exact_for_pointwise() -> None:
                                        rtol=1e-5, atol=1e-5)
         pointwise = small_net(4, kernel=1)
         torch.testing.assert_close(mirrored(pointwise)(x), pointwise(x), rtol=1e-5, atol=1e-6)
+
+
+def _reference_stitch(x: torch.Tensor, net, roi, overlap: float) -> torch.Tensor:
+    """The stitching written out plainly: every window's weighted logits and weights summed
+    one by one into two buffers, then divided."""
+    slices = window_slices(tuple(x.shape[1:]), roi, overlap)
+    w = torch.from_numpy(gaussian_importance_map(roi))
+    out = torch.zeros((3, *x.shape[1:]))
+    norm = torch.zeros(x.shape[1:])
+    for s in slices:
+        out[(slice(None), *s)] += net(x[(slice(None), *s)][None])[0] * w
+        norm[s] += w
+    return out / norm
+
+
+@pytest.mark.parametrize("batch", [1, 3, 8])
+def test_batched_stitching_equals_the_plain_sum(batch: int) -> None:
+    net = small_net(5)
+    x = torch.randn(4, 40, 28, 20)
+    with torch.no_grad():
+        got = sliding_window_inference(x, net, (16, 16, 16), overlap=0.5, batch_size=batch)
+        ref = _reference_stitch(x, net, (16, 16, 16), 0.5)
+    torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-6)
+
+
+def test_one_unweighted_window_is_the_forward_itself() -> None:
+    net = small_net(6)
+    x = torch.randn(4, 13, 16, 7)  # padded to 16 x 16 x 8 (divisor 8), cropped back
+    with torch.no_grad():
+        got = sliding_window_inference(x, net, (16, 16, 8), gaussian=False, divisor=8)
+        padded = torch.zeros(1, 4, 16, 16, 8)
+        padded[0, :, :13, :, :7] = x
+        want = net(padded)[0, :, :13, :, :7]
+        weighted = sliding_window_inference(x, net, (16, 16, 8), gaussian=True, divisor=8)
+    torch.testing.assert_close(got, want, rtol=0, atol=0)
+    torch.testing.assert_close(weighted, want, rtol=1e-6, atol=1e-6)  # w / w on one window
