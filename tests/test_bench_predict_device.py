@@ -15,7 +15,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from glioseg.bench.predict import engine_run, reference_run, bench_predict
+from glioseg.bench.predict import bench_predict, engine_run, reference_run
 from glioseg.cli import app
 from glioseg.model.card import ModelCard, save_model
 from glioseg.model.registry import ModelConfig, build_model, register_model
