@@ -125,11 +125,16 @@ def test_the_run_records_the_choice_and_reuses_it(tmp_path: Path, fake_gpu):
     again, _ = P.choose_for_run(cfg, CUDA, tmp_path, measure=lambda c: pytest.fail("probed"),
                                 say=said.append)
     assert again.train == run.train and "reused" in said[0]
+    # resumed from its own config.yaml (the chosen values, explicit): no probe, and the record
+    # that explains them is kept
+    P.choose_for_run(run, CUDA, tmp_path, measure=lambda c: pytest.fail("probed"), say=said.append)
+    assert json.loads((tmp_path / P.RECORD).read_text()) == doc
     # another request decides afresh; a rank that is not the main one takes the shared choice
     other = C.load_config("small", [*TINY, "train.amp=none", "train.channels_last=false"])
     shared = []
     res, _ = P.choose_for_run(other, CPU, tmp_path, say=shared.append)
     assert (res.train.amp, res.train.channels_last, res.train.compile) == ("none", False, False)
+    assert json.loads((tmp_path / P.RECORD).read_text())["amp"] == "none"
     follower, _ = P.choose_for_run(cfg, CUDA, None, main=False,
                                    share=lambda doc: choice.to_json(), say=pytest.fail)
     assert follower.train == run.train

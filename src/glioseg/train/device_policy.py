@@ -326,15 +326,29 @@ def read_record(run_dir: str | Path) -> DeviceChoice | None:
         return None
 
 
+def write_record(run_dir: str | Path, choice: DeviceChoice) -> None:
+    """Write ``RUN_DIR/device_choice.json``, unless the record there already holds these
+    values for this device (a resume from the run's own ``config.yaml``, whose values were
+    chosen then: the record keeps the probe that chose them)."""
+    saved = read_record(run_dir)
+    same = saved is not None and saved.device == choice.device and all(
+        getattr(saved, k) == getattr(choice, k) for k in KEYS)
+    if not same:
+        Path(run_dir).mkdir(parents=True, exist_ok=True)
+        write_json(Path(run_dir) / RECORD, choice.to_json())
+
+
 def choose_for_run(cfg: Any, device: torch.device, run_dir: str | Path | None = None, *,
                    main: bool = True, share: Callable[[Any], Any] = lambda x: x,
                    measure: Callable[[Candidate], Trial] | None = None,
-                   say: Callable[[str], None] = print) -> tuple[Any, DeviceChoice]:
+                   say: Callable[[str], None] = print,
+                   write: bool = True) -> tuple[Any, DeviceChoice]:
     """The config with concrete ``KEYS`` and the choice behind it, for a run in ``run_dir``.
 
     The main process decides (reusing ``run_dir``'s record when it was made on the same device
-    for the same requests, else ``choose`` with the probe), prints the choice and writes the
-    record; ``share`` hands its decision to the other ranks (``distributed.broadcast_object``).
+    for the same requests, else ``choose`` with the probe), prints the choice and, with
+    ``write``, records it (``write_record``; a caller that must first check the folder writes
+    later); ``share`` hands its decision to the other ranks (``distributed.broadcast_object``).
     """
     req = requested(cfg.train)
     doc = None
@@ -355,9 +369,8 @@ def choose_for_run(cfg: Any, device: torch.device, run_dir: str | Path | None = 
                 say(f"  probe {t['amp']}{'+scaler' if t['scaler'] else ''} "
                     f"channels_last={t['channels_last']}: {ms}"
                     + (f" (ruled out: {t['ruled_out']})" if t["ruled_out"] else ""))
-            if run_dir is not None:
-                Path(run_dir).mkdir(parents=True, exist_ok=True)
-                write_json(Path(run_dir) / RECORD, choice.to_json())
+            if run_dir is not None and write:
+                write_record(run_dir, choice)
         doc = choice.to_json()
     choice = DeviceChoice.from_json(share(doc))
     return choice.apply(cfg), choice
