@@ -201,4 +201,11 @@ def test_step_stats_sum_on_the_device_and_read_once(monkeypatch):
         stats.add(r)
     second = stats.read()
     assert second.skipped == 2 and second.skips_in_a_row == 2 and second.finite_steps == 0
+    assert second.longest_skip_run == 2 and first.longest_skip_run == 1
     assert math.isnan(second.mean_loss) and not math.isfinite(second.grad_norm)
+    # a run of skips that ended inside the window is still seen; the next window starts from
+    # the run in progress
+    stats.add(results[0])
+    third = stats.read()
+    assert third.longest_skip_run == 2 and third.skips_in_a_row == 0
+    assert stats.read().longest_skip_run == 0

@@ -12,8 +12,8 @@ step therefore decides and accumulates on the device:
   optimisers (foreach, CPU) step, then every parameter and state tensor is put back with
   ``torch.where`` on the flag (``masked_step``); state a first, skipped step created is reset to
   zeros, which AdamW and SGD treat exactly as fresh state.
-- ``StepStats``: loss sums, skipped steps, the last gradient norm and the current run of
-  skipped steps, summed on the device; ``read`` brings them to the host once per log.
+- ``StepStats``: loss sums, skipped steps, the last gradient norm and the runs of skipped
+  steps in a row, kept on the device; ``read`` brings them to the host once per log.
 """
 
 from __future__ import annotations
@@ -80,6 +80,10 @@ class StatsRead:
     skipped: int
     grad_norm: float
     skips_in_a_row: int
+    """Skipped steps in a row up to the last step (the run may have begun in an earlier window)."""
+    longest_skip_run: int
+    """The longest run of skipped steps in a row since the previous read (a run in progress
+    at that read is counted again)."""
 
     @property
     def mean_loss(self) -> float:
@@ -96,6 +100,7 @@ class StepStats:
         self._sums = torch.zeros(3, dtype=torch.float64, device=device)  # loss, finite, skipped
         self._norm = torch.zeros((), dtype=torch.float64, device=device)
         self._run = torch.zeros((), dtype=torch.int64, device=device)
+        self._longest = torch.zeros((), dtype=torch.int64, device=device)
 
     def add(self, result: Any) -> None:
         """Accumulate a ``glioseg.train.loop.StepResult`` (its tensors, not floats)."""
@@ -107,10 +112,14 @@ class StepStats:
         self._sums += step
         self._norm = result.grad_norm_t.detach().to(torch.float64)
         self._run = (self._run + 1) * skipped
+        self._longest = torch.maximum(self._longest, self._run)
 
     def read(self) -> StatsRead:
         """The sums so far (one copy to the host), then start a new window."""
-        values = torch.cat([self._sums, self._norm[None], self._run[None].to(torch.float64)])
+        values = torch.cat([self._sums, self._norm[None],
+                            torch.stack([self._run, self._longest]).to(torch.float64)])
         host = values.cpu().tolist()
         self._sums = torch.zeros_like(self._sums)
-        return StatsRead(host[0], int(host[1]), int(host[2]), host[3], int(host[4]))
+        self._longest = self._run.clone()
+        return StatsRead(host[0], int(host[1]), int(host[2]), host[3], int(host[4]),
+                         int(host[5]))
