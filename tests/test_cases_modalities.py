@@ -20,7 +20,7 @@ from glioseg.data.cases import CaseError, check_case, discover, load_case
 from glioseg.preprocess import cache as PC
 from glioseg.preprocess.run import PreprocessFailed, preprocess_dir
 from glioseg.train import config as C
-from glioseg.train import fit as F
+from glioseg.train.cases import select_cases
 
 runner = CliRunner()
 DROPPED = ("t1ce", "flair")
@@ -152,7 +152,7 @@ def test_training_selects_by_name_and_refuses_a_missing_sequence(t2_t1_cache: Pa
     sets = [f"data.cache_dir={t2_t1_cache}", "data.n_val=1"]
     cfg = C.load_config("small", [*sets, "data.modalities=[t2,t1]"])
     cases = PC.open_cache(t2_t1_cache)
-    train, val = F.select_cases(cfg, cases)
+    train, val = select_cases(cfg, cases)
     assert len(train) == 1 and len(val) == 1
     img = np.asarray(val[0].image)
     cached = np.asarray(val[0].case.image)
@@ -160,7 +160,7 @@ def test_training_selects_by_name_and_refuses_a_missing_sequence(t2_t1_cache: Pa
     np.testing.assert_array_equal(img[1], cached[L.MODALITIES.index("t1")])
     bad = C.load_config("small", [*sets, "data.modalities=[t1,t2,flair]"])
     with pytest.raises(PC.CacheError) as err:
-        F.select_cases(bad, cases)
+        select_cases(bad, cases)
     for c in cases:
         assert f"{c.case_id} has no flair" in str(err.value)
 

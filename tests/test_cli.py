@@ -25,29 +25,3 @@ def test_help_lists_every_command():
         assert cmd in out.stdout, cmd
 
 
-def test_multi_node_launch_has_one_writer_of_launch_yaml(tmp_path, monkeypatch):
-    """``train --nnodes 2``: node 0's launcher writes OUT/launch.yaml (the config every
-    worker reads); the launcher of node 1 does not write it, yet runs its workers on it."""
-    import pytest
-    import typer
-    from test_train import _tiny_cache
-
-    from glioseg.cli.train import _launch_training
-
-    cache = _tiny_cache(tmp_path / "cache", n=1)
-    commands = []
-    monkeypatch.setattr(subprocess, "run",
-                        lambda cmd, **kw: commands.append(cmd) or subprocess.CompletedProcess(cmd, 0))
-    out = tmp_path / "out"
-    for node in (1, 0):
-        with pytest.raises(typer.Exit):
-            _launch_training(out, cache, "small", ["optim.lr=0.002"], nproc=2, nnodes=2,
-                             node_rank=node, rdzv_endpoint="node0:29500")
-        if node == 1:
-            assert not (out / "launch.yaml").exists()
-    assert (out / "launch.yaml").is_file()
-    assert all(cmd[cmd.index("--config") + 1] == str(out / "launch.yaml") for cmd in commands)
-    assert ["--node-rank=1" in cmd for cmd in commands] == [True, False]
-    from glioseg.train import config as C
-
-    assert C.load_config(out / "launch.yaml").optim.lr == 0.002

@@ -3,7 +3,7 @@ with batch 2b on the same patches.
 
 The real training path is used: the small preset's 3D U-Net (shrunk), its deep-supervision
 Dice + BCE loss, its SGD-Nesterov optimiser and warm-up schedule, gradient clipping, and
-``glioseg.train.fit.wrap`` for the DDP wrapper.
+``glioseg.train.components.wrap`` for the DDP wrapper.
 
 Why they must agree: the loss is a per-sample mean (soft Dice per sample and channel, BCE over
 voxels and samples, equal shard sizes) and the model has no cross-sample layer (InstanceNorm
@@ -25,6 +25,8 @@ from glioseg.train import config as C
 from glioseg.train import distributed as D
 from glioseg.train import fit as F
 from glioseg.train import loop as L
+from glioseg.train.cases import select_cases
+from glioseg.train.components import Components, build_components, wrap
 
 B = 2  # patches per rank
 STEPS = 3
@@ -57,10 +59,10 @@ def _data() -> list[L.Batch]:
     return out
 
 
-def _train(info: D.DistInfo, batches: list[L.Batch]) -> tuple[F.Components, list[float]]:
+def _train(info: D.DistInfo, batches: list[L.Batch]) -> tuple[Components, list[float]]:
     cfg = _cfg()
-    comp = F.build_components(cfg, info)
-    F.wrap(comp, cfg, info)
+    comp = build_components(cfg, info)
+    wrap(comp, cfg, info)
     losses = []
     for b in batches:
         res = L.train_step(comp.net, [b], comp.loss_fn, comp.optimizer, comp.scaler, "none",
@@ -102,7 +104,7 @@ def test_two_gloo_ranks_match_one_process_with_twice_the_batch(tmp_path: Path):
     got = torch.load(out, weights_only=True)
 
     single, losses = _train(D.DistInfo(), _data())
-    init = F.build_components(_cfg(), D.DistInfo()).model.state_dict()
+    init = build_components(_cfg(), D.DistInfo()).model.state_dict()
     moved = []
     for name, p_one in single.model.state_dict().items():
         torch.testing.assert_close(got["params"][name], p_one, atol=ATOL, rtol=0, msg=name)
@@ -119,7 +121,7 @@ def test_two_gloo_ranks_match_one_process_with_twice_the_batch(tmp_path: Path):
 
 def _plain_train(batches: list[L.Batch], grad_accum: int) -> torch.nn.Module:
     cfg = _cfg()
-    comp = F.build_components(cfg, D.DistInfo())
+    comp = build_components(cfg, D.DistInfo())
     for b in batches:
         n = b.size // grad_accum
         micro = [L.Batch(b.image[i * n:(i + 1) * n], b.target[i * n:(i + 1) * n])
@@ -141,37 +143,6 @@ def test_single_process_world():
     assert (info.rank, info.world_size, info.is_main, info.distributed) == (0, 1, True, False)
     assert D.all_reduce_mean(2.5) == 2.5
     assert D.all_gather_objects("x") == ["x"]
-
-
-def test_torchrun_command_single_and_multi_node():
-    one = F.torchrun_command(["--out", "r"], nproc=2, max_restarts=3)
-    assert one[1:] == ["-m", "torch.distributed.run", "--nproc-per-node=2", "--max-restarts=3",
-                       "--standalone", "-m", "glioseg", "train", "--out", "r"]
-    two = F.torchrun_command(["--out", "r"], nproc=4, nnodes=2, node_rank=1,
-                             rdzv_endpoint="node0:29500", run_id="brats")
-    assert two[5:10] == ["--nnodes=2", "--node-rank=1", "--rdzv-backend=c10d",
-                         "--rdzv-endpoint=node0:29500", "--rdzv-id=brats"]
-    assert "--standalone" not in two
-    for bad in ({"nnodes": 2}, {"nnodes": 2, "rdzv_endpoint": "h:1", "node_rank": 2},
-                {"nproc": 0}):
-        kwargs = {"nproc": 2, **bad}
-        try:
-            F.torchrun_command([], **kwargs)
-        except F.TrainError:
-            continue
-        raise AssertionError(f"{kwargs} accepted")
-
-
-def test_several_nodes_get_a_fresh_rendezvous_store_per_round():
-    base = {"PATH": "/bin"}
-    assert F.torchrun_env(1, base) == base
-    assert F.torchrun_env(2, base) == {"PATH": "/bin", "TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "1"}
-    # the variable is one torch's rendezvous reads (a renamed one would silently do nothing)
-    import inspect
-
-    from torch.distributed.elastic.rendezvous import dynamic_rendezvous
-
-    assert "TORCH_DISABLE_SHARE_RDZV_TCP_STORE" in inspect.getsource(dynamic_rendezvous)
 
 
 def test_pretrain_under_torchrun_two_ranks(tmp_path: Path):
@@ -293,7 +264,7 @@ def test_torchrun_restart_after_a_killed_worker_resumes_training(tmp_path: Path)
                 seen.update(_workers(proc.pid))
                 assert time.monotonic() - t0 < 90, "the first rank 0 did not stop"
                 time.sleep(0.02)
-            from glioseg.train.fit import parse_metrics
+            from glioseg.metrics_log import parse_metrics
 
             before = parse_metrics(run / "metrics.jsonl")
             while proc.poll() is None:
@@ -345,7 +316,7 @@ def test_torchrun_restart_after_a_killed_worker_resumes_training(tmp_path: Path)
     from glioseg.model.registry import build_model
 
     cfg = C.load_config(str(run / "config.yaml"))
-    _, val_cases = F.select_cases(cfg, open_cache(cfg.data.cache_dir))
+    _, val_cases = select_cases(cfg, open_cache(cfg.data.cache_dir))
     assert len(val_cases) == n_val
     model = build_model(cfg.model)
     model.load_state_dict(final["model"])

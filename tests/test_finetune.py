@@ -14,6 +14,7 @@ from glioseg.model.card import load_card, load_state_dict
 from glioseg.model.registry import build_model
 from glioseg.train import config as C
 from glioseg.train import fit as F
+from glioseg.train.components import make_optimizer, make_scheduler
 from glioseg.transfer import freeze as FZ
 
 
@@ -72,8 +73,8 @@ def test_gradual_gates_train_the_head_first_and_everything_last():
     total = 10 * n
     cfg = C.load_config("small", [*TINY, f"train.steps={total}", "optim.warmup_steps=0",
                                   "optim.schedule=constant"])
-    opt = F.make_optimizer(cfg.optim, groups)
-    sched = F.make_scheduler(cfg, opt)
+    opt = make_optimizer(cfg.optim, groups)
+    sched = make_scheduler(cfg, opt)
     x = torch.randn(1, 4, 16, 16, 16)
     stages = FZ.stage_parameters(model)
 
@@ -126,19 +127,6 @@ def test_genesis_batch_is_reproducible_and_keeps_the_original_as_target():
     c = F.genesis_batch(Batch(img, torch.zeros(2, 3, 16, 16, 16)), 0, 0, 6)
     assert torch.equal(a.image, b.image) and not torch.equal(a.image, c.image)
     assert torch.equal(a.target, img) and not torch.equal(a.image, img)
-
-
-def test_chosen_cases_and_a_separate_validation_cache(cache: Path, tmp_path: Path):
-    from glioseg.preprocess.cache import open_cache
-
-    other = _tiny_cache(tmp_path / "val", n=2)
-    cfg = _cfg(cache, "data.cases=[CASE_000]", f"data.val_cache={other}")
-    train, val = F.select_cases(cfg, open_cache(cache), open_cache(other))
-    assert [c.case_id for c in train] == ["CASE_000"]
-    assert sorted(c.case_id for c in val) == ["CASE_000", "CASE_001"]
-    bad = _cfg(cache, "data.cases=[CASE_000,NOPE_7]")
-    with pytest.raises(F.TrainError, match="NOPE_7"):
-        F.select_cases(bad, open_cache(cache))
 
 
 def test_unknown_modality_is_a_config_error():
@@ -201,22 +189,6 @@ def _two_sequence_site(root: Path, n: int = 2) -> Path:
         write_brats_case(root, "brats2021", index=i, images=images, seg=seg,
                          skip=("t1", "t1ce"))
     return root
-
-
-def test_data_modalities_of_a_cache_and_of_a_raw_folder(cache: Path, tmp_path: Path):
-    from glioseg.preprocess.run import preprocess_dir
-
-    raw = _two_sequence_site(tmp_path / "raw")
-    assert F.data_modalities(raw)[0] == ["t2", "flair"]
-    preprocess_dir(raw, tmp_path / "c2", modalities="flair,t2")
-    mods, where = F.data_modalities(tmp_path / "c2")
-    assert mods == ["t2", "flair"] and "selected_modalities" in where
-    assert F.data_modalities(cache)[0] == ["t1", "t1ce", "t2", "flair"]  # an older cache: all
-    # the source's sequences (its order) when the data has them all, else the data's
-    assert F.finetune_modalities(["flair", "t1ce"], ["t1", "t1ce", "t2", "flair"]) == \
-        ["flair", "t1ce"]
-    assert F.finetune_modalities(["t1", "t1ce", "t2", "flair"], ["t2", "flair"]) == \
-        ["t2", "flair"]
 
 
 def test_cli_finetune_reads_the_sequences_from_the_data(source_run: Path, tmp_path: Path):

@@ -23,7 +23,7 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "glioseg"
 
 # Lowest first. A module belongs to the layer of the longest prefix that names it.
 LAYERS: list[tuple[str, ...]] = [
-    ("glioseg", "errors", "io_atomic", "overlap", "records", "runinfo"),  # base: no stage
+    ("glioseg", "errors", "io_atomic", "metrics_log", "overlap", "records", "runinfo"),  # base
     ("data",),
     ("preprocess",),
     ("model",),

@@ -106,21 +106,3 @@ def test_loss_errors():
                                                torch.zeros(1, 3, 2, 2, 2))
 
 
-def test_loss_config_reaches_the_training_loss():
-    """``loss.*`` keys build the run's loss: batch Dice and term weights change its value as
-    the pure functions say."""
-    from glioseg.train import config as C
-    from glioseg.train import fit as F
-    from glioseg.train.losses import DiceBCELoss
-
-    g = torch.Generator().manual_seed(0)
-    logits = torch.randn(2, 3, 8, 8, 8, generator=g)
-    target = (torch.rand(2, 3, 8, 8, 8, generator=g) > 0.7).float()
-    default = F.make_loss(C.load_config("small"))(logits, target)
-    assert default == pytest.approx(float(DiceBCELoss()(logits, target)))
-    batch = F.make_loss(C.load_config("small", ["loss.batch_dice=true", "loss.bce_weight=0"]))
-    assert batch(logits, target) == pytest.approx(
-        float(soft_dice_loss(logits, target, batch_dice=True)))
-    assert batch(logits, target) != pytest.approx(float(soft_dice_loss(logits, target)))
-    with pytest.raises(C.ConfigError, match="loss"):
-        C.load_config("small", ["loss.dice_weight=0", "loss.bce_weight=0"])

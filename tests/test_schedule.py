@@ -72,32 +72,6 @@ def test_lr_factor_warmup_then_decay():
         lr_factor(20, 110, 10, kind="step")
 
 
-def test_training_scheduler_follows_lr_factor():
-    """The run's scheduler (``fit.make_scheduler``) gives peak x ``lr_factor`` at every step."""
-    import torch
-
-    from glioseg.train import config as C
-    from glioseg.train import fit as F
-    from glioseg.train.schedule import lr_factor
-
-    cfg = C.load_config("small", ["train.steps=30", "optim.warmup_steps=5", "optim.lr=0.01",
-                                  "optim.schedule=cosine"])
-    opt = F.make_optimizer(cfg.optim, [torch.nn.Parameter(torch.zeros(1))])
-    sched = F.make_scheduler(cfg, opt)
-    got = []
-    for _ in range(30):
-        got.append(opt.param_groups[0]["lr"])
-        opt.step()
-        sched.step()
-    assert got == pytest.approx([0.01 * lr_factor(s, 30, 5, "cosine") for s in range(30)])
-    assert got[4] == pytest.approx(0.01) and got[0] == pytest.approx(0.002)
-    import dataclasses
-
-    bad = C.replace(cfg, optim=dataclasses.replace(cfg.optim, schedule="step"))
-    with pytest.raises(F.TrainError, match="unknown schedule"):
-        F.make_scheduler(bad, opt)
-
-
 @pytest.mark.parametrize("name", ["adamw", "sgd"])
 def test_multi_tensor_update_on_cpu_equals_the_loop(name):
     """On CPU the optimiser uses the multi-tensor (``foreach``) kernels; ten steps give the

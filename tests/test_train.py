@@ -17,6 +17,8 @@ from glioseg.data.labels import MODALITIES
 from glioseg.io_atomic import write_json
 from glioseg.preprocess import cache as PC
 from glioseg.train import fit as F
+from glioseg.train.cases import forever, make_train_loader, select_cases
+from glioseg.train.components import build_components, make_loss
 
 SIZE = 16
 
@@ -131,14 +133,14 @@ def _replay(cfg, train_cases: list, start: dict | None, first: int, last: int,
     from glioseg.train import loop as L
 
     info = D.DistInfo()
-    comp = F.build_components(cfg, info, fresh=start is None)
+    comp = build_components(cfg, info, fresh=start is None)
     if start is None:
         D.seed_everything(cfg.train.seed)
     else:
         ckpt.restore(start, model=comp.model,
                      optimizer=comp.optimizer if restore_optimizer else None,
                      scheduler=comp.scheduler, scaler=comp.scaler)
-    batches = F.forever(F.make_train_loader(cfg, train_cases, info, first))
+    batches = forever(make_train_loader(cfg, train_cases, info, first))
     for _ in range(first, last):
         micro = [L.to_batch(next(batches), info.device, False)
                  for _ in range(cfg.train.grad_accum)]
@@ -164,7 +166,7 @@ def _check_resumed_state(run: Path, at_kill: dict, final: dict) -> None:
     """Exact equality: the same float32 operations in the same order on one thread.
 
     The resumed run cannot equal an uninterrupted run of all its steps: on resume the patch
-    stream is reseeded from the step (``fit.loader_seed``: fresh patches rather than a replay
+    stream is reseeded from the step (``cases.loader_seed``: fresh patches rather than a replay
     of the epoch in flight, whose loader state a checkpoint does not hold), so the steps
     after the checkpoint see other patches than an uninterrupted run would.
     """
@@ -173,7 +175,7 @@ def _check_resumed_state(run: Path, at_kill: dict, final: dict) -> None:
 
     torch.set_num_threads(1)
     cfg = C.load_config(str(run / "config.yaml"))
-    train_cases, _ = F.select_cases(cfg, open_cache(cfg.data.cache_dir))
+    train_cases, _ = select_cases(cfg, open_cache(cfg.data.cache_dir))
     k, n = at_kill["step"], final["step"]
     assert at_kill["optimizer"]["state"] and final["optimizer"]["state"]  # AdamW moments
     before = _replay(cfg, train_cases, None, 0, k)
@@ -260,17 +262,6 @@ def _cache_with_spacings(folder: Path, spacings: list[list[float]],
     return folder
 
 
-def test_card_spacing_is_the_grid_the_model_learnt_on(tmp_path: Path):
-    # data already at 2 mm, not resampled: the card must still say 2 mm, or prediction on
-    # 1 mm data would feed the model images at half its scale
-    same = _cache_with_spacings(tmp_path / "a", [[2.0, 2.0, 2.0]] * 2)
-    assert F._cache_spacing(str(same)) == [2.0, 2.0, 2.0]
-    mixed = _cache_with_spacings(tmp_path / "b", [[2.0, 2.0, 2.0], [1.0, 1.0, 1.0]])
-    assert F._cache_spacing(str(mixed)) is None
-    resampled = _cache_with_spacings(tmp_path / "c", [[1.5] * 3] * 2, resampled=[1.5] * 3)
-    assert F._cache_spacing(str(resampled)) == [1.5, 1.5, 1.5]
-
-
 def test_profile_writes_a_chrome_trace_and_splits_the_step(tmp_path: Path, capsys):
     from glioseg.train import config as C
     from glioseg.train.profile import SECTIONS, profile_training
@@ -290,20 +281,6 @@ def test_profile_writes_a_chrome_trace_and_splits_the_step(tmp_path: Path, capsy
     assert "Chrome trace:" in printed and "backward" in printed
 
 
-def test_metrics_log_survives_a_torn_last_line(tmp_path: Path):
-    """SIGKILL during a write leaves half a line: resume drops it and what is after the step."""
-    path = tmp_path / "metrics.jsonl"
-    path.write_text('{"step": 1, "loss": 1.0}\n{"step": 2, "loss": 0.9}\n{"step": 3, "lo')
-    assert [r["step"] for r in F.parse_metrics(path)] == [1, 2]
-    log = F.MetricsLog(path, resume_step=1)
-    log.write({"step": 2, "loss": 0.8})
-    log.close()
-    assert F.parse_metrics(path) == [{"step": 1, "loss": 1.0}, {"step": 2, "loss": 0.8}]
-    path.write_text('{"step": 1}\nnot json\n{"step": 3}\n')
-    with pytest.raises(F.TrainError, match="line 2"):
-        F.parse_metrics(path)
-
-
 # --------------------------------------------------------------------------- reliability
 
 def _fit(cache: Path, run: Path, *sets: str, resume: bool = False) -> dict:
@@ -318,7 +295,7 @@ def _fit(cache: Path, run: Path, *sets: str, resume: bool = False) -> dict:
 def test_non_finite_gradient_is_skipped_and_logged(tmp_path: Path, monkeypatch, capsys):
     """A step whose loss (hence gradient) is NaN is skipped, not applied: it is counted in the
     step's ``skipped_steps``, the run goes on and every checkpoint holds finite weights."""
-    real = F.make_loss
+    real = make_loss
     calls = []
 
     def poisoned(cfg):
@@ -330,7 +307,7 @@ def test_non_finite_gradient_is_skipped_and_logged(tmp_path: Path, monkeypatch, 
             return value * float("nan") if len(calls) == 2 else value
         return fn
 
-    monkeypatch.setattr(F, "make_loss", poisoned)
+    monkeypatch.setattr("glioseg.train.components.make_loss", poisoned)
     cache = _tiny_cache(tmp_path / "cache", n=2)
     run = tmp_path / "run"
     summary = _fit(cache, run, "train.steps=3", "train.ckpt_every=1", "train.val_every=3")
@@ -347,7 +324,7 @@ def test_non_finite_gradient_is_skipped_and_logged(tmp_path: Path, monkeypatch, 
 def test_a_run_whose_gradients_stay_non_finite_stops(tmp_path: Path, monkeypatch):
     """Skips in a row beyond ``MAX_SKIPS_IN_A_ROW`` stop the run with the remedies; the last
     checkpoint is the finite state before them."""
-    real = F.make_loss
+    real = make_loss
 
     def poisoned(cfg):
         loss = real(cfg)
@@ -359,7 +336,7 @@ def test_a_run_whose_gradients_stay_non_finite_stops(tmp_path: Path, monkeypatch
             return value * float("nan") if len(calls) > 1 else value
         return fn
 
-    monkeypatch.setattr(F, "make_loss", poisoned)
+    monkeypatch.setattr("glioseg.train.components.make_loss", poisoned)
     monkeypatch.setattr(F, "MAX_SKIPS_IN_A_ROW", 2)
     cache = _tiny_cache(tmp_path / "cache", n=2)
     run = tmp_path / "run"

@@ -11,8 +11,8 @@ from test_train import TINY
 from glioseg.data.labels import MODALITIES
 from glioseg.io_atomic import write_json
 from glioseg.preprocess import cache as PC
+from glioseg.train.cases import CaseView
 from glioseg.train.data import DataError, make_loader
-from glioseg.train.fit import CaseView
 
 
 def _unlabelled_cache(folder: Path, n: int = 2, size: int = 8) -> Path:
@@ -46,15 +46,6 @@ def test_blank_label_views_feed_the_loader_and_the_cases_stay_unlabelled(tmp_pat
     whole = [np.asarray(c.image) for c in cases]
     for patch in image.numpy():
         assert any(np.array_equal(patch, w) for w in whole)
-
-
-def test_blank_labels_leave_a_labelled_case_alone(tmp_path: Path):
-    from test_train import _tiny_cache
-
-    case = PC.open_cache(_tiny_cache(tmp_path / "cache", n=1))[0]
-    view = CaseView(case, blank_labels=True)
-    assert not view.blank_labels and view.meta is case.meta
-    assert np.array_equal(view.labels, case.labels) and view.labels.any()
 
 
 def _scans_without_segmentations(root: Path, n: int = 2) -> Path:

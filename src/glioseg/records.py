@@ -1,8 +1,8 @@
 """Plain-data helpers every layer may use: reading JSON-lines files, flattening nested records.
 
-The one reader of ``metrics.jsonl`` (the trainer's resume, the report, the demo and the study
-all read it here); it imports neither torch nor any pipeline module, so the report reads a
-run's records without loading the trainer.
+``read_jsonl`` is the one parser of JSON-lines files, strict or lenient; ``metrics.jsonl``, the
+log of a training run, is written and read through ``glioseg.metrics_log``, which parses it
+here. Imports neither torch nor any pipeline module.
 """
 
 from __future__ import annotations

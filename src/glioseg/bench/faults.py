@@ -28,7 +28,7 @@ else afresh), which must exit 0, and compares the final outputs with the referen
 - evaluate: ``per_case.csv`` and ``summary.json``, every value equal;
 - train: the final ``last.pt`` (model and optimiser tensors) and ``last/model.safetensors``
   bit for bit against the uninterrupted run when the re-run started afresh. A resumed run
-  draws fresh patches from the resumed step on (``train.fit.loader_seed``: the loader's
+  draws fresh patches from the resumed step on (``train.cases.loader_seed``: the loader's
   position is not in a checkpoint), so it cannot equal a run that never stopped; its
   reference is the uninterrupted run stopped at the resumed step by its own step budget and
   resumed from there (``optim.schedule=constant``, no warm-up, so the budget changes no

@@ -66,19 +66,20 @@ def measure(
     reduced over ranks (throughput summed, fractions and times averaged, memory max)."""
     from glioseg.train import config as C
     from glioseg.train import distributed as D
-    from glioseg.train import fit as F
     from glioseg.train import loop as L
+    from glioseg.train.cases import channel_indices, forever, make_train_loader
+    from glioseg.train.components import build_components, wrap
 
     cfg = C.replace(cfg, train=dataclasses.replace(cfg.train, amp=amp))
-    comp = F.build_components(cfg, info)
-    F.wrap(comp, cfg, info)
+    comp = build_components(cfg, info)
+    wrap(comp, cfg, info)
     patch, b = cfg.patch_size, cfg.data.batch_size
-    channels = F.channel_indices(cfg.data.modalities)
+    channels = channel_indices(cfg.data.modalities)
     if cache:
         from glioseg.preprocess.cache import open_cache
 
         cases = [c for c in open_cache(cache) if c.meta.get("has_labels")]
-        source = F.forever(F.make_train_loader(cfg, cases, info, 0))
+        source = forever(make_train_loader(cfg, cases, info, 0))
     else:
         pool = _synthetic_batches(4, b, patch, cfg.train.seed + info.rank,
                                   len(cfg.data.modalities))

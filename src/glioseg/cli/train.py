@@ -46,67 +46,20 @@ def train(
     profile_steps: Annotated[int, typer.Option(help="Steps to profile.")] = 4,
 ) -> None:
     """Train a segmentation model on one process, or many with --nproc / --nnodes (DDP)."""
-    _launch_training(out, data, config, list(set_ or []), resume=resume, nproc=nproc,
-                     nnodes=nnodes, node_rank=node_rank, rdzv_endpoint=rdzv_endpoint,
-                     max_restarts=max_restarts, spacing=spacing, profile=profile,
-                     profile_steps=profile_steps)
+    _launch(out, data, config, list(set_ or []), resume=resume, nproc=nproc, nnodes=nnodes,
+            node_rank=node_rank, rdzv_endpoint=rdzv_endpoint, max_restarts=max_restarts,
+            spacing=spacing, profile=profile, profile_steps=profile_steps)
 
 
-def _launch_training(out: Path, data: Path | None, config: str | None,
-                     sets: list[str], *, resume: bool = False, nproc: int = 1, nnodes: int = 1,
-                     node_rank: int = 0, rdzv_endpoint: str | None = None,
-                     max_restarts: int = 0, spacing: float | None = None,
-                     profile: bool = False, profile_steps: int = 4,
-                     modalities: list[str] | None = None) -> None:
-    """What ``train``, ``finetune`` and ``pretrain`` share: resolve the config, prepare the
-    data, then run here or relaunch this command's workers under torchrun."""
-    import subprocess
+def _launch(out: Path, data: Path | None, config: str | None, sets: list[str],
+            **kwargs: object) -> None:
+    """``glioseg.train.launch.launch_training``, printing through typer; exits with torchrun's
+    status when the run was relaunched under it."""
+    from glioseg.train.launch import launch_training
 
-    from glioseg.train import config as C
-    from glioseg.train import fit as F
-
-    base = config
-    if base is None:
-        saved = out / "config.yaml"
-        base = str(saved) if resume and saved.is_file() else "small"
-    if data is not None:
-        cache = F.prepare_data(data, out, spacing=spacing, modalities=modalities)
-        sets.append(f"data.cache_dir={cache.resolve()}")
-    cfg = C.load_config(base, sets)
-    if not cfg.data.cache_dir:
-        fail("no data: pass --data CACHE_OR_DATA_DIR (or --resume a run that has one)")
-    if nproc > 1 or nnodes > 1:
-        out.mkdir(parents=True, exist_ok=True)
-        launch = out / "launch.yaml"
-        # one writer: node 0's launcher. The workers of every node read its file; they
-        # start only once every node's agent joined the rendezvous, node 0's after this.
-        if node_rank == 0:
-            C.dump_config(cfg, launch)
-        args = ["--out", str(out), "--config", str(launch)]
-        args += ["--resume"] if resume else []
-        args += ["--profile", "--profile-steps", str(profile_steps)] if profile else []
-        cmd = F.torchrun_command(args, nproc=nproc, nnodes=nnodes, node_rank=node_rank,
-                                 rdzv_endpoint=rdzv_endpoint, max_restarts=max_restarts,
-                                 run_id=out.resolve().name)
-        raise typer.Exit(subprocess.run(cmd, env=F.torchrun_env(nnodes)).returncode)
-    if profile:
-        from glioseg.train.profile import profile_training
-
-        profile_training(cfg, out, steps=profile_steps)
-        return
-    summary = F.fit(cfg, out, resume=resume)
-    if summary.get("rank", 0) != 0:
-        return
-    if summary.get("n_cases"):
-        typer.echo(f"step {summary['step']}: validation Dice WT {summary['dice_WT']:.3f} "
-                   f"TC {summary['dice_TC']:.3f} ET {summary['dice_ET']:.3f}; best mean "
-                   f"{summary['best_metric']:.3f} at step {summary['best_step']}; run in {out}")
-        pipeline = summary.get("val_pipeline", "")
-        typer.echo(f"validated with: {pipeline}" + (
-            " (as glioseg predict does by default)" if pipeline == "whole volume" else
-            " (glioseg predict --mode sliding with this ROI and overlap repeats it)"))
-    else:
-        typer.echo(f"step {summary['step']}; run in {out}")
+    code = launch_training(out, data, config, sets, log=typer.echo, **kwargs)  # type: ignore[arg-type]
+    if code is not None:
+        raise typer.Exit(code)
 
 
 @app.command()
@@ -142,62 +95,18 @@ def finetune(
     """Fine-tune a pretrained model on a new site: loads what fits by name and shape, maps
     input sequences by name, prints the load report, trains with the chosen strategy."""
     from glioseg.model.card import load_card
+    from glioseg.train import launch
 
     card = load_card(from_)
-    mods = _finetune_modalities(card, modalities, data, resume)
-    if spacing is None and data is not None and not (data / "dataset.json").is_file():
-        sp = (card.preprocessing or {}).get("spacing")
-        spacing = float(sp[0]) if sp else None
-    sets = [f"transfer.init_from={from_.resolve()}", f"transfer.strategy={strategy}",
-            f"transfer.layer_decay={layer_decay}", f"transfer.new_head={new_head}",
-            *([f"data.modalities=[{','.join(mods)}]"] if mods else []), *(set_ or [])]
-    if not resume:
-        sets = _card_model_overrides(card) + sets
-    _launch_training(out, data, config, sets, resume=resume, nproc=nproc,
-                     nnodes=nnodes, node_rank=node_rank, rdzv_endpoint=rdzv_endpoint,
-                     max_restarts=max_restarts, spacing=spacing, modalities=mods)
-
-
-def _finetune_modalities(card: object, modalities: str | None, data: Path | None,
-                         resume: bool) -> list[str] | None:
-    """The fine-tuning run's sequences: ``--modalities``; else read from ``--data``
-    (``glioseg.train.fit.finetune_modalities``: the card's when the data has them all, else
-    the data's, saying so); else the card's, or None on ``--resume`` (the run's config keeps
-    its own)."""
-    from glioseg.model.weights import canonical_modality
-    from glioseg.train import fit as F
-
-    if modalities:
-        return [canonical_modality(m) for m in modalities.split(",") if m.strip()]
-    source = [canonical_modality(m) for m in card.modalities]  # type: ignore[attr-defined]
-    if data is None:
-        return None if resume else source
-    available, where = F.data_modalities(data)
-    mods = F.finetune_modalities(source, available)
-    if mods != source:
-        typer.echo(f"sequences: {', '.join(mods)}, read from the data ({where}); the pretrained "
-                   f"model takes {', '.join(source)}: its input filters are adapted by name "
-                   "(see the load report; --modalities chooses others)")
-    return mods
-
-
-_NOT_FROM_CARD = ("in_channels", "out_channels", "deep_supervision", "patch_size",
-                  "gradient_checkpointing")
-
-
-def _card_model_overrides(card: object) -> list[str]:
-    """``model.*`` overrides giving the pretrained model's architecture (its weights load only
-    into a network of the same shape), and its training patch size: fine-tuning on smaller
-    patches than the model learnt on lowered target Dice in the label-efficiency study
-    (instance-norm statistics of small tumour-centred patches differ from whole-volume ones).
-    Inputs, outputs and deep supervision stay the fine-tuning run's own; ``--set`` wins."""
-    import json
-
-    model = dict(card.model)  # type: ignore[attr-defined]
-    sets = [f"model.{k}={json.dumps(v)}" for k, v in model.items() if k not in _NOT_FROM_CARD]
-    if model.get("patch_size"):
-        sets.append(f"data.patch_size={json.dumps(list(model['patch_size']))}")
-    return sets
+    mods = launch.finetune_sequences(card, modalities, data, resume, log=typer.echo)
+    if spacing is None:
+        spacing = launch.card_spacing(card, data)
+    sets = launch.finetune_overrides(card, from_, strategy=strategy, layer_decay=layer_decay,
+                                     new_head=new_head, modalities=mods, sets=set_ or [],
+                                     resume=resume)
+    _launch(out, data, config, sets, resume=resume, nproc=nproc, nnodes=nnodes,
+            node_rank=node_rank, rdzv_endpoint=rdzv_endpoint, max_restarts=max_restarts,
+            spacing=spacing, modalities=mods)
 
 
 @app.command()
@@ -221,16 +130,12 @@ def pretrain(
 ) -> None:
     """Self-supervised pretraining on unlabelled scans (Models Genesis restoration with the
     segmentation network, so its encoder and decoder transfer to `glioseg finetune`)."""
-    sets = ["train.task=genesis", *(set_ or [])]
-    if modalities:
-        from glioseg.model.weights import canonical_modality
+    from glioseg.train.launch import pretrain_overrides
 
-        mods = [canonical_modality(m) for m in modalities.split(",") if m.strip()]
-        sets.insert(1, f"data.modalities=[{','.join(mods)}]")
-    _launch_training(out, data, config, sets, resume=resume, nproc=nproc,
-                     nnodes=nnodes, node_rank=node_rank, rdzv_endpoint=rdzv_endpoint,
-                     max_restarts=max_restarts, spacing=spacing,
-                     modalities=mods if modalities else None)
+    sets, mods = pretrain_overrides(modalities, set_ or [])
+    _launch(out, data, config, sets, resume=resume, nproc=nproc, nnodes=nnodes,
+            node_rank=node_rank, rdzv_endpoint=rdzv_endpoint, max_restarts=max_restarts,
+            spacing=spacing, modalities=mods)
 
 
 @app.command()

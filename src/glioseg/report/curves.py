@@ -31,17 +31,17 @@ def plot_run(run_dir: str | Path, output: str | Path | None = None) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from glioseg.records import read_jsonl
+    from glioseg.metrics_log import METRICS_NAME, read_metrics
+    from glioseg.records import RecordsError
 
     run_dir = Path(run_dir)
-    if not (run_dir / "metrics.jsonl").is_file():
-        raise FigureError(f"{run_dir}: no metrics.jsonl (not a training run folder?)")
-    # the report's reader (a torn or bad line is skipped, as `glioseg report` does), not the
-    # trainer's: a report reads files and never imports train (tests/test_layering.py)
-    records = read_jsonl(run_dir / "metrics.jsonl")
+    try:  # lenient: a torn or bad line is skipped, as `glioseg report` does
+        records = read_metrics(run_dir, strict=False)
+    except RecordsError as exc:  # no metrics.jsonl
+        raise FigureError(str(exc)) from None
     steps, loss = _series(records, "train", "loss")
     if not steps:
-        raise FigureError(f"{run_dir / 'metrics.jsonl'}: no training record to plot")
+        raise FigureError(f"{run_dir / METRICS_NAME}: no training record to plot")
     output = Path(output) if output is not None else run_dir / "curves.png"
     fig, (ax_loss, ax_dice) = plt.subplots(1, 2, figsize=(11, 4), constrained_layout=True)
     ax_loss.plot(steps, loss, color="tab:blue", lw=1.2)

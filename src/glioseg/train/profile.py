@@ -18,8 +18,9 @@ from glioseg.errors import InputError
 from glioseg.io_atomic import atomic_path
 from glioseg.train import config as C
 from glioseg.train import distributed as D
-from glioseg.train import fit as F
 from glioseg.train import loop as L
+from glioseg.train.cases import channel_indices, forever, make_train_loader, split_cases
+from glioseg.train.components import build_components, wrap
 
 SECTIONS = ("data", "forward", "backward", "optimizer")
 
@@ -53,13 +54,13 @@ def _profile(cfg: C.Config, run_dir: Path, info: D.DistInfo, steps: int, warmup:
              live: dict[str, Any]) -> dict[str, Any]:
     from glioseg.preprocess.cache import open_cache
 
-    cases, _ = F.split_cases(open_cache(cfg.data.cache_dir), cfg.data.n_val, cfg.train.seed)
-    comp = F.build_components(cfg, info)
-    F.wrap(comp, cfg, info)
+    cases, _ = split_cases(open_cache(cfg.data.cache_dir), cfg.data.n_val, cfg.train.seed)
+    comp = build_components(cfg, info)
+    wrap(comp, cfg, info)
     live["comp"] = comp
-    batches = F.forever(F.make_train_loader(cfg, cases, info, 0))
+    batches = forever(make_train_loader(cfg, cases, info, 0))
     t = cfg.train
-    channels = F.channel_indices(cfg.data.modalities)  # the cache holds every sequence
+    channels = channel_indices(cfg.data.modalities)  # the cache holds every sequence
 
     def load() -> list[L.Batch]:
         micro = [L.to_batch(next(batches), info.device, t.channels_last)

@@ -1,0 +1,204 @@
+"""train/launch.py: the config a launch resolves, the data it prepares, the sequences and
+overrides of a fine-tuning or pretraining, and the torchrun command and environment of a run
+on several processes or nodes."""
+
+import dataclasses
+import subprocess
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+from test_finetune import _two_sequence_site
+from test_train import _tiny_cache
+
+from glioseg.train import config as C
+from glioseg.train import launch as LA
+from glioseg.train.errors import TrainError
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return _tiny_cache(tmp_path_factory.mktemp("launch_cache"), n=1)
+
+
+# --------------------------------------------------------------------------- torchrun
+
+def test_torchrun_command_single_and_multi_node():
+    one = LA.torchrun_command(["--out", "r"], nproc=2, max_restarts=3)
+    assert one[1:] == ["-m", "torch.distributed.run", "--nproc-per-node=2", "--max-restarts=3",
+                       "--standalone", "-m", "glioseg", "train", "--out", "r"]
+    two = LA.torchrun_command(["--out", "r"], nproc=4, nnodes=2, node_rank=1,
+                              rdzv_endpoint="node0:29500", run_id="brats")
+    assert two[5:10] == ["--nnodes=2", "--node-rank=1", "--rdzv-backend=c10d",
+                         "--rdzv-endpoint=node0:29500", "--rdzv-id=brats"]
+    assert "--standalone" not in two
+    for bad in ({"nnodes": 2}, {"nnodes": 2, "rdzv_endpoint": "h:1", "node_rank": 2},
+                {"nproc": 0}):
+        kwargs = {"nproc": 2, **bad}
+        try:
+            LA.torchrun_command([], **kwargs)
+        except TrainError:
+            continue
+        raise AssertionError(f"{kwargs} accepted")
+
+
+def test_several_nodes_get_a_fresh_rendezvous_store_per_round():
+    base = {"PATH": "/bin"}
+    assert LA.torchrun_env(1, base) == base
+    assert LA.torchrun_env(2, base) == {"PATH": "/bin", "TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "1"}
+    # the variable is one torch's rendezvous reads (a renamed one would silently do nothing)
+    import inspect
+
+    from torch.distributed.elastic.rendezvous import dynamic_rendezvous
+
+    assert "TORCH_DISABLE_SHARE_RDZV_TCP_STORE" in inspect.getsource(dynamic_rendezvous)
+
+
+def test_multi_node_launch_has_one_writer_of_launch_yaml(cache: Path, tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch):
+    """``train --nnodes 2``: node 0's launcher writes OUT/launch.yaml (the config every
+    worker reads); the launcher of node 1 does not write it, yet runs its workers on it."""
+    commands = []
+    monkeypatch.setattr(subprocess, "run",
+                        lambda cmd, **kw: commands.append(cmd) or subprocess.CompletedProcess(cmd, 0))
+    out = tmp_path / "out"
+    for node in (1, 0):
+        code = LA.launch_training(out, cache, "small", ["optim.lr=0.002"], nproc=2, nnodes=2,
+                                  node_rank=node, rdzv_endpoint="node0:29500")
+        assert code == 0  # torchrun's status: relaunched, not run here
+        if node == 1:
+            assert not (out / "launch.yaml").exists()
+    assert (out / "launch.yaml").is_file()
+    assert all(cmd[cmd.index("--config") + 1] == str(out / "launch.yaml") for cmd in commands)
+    assert ["--node-rank=1" in cmd for cmd in commands] == [True, False]
+    assert C.load_config(out / "launch.yaml").optim.lr == 0.002
+
+
+def test_relaunch_passes_resume_and_profile_and_returns_torchrun_status(
+        cache: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    commands = []
+    monkeypatch.setattr(subprocess, "run",
+                        lambda cmd, **kw: commands.append((cmd, kw["env"]))
+                        or subprocess.CompletedProcess(cmd, 3))
+    cfg = C.load_config("small", [f"data.cache_dir={cache}"])
+    code = LA.relaunch(cfg, tmp_path / "run", resume=True, nproc=2, profile=True,
+                       profile_steps=7, max_restarts=1)
+    assert code == 3
+    ((cmd, env),) = commands
+    run = tmp_path / "run"
+    assert cmd[-8:] == ["--out", str(run), "--config", str(run / "launch.yaml"), "--resume",
+                        "--profile", "--profile-steps", "7"]
+    assert "--max-restarts=1" in cmd and "--standalone" in cmd
+    assert env == LA.torchrun_env(1)  # one node: the environment as it is
+
+
+# --------------------------------------------------------------------------- config and data
+
+def test_resolve_config_preset_resume_and_data(cache: Path, tmp_path: Path):
+    out = tmp_path / "run"
+    cfg = LA.resolve_config(out, cache, None, ["optim.lr=0.003"])
+    assert cfg.data.cache_dir == str(cache.resolve()) and cfg.optim.lr == 0.003
+    assert cfg.model == C.load_config("small").model  # the default preset
+    out.mkdir()
+    C.dump_config(C.replace(cfg, optim=dataclasses.replace(cfg.optim, lr=0.007)),
+                  out / "config.yaml")
+    assert LA.resolve_config(out, None, None, [], resume=True).optim.lr == 0.007
+    assert LA.resolve_config(out, cache, None, []).optim.lr != 0.007  # not without --resume
+    with pytest.raises(TrainError, match="no data: pass --data"):
+        LA.resolve_config(tmp_path / "other", None, None, [])
+
+
+def test_prepare_data_takes_a_cache_as_it_is_and_refuses_a_missing_folder(cache: Path,
+                                                                           tmp_path: Path):
+    assert LA.is_cache(cache) and not LA.is_cache(tmp_path)
+    assert LA.prepare_data(cache, tmp_path / "run") == cache
+    with pytest.raises(TrainError, match="no such folder"):
+        LA.prepare_data(tmp_path / "nope", tmp_path / "run")
+
+
+def test_prepare_data_on_another_rank_waits_for_rank_0(tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch):
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(TrainError, match="rank 1 waited 0 s for rank 0"):
+        LA.prepare_data(raw, tmp_path / "run", wait_s=0.0)
+    assert not (tmp_path / "run" / "cache").exists()  # rank 1 never preprocesses
+
+
+def test_data_modalities_of_a_cache_and_of_a_raw_folder(cache: Path, tmp_path: Path):
+    from glioseg.preprocess.run import preprocess_dir
+
+    raw = _two_sequence_site(tmp_path / "raw")
+    assert LA.data_modalities(raw)[0] == ["t2", "flair"]
+    preprocess_dir(raw, tmp_path / "c2", modalities="flair,t2")
+    mods, where = LA.data_modalities(tmp_path / "c2")
+    assert mods == ["t2", "flair"] and "selected_modalities" in where
+    assert LA.data_modalities(cache)[0] == ["t1", "t1ce", "t2", "flair"]  # an older cache: all
+    # the source's sequences (its order) when the data has them all, else the data's
+    assert LA.finetune_modalities(["flair", "t1ce"], ["t1", "t1ce", "t2", "flair"]) == \
+        ["flair", "t1ce"]
+    assert LA.finetune_modalities(["t1", "t1ce", "t2", "flair"], ["t2", "flair"]) == \
+        ["t2", "flair"]
+    with pytest.raises(TrainError, match="no such folder"):
+        LA.data_modalities(tmp_path / "nope")
+
+
+# --------------------------------------------------------------------------- fine-tuning
+
+CARD = SimpleNamespace(modalities=("T1", "t1ce", "t2", "flair"),
+                       model={"base_width": 8, "in_channels": 4, "out_channels": 3,
+                              "deep_supervision": True, "patch_size": [32, 32, 32]},
+                       preprocessing={"spacing": [2.0, 2.0, 2.0]})
+
+
+def test_finetune_sequences_named_read_from_the_data_or_the_cards(cache: Path, tmp_path: Path):
+    said = []
+    assert LA.finetune_sequences(CARD, "FLAIR, t2", None, False, said.append) == ["flair", "t2"]
+    assert LA.finetune_sequences(CARD, None, None, False, said.append) == \
+        ["t1", "t1ce", "t2", "flair"]
+    assert LA.finetune_sequences(CARD, None, None, True, said.append) is None  # the run's own
+    assert LA.finetune_sequences(CARD, None, cache, False, said.append) == \
+        ["t1", "t1ce", "t2", "flair"]
+    assert said == []  # nothing to say while the card's sequences are used
+    raw = _two_sequence_site(tmp_path / "raw")
+    assert LA.finetune_sequences(CARD, None, raw, False, said.append) == ["t2", "flair"]
+    assert len(said) == 1 and said[0].startswith("sequences: t2, flair, read from the data")
+
+
+def test_finetune_overrides_take_the_cards_architecture_unless_resumed(tmp_path: Path):
+    sets = LA.finetune_overrides(CARD, tmp_path / "m", strategy="gradual", layer_decay=0.5,
+                                 new_head=True, modalities=["t2", "flair"],
+                                 sets=["train.steps=3"], resume=False)
+    assert sets == ["model.base_width=8", "data.patch_size=[32, 32, 32]",
+                    f"transfer.init_from={(tmp_path / 'm').resolve()}",
+                    "transfer.strategy=gradual", "transfer.layer_decay=0.5",
+                    "transfer.new_head=True", "data.modalities=[t2,flair]", "train.steps=3"]
+    resumed = LA.finetune_overrides(CARD, tmp_path / "m", strategy="full", layer_decay=0.0,
+                                    new_head=False, modalities=None, sets=[], resume=True)
+    assert not any(s.startswith(("model.", "data.")) for s in resumed)
+
+
+def test_card_spacing_resamples_raw_data_only(cache: Path, tmp_path: Path):
+    assert LA.card_spacing(CARD, tmp_path / "raw") == 2.0
+    assert LA.card_spacing(CARD, cache) is None  # a cache is already resampled
+    assert LA.card_spacing(CARD, None) is None
+    assert LA.card_spacing(SimpleNamespace(preprocessing=None), tmp_path / "raw") is None
+
+
+def test_pretrain_overrides():
+    assert LA.pretrain_overrides(None, ["train.steps=2"]) == (
+        ["train.task=genesis", "train.steps=2"], None)
+    assert LA.pretrain_overrides("FLAIR,t2", ["train.steps=2"]) == (
+        ["train.task=genesis", "data.modalities=[flair,t2]", "train.steps=2"], ["flair", "t2"])
+
+
+def test_summary_lines_with_and_without_validation(tmp_path: Path):
+    assert LA.summary_lines({"step": 4}, tmp_path) == [f"step 4; run in {tmp_path}"]
+    lines = LA.summary_lines({"step": 4, "n_cases": 1, "dice_WT": 0.5, "dice_TC": 0.25,
+                              "dice_ET": 0.125, "best_metric": 0.4, "best_step": 2,
+                              "val_pipeline": "whole volume"}, tmp_path)
+    assert lines == [f"step 4: validation Dice WT 0.500 TC 0.250 ET 0.125; best mean 0.400 at "
+                     f"step 2; run in {tmp_path}",
+                     "validated with: whole volume (as glioseg predict does by default)"]
