@@ -156,3 +156,50 @@ def test_bench_data_monai_reads_cached_indices(tmp_path: Path, monkeypatch):
     assert tuple(batch["image"].shape) == (2, 4, SIZE, SIZE, SIZE)
     assert set(batch) == {"image", "label"}  # the index arrays do not reach the batch
     assert len(scans) == 3  # once per case, when the dataset is cached
+
+
+def test_bench_train_prints_the_reference_loop_beside_ours(capsys):
+    """``bench train --reference``: the reference loop's rows (nnU-Net's PlainConvUNet and
+    MONAI's DynUNet with our topology, in this CPU's auto precision) follow ours in the same
+    run, with our best synthetic row's ratio to the best of them; the device choice is printed."""
+    from glioseg.bench.train import bench_train
+    from glioseg.train.loop import resolve_amp
+
+    sets = [*TINY, "model.n_stages=3"]
+    rows = bench_train("small", sets, amps=("none",), steps=1, warmup=1, device="cpu",
+                       reference=True)
+    printed = capsys.readouterr().out
+    ours = [r for r in rows if r["source"] == "synthetic"]
+    refs = [r for r in rows if r["source"] == "reference"]
+    amp = resolve_amp("auto", torch.device("cpu"))
+    assert [r["name"] for r in refs] == [f"nnunet-plainconv {amp}", f"monai-dynunet {amp}"]
+    for r in refs:
+        assert "error" not in r, r
+        assert r["patch"] == [SIZE] * 3 and r["batch"] == 2 and r["patches_per_s"] > 0
+        assert re.search(rf"{r['name']}\s+{r['patches_per_s']:.2f}\s", printed)
+    best = max(refs, key=lambda r: r["patches_per_s"])
+    ratio = ours[0]["ratio_to_best_reference"]
+    assert ratio == pytest.approx(ours[0]["patches_per_s"] / best["patches_per_s"], rel=1e-12)
+    assert f"best reference {best['name']} ({best['patches_per_s']:.2f}): {ratio:.2f}x" in printed
+    assert "device cpu: amp none (as set)" in printed
+    assert not ours[0]["channels_last"] and not ours[0]["compile"]
+    assert ours[0]["skipped_steps"] == 0
+
+
+def test_bench_data_workers_needed(tmp_path: Path, capsys):
+    """``bench data --device``: one worker's batches/s on each augmentation path and the
+    workers a step of the given (or measured) rate needs: ceil(steps/s / batches/s)."""
+    from glioseg.bench.data import workers_needed
+    from glioseg.preprocess.cache import open_cache
+
+    cases = open_cache(_tiny_cache(tmp_path / "cache", n=2))
+    out = workers_needed(cases, (SIZE,) * 3, 2, "cpu", step_rate=500.0, batches=3, warmup=1)
+    printed = capsys.readouterr().out
+    assert out["step_rate"] == 500.0 and out["step_rate_source"] == "given"
+    for path in ("worker", "device"):
+        rate = out[f"{path}_batches_per_s_per_worker"]
+        assert rate > 0 and out[f"{path}_workers_needed"] == math.ceil(500.0 / rate)
+        assert f"{rate:7.2f} batches/s per worker" in printed
+        assert f"-> {out[f'{path}_workers_needed']} workers" in printed
+    measured = workers_needed(cases, (SIZE,) * 3, 2, "cpu", batches=2, warmup=1)
+    assert measured["step_rate"] > 0 and measured["step_rate_source"].startswith("measured")

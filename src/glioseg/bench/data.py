@@ -19,6 +19,14 @@ of loader workers, measured in the same run:
 
 Each pipeline first yields ``warmup`` batches (worker start-up, caching), then ``batches``
 batches are timed.
+
+With ``device`` (``bench data --device cuda``) it also prints how many loader workers keep a
+training step fed (``workers_needed``): one worker's batches/s on each augmentation path
+(``cpu``: the worker crops and augments; ``device``: it only crops, the augmentation runs on
+the GPU) against the steps/s to feed, given or measured (``glioseg.bench.train.measure`` of
+the config's step on synthetic batches, compiled when the config compiles); workers needed =
+ceil(steps/s / batches/s per worker). A worker runs one thread, so this is also the CPU cores
+the loader takes.
 """
 
 from __future__ import annotations
@@ -134,16 +142,22 @@ def bench_data(
     warmup: int = 3,
     num_workers: int = 1,
     seed: int = 0,
+    device: str | None = None,
+    step_rate: float | None = None,
+    config: str = "small",
 ) -> dict[str, Any]:
-    """Measure and print patches/s of ours and of MONAI (see the module docstring).
+    """Measure and print patches/s of ours and of MONAI (see the module docstring); with
+    ``device`` also the loader workers a step of ``step_rate`` steps/s needs (measured with
+    ``config`` when None; ``workers_needed``).
 
     Returns:
         ``{"ours_patches_per_s", "monai_patches_per_s", "ratio", "patch_size", "batch_size",
-        "num_workers", "cases"}``.
+        "num_workers", "cases"}`` (and ``"workers"`` with ``device``).
     """
     cases = [c for c in open_cache(cache_dir) if c.meta.get("has_labels")]
     if not cases:
         raise BenchError(f"{cache_dir}: no case with labels")
+    threads = torch.get_num_threads()  # for the training step measured with ``device``
     torch.set_num_threads(1)  # the pipelines run in the loader workers, not here
     ours = make_loader(cases, patch_size, batch_size, seed=seed, num_workers=num_workers,
                        augment_cfg=AugmentConfig(), pin_memory=False)
@@ -169,4 +183,67 @@ def bench_data(
     print(f"{'MONAI':<8}{out['monai_patches_per_s']:8.2f} patches/s  (fg/bg indices cached "
           "once per case: FgBgToIndicesd + RandCropByPosNegLabeld)")
     print(f"ratio   {out['ratio']:8.2f}x ours / MONAI")
+    if device is not None:
+        out["workers"] = workers_needed(cases, patch_size, batch_size, device, step_rate,
+                                        config, threads=threads)
+    return out
+
+
+def worker_rate(cases: Sequence[CachedCase], patch_size: Sequence[int], batch_size: int,
+                augment_on: str, batches: int, warmup: int, seed: int = 0) -> float:
+    """Batches/s of one loader worker process (one thread) on ``augment_on`` (``worker``:
+    crop and augment; ``device``: crop only)."""
+    loader = make_loader(cases, patch_size, batch_size, seed=seed, num_workers=1,
+                         augment_cfg=AugmentConfig(), pin_memory=False, augment_on=augment_on)
+    it = iter(loader)
+    for _ in range(warmup):
+        next(it)
+    t0 = time.perf_counter()
+    for _ in range(batches):
+        next(it)
+    return batches / (time.perf_counter() - t0)
+
+
+def step_rate_of(config: str, patch_size: Sequence[int], batch_size: int, device: str,
+                 threads: int, steps: int = 10, warmup: int = 3) -> float:
+    """Steps/s of ``config``'s training step on ``device`` at this patch and batch with
+    ``threads`` CPU threads, measured on synthetic batches (``glioseg.bench.train.measure``;
+    precision, layout and compilation as the config says, ``auto`` resolved)."""
+    from glioseg.bench.train import measure
+    from glioseg.train import config as C
+    from glioseg.train import distributed as D
+
+    side = ",".join(str(int(p)) for p in patch_size)
+    cfg = C.load_config(config, [f"data.patch_size=[{side}]", f"data.batch_size={batch_size}",
+                                 f"train.device={device}", f"train.threads={threads}"])
+    info = D.init(cfg.train.device, cfg.train.threads)
+    try:
+        row = measure(cfg, steps=steps, warmup=warmup, amp=cfg.train.amp, cache=None, info=info)
+    finally:
+        D.shutdown({}, clean=True)
+    return float(row["steps_per_s"])
+
+
+def workers_needed(cases: Sequence[CachedCase], patch_size: Sequence[int], batch_size: int,
+                   device: str, step_rate: float | None = None, config: str = "small",
+                   batches: int = 10, warmup: int = 2, threads: int = 1) -> dict[str, Any]:
+    """Print and return how many loader workers each augmentation path needs to feed
+    ``step_rate`` steps/s (measured on ``device`` with ``config`` and ``threads`` when None)."""
+    if step_rate is None:
+        step_rate, source = step_rate_of(config, patch_size, batch_size, device, threads), (
+            f"measured: the {config} config's step on {device}")
+    else:
+        source = "given"
+    if not step_rate > 0:
+        raise BenchError(f"step rate {step_rate}: must be > 0")
+    out: dict[str, Any] = {"device": device, "step_rate": step_rate, "step_rate_source": source}
+    print(f"to feed {step_rate:.2f} steps/s ({source}), batch {batch_size}, "
+          f"patch {tuple(int(p) for p in patch_size)}:")
+    for path, label in (("worker", "CPU augmentation"), ("device", "device augmentation")):
+        rate = worker_rate(cases, patch_size, batch_size, path, batches, warmup)
+        need = math.ceil(step_rate / rate)
+        out[f"{path}_batches_per_s_per_worker"] = rate
+        out[f"{path}_workers_needed"] = need
+        what = "crop + augment" if path == "worker" else "crop only"
+        print(f"  {label:<20} {rate:7.2f} batches/s per worker ({what}) -> {need} workers")
     return out

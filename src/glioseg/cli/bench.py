@@ -34,12 +34,20 @@ def bench_data_cmd(
     warmup: Annotated[int, typer.Option(help="Batches drawn before timing.")] = 3,
     workers: Annotated[int, typer.Option(help="Loader worker processes (both pipelines).")] = 1,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    device: Annotated[str | None, typer.Option(
+        help="Also print the loader workers a training step on this device (cpu, cuda) "
+             "needs, for CPU and for device-side augmentation.")] = None,
+    step_rate: Annotated[float | None, typer.Option(
+        help="With --device: the steps/s to feed (default: measured, the --config step).")] = None,
+    config: Annotated[str, typer.Option(
+        "--config", help="With --device: preset or YAML whose step is measured.")] = "small",
 ) -> None:
     """Patches/s of our patch pipeline vs a plain MONAI pipeline doing the same work."""
     from glioseg.bench.data import bench_data
 
     bench_data(cache_dir, (patch,) * 3, batch_size=batch_size, batches=batches,
-               warmup=warmup, num_workers=workers, seed=seed)
+               warmup=warmup, num_workers=workers, seed=seed, device=device,
+               step_rate=step_rate, config=config)
 
 
 @bench_app.command("predict")
@@ -129,9 +137,16 @@ def bench_train_cmd(
     cache: Annotated[Path | None, typer.Option(help="Also time the real loader on this cache.")] = None,
     nproc: Annotated[int, typer.Option(help="Also run with N processes (torchrun); print the "
                                        "scaling efficiency.")] = 1,
+    device: Annotated[str | None, typer.Option(
+        help="cpu, cuda or auto (train.device; default: the config's).")] = None,
+    reference: Annotated[bool | None, typer.Option(
+        "--reference/--no-reference",
+        help="Also time the reference loop (nnU-Net PlainConvUNet, MONAI DynUNet) and print "
+             "the ratio to its best row (default: on a GPU).")] = None,
 ) -> None:
     """Training steps/s, patches/s, voxels/s, data-wait fraction and peak memory."""
     from glioseg.bench.train import bench_train
 
     bench_train(config, list(set_ or []), [a.strip() for a in amp.split(",") if a.strip()],
-                steps=steps, warmup=warmup, cache=str(cache) if cache else None, nproc=nproc)
+                steps=steps, warmup=warmup, cache=str(cache) if cache else None, nproc=nproc,
+                device=device, reference=reference)
