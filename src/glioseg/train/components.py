@@ -1,16 +1,20 @@
 """The live objects of a training run, built from its config: model (fresh or loaded from
 ``transfer.init_from``), optimiser with the fine-tuning strategy's parameter groups, learning-
-rate schedule, loss scaler and loss; then wrapped for DDP and ``torch.compile``.
+rate schedule, loss scaler and loss; then wrapped for DDP and ``torch.compile``. What the
+initial weights loaded is printed and kept in the run folder (``write_load_report``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
+from tqdm import tqdm
 
+from glioseg.io_atomic import write_json, write_text
 from glioseg.train import config as C
 from glioseg.train import distributed as D
 from glioseg.train import loop as L
@@ -187,3 +191,20 @@ def apply_lr(comp: Components, fresh_base_lrs: Sequence[float]) -> None:
         group["lr"] = base * factor(sched.last_epoch)
     sched._last_lr = [g["lr"] for g in comp.optimizer.param_groups]  # type: ignore[attr-defined]
 
+
+def write_load_report(run_dir: Path, cfg: C.Config, comp: Components) -> None:
+    """Print the load report and keep it in ``RUN_DIR/load_report.txt`` and ``.json``."""
+    import dataclasses
+
+    from glioseg.transfer.freeze import freeze_summary
+
+    report = comp.load_report
+    text = (f"initialised from {cfg.transfer.init_from}\n{report}\n"
+            f"strategy {cfg.transfer.strategy}: {freeze_summary(comp.model)}")
+    if cfg.transfer.strategy == "gradual":
+        text += " (gradual: stages unfreeze from the head by learning-rate gates)"
+    tqdm.write(text)
+    write_text(run_dir / "load_report.txt", text + "\n")
+    write_json(run_dir / "load_report.json",
+               {"init_from": cfg.transfer.init_from, "strategy": cfg.transfer.strategy,
+                **dataclasses.asdict(report)})

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,7 +35,6 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from glioseg.io_atomic import write_json, write_text
 from glioseg.metrics_log import METRICS_NAME, MetricsLog
 from glioseg.metrics_log import read_metrics as read_metrics  # study.py imports it from here
 from glioseg.records import RecordsError
@@ -45,7 +44,13 @@ from glioseg.train import config as C
 from glioseg.train import distributed as D
 from glioseg.train import loop as L
 from glioseg.train.cases import channel_indices, forever, make_train_loader, select_cases
-from glioseg.train.components import Components, apply_lr, build_components, wrap
+from glioseg.train.components import (
+    Components,
+    apply_lr,
+    build_components,
+    wrap,
+    write_load_report,
+)
 from glioseg.train.config_diff import config_differences, resume_changes
 from glioseg.train.errors import TrainError
 from glioseg.train.run_card import model_card
@@ -219,26 +224,15 @@ def _run(cfg: C.Config, run_dir: Path, info: D.DistInfo, resume: bool,
     state = _resume_point(run_dir, cfg, resume, info)
     resumed = state.pop("resume") if state is not None else None
     if resumed is not None and info.is_main:
-        for note in resumed["notes"]:
-            tqdm.write(f"warning: {note}")
-        tqdm.write(f"resuming {run_dir} from step {state['step']}")
-        for key, (old, new) in resumed["changed"].items():
-            tqdm.write(f"resume: {key} changed: {old!r} -> {new!r}")
+        _say_resume(run_dir, state["step"], resumed)
 
     comp = build_components(cfg, info, fresh=state is None)
     if comp.load_report is not None and info.is_main:
         write_load_report(run_dir, cfg, comp)
     rs = RunState()
     if state is not None:
-        fresh_base_lrs = list(comp.scheduler.base_lrs)
-        rs.step = ckpt.restore(state, model=comp.model, optimizer=comp.optimizer,
-                               scheduler=comp.scheduler, scaler=comp.scaler, rank=info.rank)
-        if resumed is not None and "optim.lr" in resumed["changed"]:
-            apply_lr(comp, fresh_base_lrs)
-        rs.best_metric = float(state["best"].get("metric", -math.inf))
-        rs.best_step = int(state["best"].get("step", 0))
-        rs.elapsed_s = float(state["extra"].get("elapsed_s", 0.0))
-        del state
+        rs = _restore(state, resumed, comp, info)
+        del state  # the checkpoint's tensors are not kept through the training
     else:
         D.seed_everything(cfg.train.seed + info.rank)
     wrap(comp, cfg, info)
@@ -258,6 +252,30 @@ def _run(cfg: C.Config, run_dir: Path, info: D.DistInfo, resume: bool,
             "rank": info.rank, "val_pipeline": validation_pipeline(cfg), **last_val}
 
 
+def _say_resume(run_dir: Path, step: int, resumed: Mapping[str, Any]) -> None:
+    """Print what the resume does: checkpoints passed over, the step, config keys changed."""
+    for note in resumed["notes"]:
+        tqdm.write(f"warning: {note}")
+    tqdm.write(f"resuming {run_dir} from step {step}")
+    for key, (old, new) in resumed["changed"].items():
+        tqdm.write(f"resume: {key} changed: {old!r} -> {new!r}")
+
+
+def _restore(state: dict[str, Any], resumed: Mapping[str, Any] | None, comp: Components,
+             info: D.DistInfo) -> RunState:
+    """Model, optimiser, schedule and scaler from the checkpoint ``state`` (a changed
+    ``optim.lr`` then replaces the schedule's peak: ``apply_lr``); the run's step, best score
+    and training time so far."""
+    fresh_base_lrs = list(comp.scheduler.base_lrs)
+    step = ckpt.restore(state, model=comp.model, optimizer=comp.optimizer,
+                        scheduler=comp.scheduler, scaler=comp.scaler, rank=info.rank)
+    if resumed is not None and "optim.lr" in resumed["changed"]:
+        apply_lr(comp, fresh_base_lrs)
+    return RunState(step=step, best_metric=float(state["best"].get("metric", -math.inf)),
+                    best_step=int(state["best"].get("step", 0)),
+                    elapsed_s=float(state["extra"].get("elapsed_s", 0.0)))
+
+
 def validation_pipeline(cfg: C.Config) -> str:
     """How validation predicts, in words: ``whole volume`` (one forward of the cropped box, as
     ``glioseg predict``'s default ``--mode auto`` does when it fits in memory) or the windows
@@ -266,24 +284,6 @@ def validation_pipeline(cfg: C.Config) -> str:
         return "whole volume"
     roi = ",".join(str(int(v)) for v in cfg.patch_size)
     return f"sliding windows {roi}, overlap {cfg.train.val_overlap:g}"
-
-
-def write_load_report(run_dir: Path, cfg: C.Config, comp: Components) -> None:
-    """Print the load report and keep it in ``RUN_DIR/load_report.txt`` and ``.json``."""
-    import dataclasses
-
-    from glioseg.transfer.freeze import freeze_summary
-
-    report = comp.load_report
-    text = (f"initialised from {cfg.transfer.init_from}\n{report}\n"
-            f"strategy {cfg.transfer.strategy}: {freeze_summary(comp.model)}")
-    if cfg.transfer.strategy == "gradual":
-        text += " (gradual: stages unfreeze from the head by learning-rate gates)"
-    tqdm.write(text)
-    write_text(run_dir / "load_report.txt", text + "\n")
-    write_json(run_dir / "load_report.json",
-               {"init_from": cfg.transfer.init_from, "strategy": cfg.transfer.strategy,
-                **dataclasses.asdict(report)})
 
 
 def genesis_batch(batch: L.Batch, seed: int, rank: int, step: int,
@@ -306,47 +306,24 @@ def _train(cfg: C.Config, run_dir: Path, info: D.DistInfo, comp: Components, rs:
     t = cfg.train
     if rs.step >= t.steps:
         return {}
-    genesis = t.task == "genesis"
-    channels = channel_indices(cfg.data.modalities)
-    loader_cfg = cfg
-    if genesis:  # no labels: uniform patches, no foreground oversampling
-        import dataclasses
-
-        loader_cfg = C.replace(cfg, data=dataclasses.replace(cfg.data, foreground_fraction=0.0))
-    loader = make_train_loader(loader_cfg, train_cases, info, rs.step)
-    batches = forever(loader)
+    batches = _batch_stream(cfg, train_cases, info, rs.step)
     bar = tqdm(total=t.steps, initial=rs.step, disable=not info.is_main, desc="train",
                dynamic_ncols=True, unit="step")
-    window = {"loss": 0.0, "n": 0, "patches": 0, "wait": 0.0, "skipped": 0,
-              "t0": time.perf_counter()}
+    window = _new_window()
     skips_in_a_row = 0
     last_val: dict[str, Any] = {}
     t_start = time.perf_counter()
     elapsed0 = rs.elapsed_s
     while rs.step < t.steps:
         t0 = time.perf_counter()
-        micro = [L.to_batch(next(batches), info.device, t.channels_last)
-                 for _ in range(t.grad_accum)]
-        if channels != list(range(micro[0].image.shape[1])):
-            micro = [L.Batch(mb.image[:, channels], mb.target) for mb in micro]
-        if genesis:
-            micro = [genesis_batch(mb, t.seed, info.rank, rs.step * t.grad_accum + i,
-                                   t.channels_last) for i, mb in enumerate(micro)]
+        micro = batches(rs.step)
         window["wait"] += time.perf_counter() - t0
         res = L.train_step(comp.net, micro, comp.loss_fn, comp.optimizer, comp.scaler, t.amp,
                            cfg.optim.grad_clip)
         skips_in_a_row = skips_in_a_row + 1 if res.skipped else 0
         if res.skipped:  # the weights are unchanged (L.train_step); the step still counts
             window["skipped"] += 1
-            if skips_in_a_row >= MAX_SKIPS_IN_A_ROW:
-                raise TrainError(
-                    f"step {rs.step + 1}: the gradient was not finite at {skips_in_a_row} steps "
-                    f"in a row (loss {res.loss}); the checkpoints in {run_dir} hold finite "
-                    "weights: resume with a lower learning rate (--resume --set optim.lr=...) "
-                    "or another precision (--set train.amp=none)")
-            if info.is_main and not comp.scaler.is_enabled():  # fp16's scaler skips by design
-                bar.write(f"step {rs.step + 1}: gradient norm {res.grad_norm} (loss "
-                          f"{res.loss}): update skipped")
+            _skipped(res, skips_in_a_row, rs.step + 1, run_dir, info, comp, bar)
         comp.scheduler.step()
         rs.step += 1
         rs.elapsed_s = elapsed0 + time.perf_counter() - t_start
@@ -359,28 +336,86 @@ def _train(cfg: C.Config, run_dir: Path, info: D.DistInfo, comp: Components, rs:
             rec = _train_record(window, rs, comp, info)
             bar.set_postfix(loss=f"{rec['loss']:.4f}", pps=f"{rec['patches_per_s']:.2f}")
             logger.log(rec)
-            window = {"loss": 0.0, "n": 0, "patches": 0, "wait": 0.0, "skipped": 0,
-                      "t0": time.perf_counter()}
+            window = _new_window()
         best = False
         t_pause = time.perf_counter()
         if val_cases and (rs.step % t.val_every == 0 or rs.step == t.steps):
-            last_val = L.validate(comp.model, val_cases, device=info.device, rank=info.rank,
-                                  world_size=info.world_size, mode=t.val_mode,
-                                  roi=cfg.patch_size, overlap=t.val_overlap, amp=t.amp,
-                                  divisor=comp.divisor, channels_last=t.channels_last)
-            if last_val["dice_mean"] > rs.best_metric:
-                rs.best_metric, rs.best_step, best = last_val["dice_mean"], rs.step, True
-            last_val = {"step": rs.step, **last_val}
-            logger.log({"split": "val", **last_val,
-                        "elapsed_s": round(rs.elapsed_s, 2)})
-            if info.is_main:
-                bar.write(f"step {rs.step}: val Dice WT {last_val['dice_WT']:.3f} "
-                          f"TC {last_val['dice_TC']:.3f} ET {last_val['dice_ET']:.3f}")
+            last_val, best = _validate(cfg, comp, info, rs, val_cases, logger, bar)
         if best or rs.step % t.ckpt_every == 0 or rs.step == t.steps:
             _save(run_dir, cfg, comp, info, rs, best, last_val, train_cases)
         window["t0"] += time.perf_counter() - t_pause  # not in the throughput window
     bar.close()
     return last_val
+
+
+def _new_window() -> dict[str, float]:
+    """The sums of a logging window: loss over the steps with a finite one, data wait,
+    patches and skipped steps since ``t0``."""
+    return {"loss": 0.0, "n": 0, "patches": 0, "wait": 0.0, "skipped": 0,
+            "t0": time.perf_counter()}
+
+
+def _batch_stream(cfg: C.Config, train_cases: list[Any], info: D.DistInfo,
+                  step: int) -> Callable[[int], list[L.Batch]]:
+    """``next(step)``: the ``train.grad_accum`` micro-batches of a step, on the device, with
+    the ``data.modalities`` channels; for pretraining, uniform patches (no labels to
+    oversample) made into Models Genesis pairs (``genesis_batch``)."""
+    t = cfg.train
+    genesis = t.task == "genesis"
+    channels = channel_indices(cfg.data.modalities)
+    loader_cfg = cfg
+    if genesis:  # no labels: uniform patches, no foreground oversampling
+        import dataclasses
+
+        loader_cfg = C.replace(cfg, data=dataclasses.replace(cfg.data, foreground_fraction=0.0))
+    batches = forever(make_train_loader(loader_cfg, train_cases, info, step))
+
+    def next_micro(step: int) -> list[L.Batch]:
+        micro = [L.to_batch(next(batches), info.device, t.channels_last)
+                 for _ in range(t.grad_accum)]
+        if channels != list(range(micro[0].image.shape[1])):
+            micro = [L.Batch(mb.image[:, channels], mb.target) for mb in micro]
+        if genesis:
+            micro = [genesis_batch(mb, t.seed, info.rank, step * t.grad_accum + i,
+                                   t.channels_last) for i, mb in enumerate(micro)]
+        return micro
+
+    return next_micro
+
+
+def _skipped(res: Any, in_a_row: int, step: int, run_dir: Path, info: D.DistInfo,
+             comp: Components, bar: Any) -> None:
+    """A step whose gradient was not finite: say so (unless fp16's scaler, which skips by
+    design, is on); ``MAX_SKIPS_IN_A_ROW`` in a row stop the run with the remedies."""
+    if in_a_row >= MAX_SKIPS_IN_A_ROW:
+        raise TrainError(
+            f"step {step}: the gradient was not finite at {in_a_row} steps "
+            f"in a row (loss {res.loss}); the checkpoints in {run_dir} hold finite "
+            "weights: resume with a lower learning rate (--resume --set optim.lr=...) "
+            "or another precision (--set train.amp=none)")
+    if info.is_main and not comp.scaler.is_enabled():
+        bar.write(f"step {step}: gradient norm {res.grad_norm} (loss "
+                  f"{res.loss}): update skipped")
+
+
+def _validate(cfg: C.Config, comp: Components, info: D.DistInfo, rs: RunState,
+              val_cases: list[Any], logger: Logger, bar: Any) -> tuple[dict[str, Any], bool]:
+    """Validate at ``rs.step`` (every rank its share, ``L.validate``), log and print the
+    scores; returns them and whether they are the best so far (``rs`` is updated)."""
+    t = cfg.train
+    scores = L.validate(comp.model, val_cases, device=info.device, rank=info.rank,
+                        world_size=info.world_size, mode=t.val_mode, roi=cfg.patch_size,
+                        overlap=t.val_overlap, amp=t.amp, divisor=comp.divisor,
+                        channels_last=t.channels_last)
+    best = scores["dice_mean"] > rs.best_metric
+    if best:
+        rs.best_metric, rs.best_step = scores["dice_mean"], rs.step
+    scores = {"step": rs.step, **scores}
+    logger.log({"split": "val", **scores, "elapsed_s": round(rs.elapsed_s, 2)})
+    if info.is_main:
+        bar.write(f"step {rs.step}: val Dice WT {scores['dice_WT']:.3f} "
+                  f"TC {scores['dice_TC']:.3f} ET {scores['dice_ET']:.3f}")
+    return scores, best
 
 
 def _train_record(window: dict[str, float], rs: RunState, comp: Components,
