@@ -107,7 +107,8 @@ def test_the_probe_times_the_real_step():
     assert trial.unsafe() is None and 0 < trial.seconds_per_step < 60
 
 
-def test_the_run_records_the_choice_and_reuses_it(tmp_path: Path, fake_gpu):
+def test_the_run_records_the_choice_and_reuses_it(tmp_path: Path, fake_gpu, monkeypatch):
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark", False)  # restored after the test
     cfg = C.load_config("small", [*TINY, "train.channels_last=auto", "train.compile=auto"])
     said: list[str] = []
     costs = {("fp16", False): 0.03, ("fp16", True): 0.02, ("bf16", False): 0.05,
@@ -118,6 +119,8 @@ def test_the_run_records_the_choice_and_reuses_it(tmp_path: Path, fake_gpu):
     assert (run.train.amp, run.train.channels_last, run.train.compile) == ("fp16", True, False)
     doc = json.loads((tmp_path / P.RECORD).read_text())
     assert doc["amp"] == "fp16" and doc["requested"]["channels_last"] == "auto"
+    assert doc["cudnn_benchmark"] and torch.backends.cudnn.benchmark
+    assert said[0].endswith("cudnn.benchmark on")
     assert len(doc["trials"]) == 4
     assert said[0].startswith("device cuda:0 Fake: amp fp16") and "probe fp16+scaler" in said[1]
     # the same run again (a resume): the record is reused, nothing is probed
@@ -152,3 +155,18 @@ def test_auto_keys_load_and_old_configs_still_load(tmp_path: Path):
     assert C.load_config(path).train == cfg.train
     with pytest.raises(C.ConfigError, match="train.channels_last"):
         C.load_config(None, ["train.channels_last=sometimes"])
+
+
+def test_whole_volume_validation_turns_cudnn_benchmark_off_inside(monkeypatch):
+    """Each whole volume has its own shape: no algorithm timing for it; the flag comes back."""
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark", True)
+    seen = []
+
+    class Probe(torch.nn.Module):
+        def forward(self, x):
+            seen.append(torch.backends.cudnn.benchmark)
+            return x[:, :3]
+    image = torch.zeros(1, 4, 8, 8, 8)
+    L.predict_logits(Probe(), image, mode="whole", divisor=4)
+    L.predict_logits(Probe(), image, mode="sliding", roi=(8, 8, 8))
+    assert seen == [False, True] and torch.backends.cudnn.benchmark

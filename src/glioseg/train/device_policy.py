@@ -13,6 +13,10 @@
 - **CPU**: rules, no probe: bf16 only where it is native (AVX-512 BF16 / AMX), else float32
   (``glioseg.train.loop.resolve_amp``); channels_last on (the option's default); no compile.
 
+On a GPU cuDNN also times its convolution algorithms once per input shape and keeps the
+fastest (``cudnn.benchmark``; training patches have one shape, and the reference loop of
+``glioseg bench train`` does the same); ``DeviceChoice.cudnn_benchmark`` records it.
+
 Explicit values are kept as given (an explicit ``bf16`` on a GPU without it is an error, from
 ``resolve_amp``). What was chosen, and why (the probe's timings), is a ``DeviceChoice``: printed
 and written to ``RUN_DIR/device_choice.json``; a run resumed on the same device with the same
@@ -112,6 +116,7 @@ class DeviceChoice:
     requested: dict[str, Any]
     reasons: dict[str, str]
     trials: list[dict[str, Any]] = field(default_factory=list)
+    cudnn_benchmark: bool = False
 
     def apply(self, cfg: Any) -> Any:
         """``cfg`` (a ``glioseg.train.config.Config``) with the chosen concrete values."""
@@ -122,6 +127,8 @@ class DeviceChoice:
     def summary(self) -> str:
         """One line for the console."""
         parts = [f"{k} {getattr(self, k)} ({self.reasons[k]})" for k in KEYS]
+        if self.cudnn_benchmark:
+            parts.append("cudnn.benchmark on")
         return f"device {self.device}: " + "; ".join(parts)
 
     def to_json(self) -> dict[str, Any]:
@@ -134,6 +141,14 @@ class DeviceChoice:
 
 
 # --------------------------------------------------------------------------- decisions
+
+def configure_backends(device: torch.device) -> bool:
+    """On a GPU let cuDNN time its algorithms per input shape (``cudnn.benchmark``); returns
+    whether it is on. Process-wide: every rank calls it."""
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    return device.type == "cuda" and bool(torch.backends.cudnn.benchmark)
+
 
 def device_name(device: torch.device) -> str:
     """``cpu`` or ``cuda:0 <GPU name>``: what a saved choice must match to be reused."""
@@ -351,6 +366,7 @@ def choose_for_run(cfg: Any, device: torch.device, run_dir: str | Path | None = 
     later); ``share`` hands its decision to the other ranks (``distributed.broadcast_object``).
     """
     req = requested(cfg.train)
+    benchmark = configure_backends(device)
     doc = None
     if main:
         saved = read_record(run_dir) if run_dir is not None else None
@@ -362,6 +378,7 @@ def choose_for_run(cfg: Any, device: torch.device, run_dir: str | Path | None = 
             if measure is None and device.type == "cuda":
                 measure = probe_measure(cfg, device)
             choice = choose(req, device, cfg.train.steps, measure)
+            choice.cudnn_benchmark = benchmark
             say(choice.summary())
             for t in choice.trials:
                 ms = ("-" if t["seconds_per_step"] is None

@@ -306,7 +306,7 @@ def predict_logits(
         ``(1, 3, X, Y, Z)`` float32 logits.
     """
     device = image.device
-    with autocast(device, amp):
+    with autocast(device, amp), _cudnn_benchmark(mode != "whole"):
         if mode == "whole":
             padded, shape = pad_to_multiple(image, divisor)
             out = model(padded)[..., : shape[0], : shape[1], : shape[2]]
@@ -318,6 +318,19 @@ def predict_logits(
         else:
             raise InputError(f"validation mode {mode!r} is not whole or sliding")
     return out.float()
+
+
+@contextlib.contextmanager
+def _cudnn_benchmark(allowed: bool) -> Iterator[None]:
+    """``cudnn.benchmark`` off inside when not ``allowed``: a whole volume has a shape of its
+    own per case, and timing cuDNN's algorithms for each would cost more than it saves."""
+    saved = torch.backends.cudnn.benchmark
+    if not allowed:
+        torch.backends.cudnn.benchmark = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.benchmark = saved
 
 
 def region_dice(pred_regions: np.ndarray, labels: np.ndarray) -> list[float]:
