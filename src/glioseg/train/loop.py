@@ -80,7 +80,12 @@ def make_scaler(amp: str, device: torch.device) -> torch.amp.GradScaler:
     return torch.amp.GradScaler(device.type, enabled=(resolve_amp(amp, device) == "fp16"))
 
 
-def memory_format(channels_last: bool) -> torch.memory_format:
+def memory_format(channels_last: bool | str) -> torch.memory_format:
+    """``channels_last_3d`` or the default layout; ``auto`` must have been resolved for the
+    device first (``glioseg.train.device_policy.choose_for_run``)."""
+    if channels_last == "auto":
+        raise InputError("train.channels_last=auto is resolved per device before the model is "
+                         "built (glioseg.train.device_policy.choose_for_run)")
     return torch.channels_last_3d if channels_last else torch.contiguous_format
 
 

@@ -21,6 +21,7 @@ from glioseg.train import distributed as D
 from glioseg.train import loop as L
 from glioseg.train.cases import channel_indices, forever, make_train_loader, split_cases
 from glioseg.train.components import build_components, wrap
+from glioseg.train.device_policy import choose_for_run
 
 SECTIONS = ("data", "forward", "backward", "optimizer")
 
@@ -55,6 +56,7 @@ def _profile(cfg: C.Config, run_dir: Path, info: D.DistInfo, steps: int, warmup:
     from glioseg.preprocess.cache import open_cache
 
     cases, _ = split_cases(open_cache(cfg.data.cache_dir), cfg.data.n_val, cfg.train.seed)
+    cfg, _ = choose_for_run(cfg, info.device, main=info.is_main, share=D.broadcast_object)
     comp = build_components(cfg, info)
     wrap(comp, cfg, info)
     live["comp"] = comp
