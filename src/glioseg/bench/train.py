@@ -265,6 +265,20 @@ def _reference(preset: str, overrides: Sequence[str], rows: list[dict[str, Any]]
     return {"rows": refs, **print_comparison(rows, refs)}
 
 
+def _worker_args(preset: str, overrides: Sequence[str], amps: Sequence[str], steps: int,
+                 warmup: int, cache: str | None, threads: int) -> list[str]:
+    """The command line of ``main`` for the torchrun workers (``threads`` each unless the
+    overrides set ``train.threads``)."""
+    args = [preset, "--steps", str(steps), "--warmup", str(warmup), "--amp", ",".join(amps)]
+    for o in overrides:
+        args += ["--set", o]
+    if cache:
+        args += ["--cache", str(cache)]
+    if not any(o.split("=", 1)[0].strip() == "train.threads" for o in overrides):
+        args += ["--set", f"train.threads={threads}"]
+    return args
+
+
 def bench_train(
     preset: str = "small",
     overrides: Sequence[str] = (),
@@ -299,17 +313,11 @@ def bench_train(
     for amp in amps:
         if amp not in ("auto", "bf16", "fp16", "none"):
             raise BenchError(f"--amp {amp!r}: expected auto, bf16, fp16 or none")
-    args = [preset, "--steps", str(steps), "--warmup", str(warmup), "--amp", ",".join(amps)]
-    for o in overrides:
-        args += ["--set", o]
-    if cache:
-        args += ["--cache", str(cache)]
     if nproc > 1:
         # the one-process baseline runs as a subprocess too, so both see the same environment,
         # and with the thread share of one of the N processes (see the module docstring)
         per = max(1, (os.cpu_count() or 1) // nproc)
-        if not any(o.split("=", 1)[0].strip() == "train.threads" for o in overrides):
-            args += ["--set", f"train.threads={per}"]
+        args = _worker_args(preset, overrides, amps, steps, warmup, cache, per)
         rows = _launch(1, args, per) + _launch(nproc, args, per)
     else:
         rows = run_local(preset, overrides, amps, steps, warmup, cache)

@@ -353,6 +353,18 @@ def write_record(run_dir: str | Path, choice: DeviceChoice) -> None:
         write_json(Path(run_dir) / RECORD, choice.to_json())
 
 
+def trial_lines(choice: DeviceChoice) -> list[str]:
+    """One printed line per probe trial: setting, ms per step, why it was ruled out."""
+    lines = []
+    for t in choice.trials:
+        ms = ("-" if t["seconds_per_step"] is None
+              else f"{t['seconds_per_step'] * 1e3:.1f} ms/step")
+        lines.append(f"  probe {t['amp']}{'+scaler' if t['scaler'] else ''} "
+                     f"channels_last={t['channels_last']}: {ms}"
+                     + (f" (ruled out: {t['ruled_out']})" if t["ruled_out"] else ""))
+    return lines
+
+
 def choose_for_run(cfg: Any, device: torch.device, run_dir: str | Path | None = None, *,
                    main: bool = True, share: Callable[[Any], Any] = lambda x: x,
                    measure: Callable[[Candidate], Trial] | None = None,
@@ -380,12 +392,8 @@ def choose_for_run(cfg: Any, device: torch.device, run_dir: str | Path | None = 
             choice = choose(req, device, cfg.train.steps, measure)
             choice.cudnn_benchmark = benchmark
             say(choice.summary())
-            for t in choice.trials:
-                ms = ("-" if t["seconds_per_step"] is None
-                      else f"{t['seconds_per_step'] * 1e3:.1f} ms/step")
-                say(f"  probe {t['amp']}{'+scaler' if t['scaler'] else ''} "
-                    f"channels_last={t['channels_last']}: {ms}"
-                    + (f" (ruled out: {t['ruled_out']})" if t["ruled_out"] else ""))
+            for line in trial_lines(choice):
+                say(line)
             if run_dir is not None and write:
                 write_record(run_dir, choice)
         doc = choice.to_json()
