@@ -203,3 +203,22 @@ def test_bench_data_workers_needed(tmp_path: Path, capsys):
         assert f"-> {out[f'{path}_workers_needed']} workers" in printed
     measured = workers_needed(cases, (SIZE,) * 3, 2, "cpu", batches=2, warmup=1)
     assert measured["step_rate"] > 0 and measured["step_rate_source"].startswith("measured")
+
+
+def test_bench_commands_take_the_device_options(tmp_path: Path):
+    """``glioseg bench data --device cpu --step-rate R`` prints the workers needed;
+    ``bench train`` offers --device and --reference/--no-reference."""
+    from typer.testing import CliRunner
+
+    from glioseg.cli import app
+
+    cache = _tiny_cache(tmp_path / "cache", n=2)
+    runner = CliRunner()
+    res = runner.invoke(app, ["bench", "data", str(cache), "--patch", str(SIZE), "--batches", "1",
+                              "--warmup", "1", "--workers", "0", "--device", "cpu",
+                              "--step-rate", "100"])
+    assert res.exit_code == 0, res.output
+    assert "to feed 100.00 steps/s (given)" in res.output
+    assert res.output.count("batches/s per worker") == 2
+    help_text = runner.invoke(app, ["bench", "train", "--help"]).output
+    assert "--device" in help_text and "--no-reference" in help_text
