@@ -18,8 +18,8 @@ follow it on the host (``glioseg.infer.postprocess.postprocess_labels``) in the 
 The same steps as the host's (``restore_to_original`` then ``postprocess``) in the same
 arithmetic: without resampling the labels are identical; with it, ``resample_linear`` is
 ``scipy.ndimage.affine_transform(order=1, mode="nearest")`` on the grid convention of
-``glioseg.preprocess.pure``, separable and in float32 (scipy interpolates in float64), so a
-probability within ~1e-6 of the threshold can fall on the other side (tested to agree).
+``glioseg.preprocess.pure``, in float32 (scipy interpolates in float64), so a probability
+within ~1e-6 of the threshold can fall on the other side (tested to agree).
 
 ``resolve_dtype``: what ``dtype="auto"`` means per engine and device.
 """
@@ -60,11 +60,9 @@ def region_labels(probabilities: torch.Tensor, threshold: float) -> torch.Tensor
     device: ET wins, then the rest of TC is necrosis, then the rest of WT edema (the nesting
     of ``glioseg.data.labels.labels_from_regions``)."""
     wt, tc, et = (probabilities[i] > threshold for i in range(3))
-    out = torch.zeros(probabilities.shape[1:], dtype=torch.uint8, device=probabilities.device)
-    out[wt] = 2  # edema (ED)
-    out[tc] = NCR
-    out[et] = ET
-    return out
+    out = wt.to(torch.uint8) * 2  # edema (ED)
+    out = torch.where(tc, torch.tensor(NCR, dtype=torch.uint8, device=out.device), out)
+    return torch.where(et, torch.tensor(ET, dtype=torch.uint8, device=out.device), out)
 
 
 def et_rule(labels: torch.Tensor, et_min_voxels: int) -> torch.Tensor:
@@ -86,35 +84,18 @@ def scheme_lookup(labels: torch.Tensor, scheme: str | None) -> torch.Tensor:
     return torch.as_tensor(table, device=labels.device)[labels.long()]
 
 
-def _axis_weights(n_in: int, n_out: int, device: torch.device
-                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(lower index, upper index, upper weight) of linear interpolation along one axis:
-    output voxel ``o`` samples ``(o + 0.5) * n_in / n_out - 0.5``, clamped to the input's
-    ends (scipy's ``mode="nearest"``)."""
-    ratio = n_in / n_out
-    pos = np.clip(np.arange(n_out, dtype=np.float64) * ratio + (0.5 * ratio - 0.5), 0, n_in - 1)
-    lo = np.floor(pos).astype(np.int64)
-    hi = np.minimum(lo + 1, n_in - 1)
-    w = (pos - lo).astype(np.float32)
-    return (torch.from_numpy(lo).to(device), torch.from_numpy(hi).to(device),
-            torch.from_numpy(w).to(device))
-
-
 def resample_linear(volume: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
-    """``(C, x, y, z)`` float -> ``(C, *shape)`` float32 by separable linear interpolation, the
-    device twin of ``resample_to_shape(order=1)`` (same physical extent, same grid)."""
+    """``(C, x, y, z)`` float -> ``(C, *shape)`` float32 by linear interpolation, the device
+    twin of ``resample_to_shape(order=1)``: ``F.interpolate(mode="trilinear",
+    align_corners=False)`` samples output voxel ``o`` at ``(o + 0.5) * n_in / n_out - 0.5``
+    and clamps at the ends, the grid and the ``mode="nearest"`` edges of
+    ``glioseg.preprocess.pure`` (one kernel; a per-axis gather was 20x slower on the CPU)."""
     out = volume.float()
-    for axis, n_out in enumerate(int(s) for s in shape):
-        dim = axis + 1
-        n_in = out.shape[dim]
-        if n_in == n_out:
-            continue
-        lo, hi, w = _axis_weights(n_in, n_out, out.device)
-        view = [1] * out.ndim
-        view[dim] = n_out
-        a, b = out.index_select(dim, lo), out.index_select(dim, hi)
-        out = a + (b - a) * w.view(view)
-    return out
+    shape = tuple(int(s) for s in shape)
+    if tuple(out.shape[1:]) == shape:
+        return out
+    return torch.nn.functional.interpolate(out[None], size=shape, mode="trilinear",
+                                           align_corners=False)[0]
 
 
 def paste(values: torch.Tensor, geometry: dict[str, Any]) -> torch.Tensor:
