@@ -132,3 +132,27 @@ def test_default_engines_time_bf16_only_where_native():
     assert default_engines(True) == ["torch:fp32", "torch:bf16", "onnxruntime:fp32",
                                      "openvino:fp32", "openvino:bf16", "onnxruntime:int8",
                                      "openvino:int8"]
+
+
+def test_rows_name_their_mode_and_resolved_precision(tmp_path: Path, capsys) -> None:
+    from glioseg.bench.predict import bench_predict
+    from glioseg.bench.predict_runs import parse_spec
+    from glioseg.infer.device import resolve_dtype
+
+    assert parse_spec("torch") == ("torch", "fp32", "sliding")
+    assert parse_spec("torch:bf16:whole") == ("torch", "bf16", "whole")
+    with pytest.raises(ValueError, match="mode must be one of sliding, whole"):
+        bench_predict(engines=["torch:fp32:tiles"])
+    ckpt = _tiny_model(tmp_path)
+    folder = tiny_brats2021_case(tmp_path / "data", "BraTS2021_00001", seed=0)
+    result = bench_predict(model=ckpt, engines=["torch:fp32:whole", "torch:auto:whole"],
+                           case_dir=folder, reference=False)
+    printed = capsys.readouterr().out
+    whole, auto = result["rows"]
+    assert (whole["mode"], whole["windows"], whole["dtype"]) == ("whole", 1, "fp32")
+    assert auto["dtype"] == resolve_dtype("auto", "torch", "cpu")
+    assert set(whole["stages"]) == {"prepare", "network", "labels", "host"}
+    assert "torch:fp32:whole done: " in printed
+    if auto["dtype"] == "bf16":  # a half row is checked against the fp32 row of its mode
+        assert set(auto["dice_fp32"]) == {"WT", "TC", "ET"}
+        assert "vs the same engine and mode in fp32: min Dice" in printed

@@ -184,11 +184,11 @@ def default_engines(native_bf16: bool) -> list[str]:
 
 
 def default_cuda_engines(bf16: bool) -> list[str]:
-    """The GPU rows: the torch engine's windows in fp32, under fp16 autocast and under bf16
-    where the GPU supports it (``torch.cuda.is_bf16_supported``), and the whole box (one
-    forward, ``glioseg predict``'s default mode) in fp16 and fp32."""
-    return ["torch:fp32", "torch:fp16", *(["torch:bf16"] if bf16 else []),
-            "torch:fp16:whole", "torch:fp32:whole"]
+    """The GPU rows: the torch engine's windows and the whole box (one forward, ``glioseg
+    predict``'s default mode) in fp32 and under fp16 autocast (``--dtype auto`` on a GPU),
+    then windows under bf16 where the GPU supports it (``torch.cuda.is_bf16_supported``)."""
+    return ["torch:fp32", "torch:fp16", "torch:fp32:whole", "torch:fp16:whole",
+            *(["torch:bf16"] if bf16 else [])]
 
 
 def _engines(engines: list[str] | None, device: str) -> list[str]:
@@ -259,7 +259,7 @@ def _score(r: dict, ours: np.ndarray, refs: dict[str, np.ndarray | None], n_vox:
 
 def _run_rows(ckpt: Path, image_path: Path, spacing: list[float], engines: list[str],
               figures: dict, overlap: float, batch: int, calib, refs: dict, tmp: Path,
-              device: str) -> list[dict[str, Any]]:
+              device: str, ref_s: float | None) -> list[dict[str, Any]]:
     """Each row in its own process, scored as it comes."""
     n_vox = int(np.prod(figures["shape"]))
     roi = tuple(figures["roi"])
@@ -273,7 +273,6 @@ def _run_rows(ckpt: Path, image_path: Path, spacing: list[float], engines: list[
         except Exception as exc:  # one engine missing must not stop the others
             print(f"  {spec}: failed: {exc}", flush=True)
             continue
-        print(f"  {spec} done: {r['seconds']:.2f} s", flush=True)
         whole = r["mode"] == "whole"
         r["windows"] = 1 if whole else figures["windows"]
         r["flops"] = figures["flops_whole"] if whole else r["windows"] * figures[
@@ -282,7 +281,23 @@ def _run_rows(ckpt: Path, image_path: Path, spacing: list[float], engines: list[
             r["calibration_case"] = calib[2]
         _score(r, np.load(tmp / "ours.npy"), refs, n_vox, fp32)
         rows.append(r)
+        _print_done(r, ref_s)
     return rows
+
+
+def _fmt(d: dict[str, float] | None) -> str:
+    return "/".join(f"{d[k]:.4f}" for k in REGIONS) if d else "-"
+
+
+def _print_done(r: dict[str, Any], ref_s: float | None) -> None:
+    """A row's figures as soon as it is done (a run cut short still shows them)."""
+    parts = [f"{r['seconds']:.2f} s ({r['dtype']})"]
+    if ref_s:
+        parts.append(f"{ref_s / r['seconds']:.2f}x MONAI")
+    for key, name in (("dice", "Dice vs MONAI"), ("dice_fp32", "vs fp32")):
+        if r.get(key):
+            parts.append(f"{name} {_fmt(r[key])}")
+    print(f"  {r['spec']} done: " + ", ".join(parts), flush=True)
 
 
 def _reference_row(ckpt: Path, image_path: Path, spacing: list[float], figures: dict,
@@ -327,14 +342,11 @@ def _print_table(rows: list[dict[str, Any]], figures: dict, cuda: bool) -> None:
               "included" if cuda else "") + "; stages: host preparation, network (windows, "
           "stitching, sigmoid), labels on the device and the copy back, host steps.")
 
-    def fmt(d: dict[str, float] | None) -> str:
-        return "/".join(f"{d[k]:.4f}" for k in REGIONS) if d else "-"
-
     print(f"{'Dice WT/TC/ET':<22}{'vs reference':>22}{'vs MONAI on crop':>22}"
           f"{'vs same engine fp32':>22}{'vs ground truth':>22}")
     for r in rows:
-        print(f"{r['spec']:<22}{fmt(r.get('dice')):>22}{fmt(r.get('dice_crop')):>22}"
-              f"{fmt(r.get('dice_fp32')):>22}{fmt(r.get('dice_truth')):>22}")
+        print(f"{r['spec']:<22}{_fmt(r.get('dice')):>22}{_fmt(r.get('dice_crop')):>22}"
+              f"{_fmt(r.get('dice_fp32')):>22}{_fmt(r.get('dice_truth')):>22}")
     print("vs reference: MONAI on the uncropped volume (the agreement figure of the goal); vs "
           "MONAI on crop: MONAI's sliding window on the same brain box our engines see; vs same "
           "engine fp32: this engine and mode's fp32 row earlier in --engines (half, int8 rows).")
@@ -386,7 +398,7 @@ def bench_predict(
                                          tmp)
             print(f"int8 calibration: {INT8_WINDOWS} windows of case {calib[2]}", flush=True)
         rows += _run_rows(ckpt, image_path, spacing, engines, figures, overlap, batch, calib,
-                          refs, tmp, device)
+                          refs, tmp, device, rows[0]["seconds"] if rows else None)
     _print_table(rows, figures, is_cuda(device))
     _verdict(rows, trained)
     result = {"case": case_id, **figures, "overlap": overlap, "batch": batch,
