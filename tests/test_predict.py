@@ -214,6 +214,23 @@ def test_bad_case_isolated_and_exit_status(ckpt: Path, tmp_path: Path) -> None:
     assert set(record["failed"]) == {ids[1]} and record["predicted"] == [ids[0], ids[2]]
 
 
+def test_cli_prefetch_gives_the_same_files_and_prints_the_rate(ckpt: Path, tmp_path: Path) -> None:
+    from glioseg.cli import app
+
+    _cohort(tmp_path / "data")
+    files = {}
+    for prefetch in ("0", "2"):
+        out = tmp_path / f"out{prefetch}"
+        result = CliRunner().invoke(app, ["predict", "-m", str(ckpt), "-i", str(tmp_path / "data"),
+                                          "-o", str(out), "--prefetch", prefetch])
+        assert result.exit_code == 0, result.output
+        assert "predicted 3" in result.output and "cases per minute" in result.output
+        assert json.loads((out / "predict.json").read_text())["options"]["prefetch"] == int(
+            prefetch)
+        files[prefetch] = {f.name: f.read_bytes() for f in out.glob("*.nii.gz")}
+    assert len(files["0"]) == 3 and files["0"] == files["2"]
+
+
 def test_resume_skips_done_cases(ckpt: Path, tmp_path: Path) -> None:
     ids = _cohort(tmp_path / "data")
     flair = _corrupt(tmp_path / "data", ids[1])

@@ -57,9 +57,13 @@ def bench_predict_cmd(
                                                "untrained network of --preset).")] = None,
     preset: Annotated[str, typer.Option(help="Network preset when no --model: small or "
                                         "full.")] = "full",
-    engines: Annotated[str | None, typer.Option(help="Comma list of engine:dtype to time "
+    engines: Annotated[str | None, typer.Option(help="Comma list of engine:dtype[:mode] to "
+                                                "time; dtype fp32, bf16, fp16, int8 or auto, "
+                                                "mode sliding (default) or whole (the brain "
+                                                "box in one forward), e.g. torch:fp16:whole "
                                                 "(default: every engine in fp32 and int8, and "
-                                                "bf16 where this CPU has it natively).")] = None,
+                                                "bf16 where this CPU has it natively; on cuda "
+                                                "torch fp32/fp16/bf16 and whole-box rows).")] = None,
     case: Annotated[Path | None, typer.Option(help="A case folder (default: a synthetic "
                                               "240x240x155 case).")] = None,
     overlap: Annotated[float, typer.Option(help="Window overlap (ours and MONAI's).")] = 0.5,

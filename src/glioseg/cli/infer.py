@@ -48,8 +48,10 @@ def predict(
     output: Annotated[Path, typer.Option("--output", "-o", help="Folder for <case_id>.nii.gz.")],
     engine: Annotated[str, typer.Option(help="torch, onnxruntime or openvino.")] = "torch",
     device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
-    dtype: Annotated[str, typer.Option(help="fp32, bf16 (CPU with AVX-512 BF16) or fp16 "
-                                       "(cuda).")] = "fp32",
+    dtype: Annotated[str, typer.Option(help="fp32, bf16 (CPU with AVX-512 BF16), fp16 "
+                                       "(cuda) or auto (fp16 on cuda, bf16 on a CPU with "
+                                       "native bf16, else fp32; predict.json records the "
+                                       "choice).")] = "fp32",
     tta: Annotated[bool, typer.Option(help="Mirror test-time augmentation (8x slower).")] = False,
     overlap: Annotated[float, typer.Option(help="Window overlap fraction.")] = 0.5,
     batch: Annotated[int, typer.Option(help="Windows per network call.")] = 1,
@@ -75,6 +77,8 @@ def predict(
     threshold: Annotated[float, typer.Option(help="Region probability threshold.")] = 0.5,
     threads: Annotated[int | None, typer.Option(help="CPU threads (default: all).")] = None,
     overwrite: Annotated[bool, typer.Option(help="Predict cases already predicted.")] = False,
+    prefetch: Annotated[int, typer.Option(help="Cases read ahead and written behind while one "
+                                          "is predicted (0: one case after another).")] = 1,
 ) -> None:
     """Segment every case under INPUT; a failing case is reported and the others go on."""
     from glioseg.infer.predict import PredictOptions, predict_dir
@@ -88,10 +92,13 @@ def predict(
                           threshold=threshold, et_min_voxels=et_threshold,
                           min_component=min_component, min_size_mm3=_parse_sizes(min_size),
                           scheme=scheme,
-                          probabilities=probabilities, overwrite=overwrite, threads=threads)
+                          probabilities=probabilities, overwrite=overwrite, threads=threads,
+                          prefetch=prefetch)
     summary = predict_dir(model, input, output, opts)
+    rate = summary.cases_per_minute
     typer.echo(f"predicted {len(summary.predicted)}, skipped {len(summary.skipped)} (already "
-               f"done), failed {len(summary.failed)}; outputs in {output}")
+               f"done), failed {len(summary.failed)}; outputs in {output}"
+               + (f"; {rate:.1f} cases per minute" if rate else ""))
     for case_id, message in summary.failed.items():
         typer.secho(f"FAILED {case_id}: {message}", fg=typer.colors.RED, err=True)
     if summary.failed:
