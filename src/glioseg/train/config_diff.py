@@ -15,12 +15,14 @@ from glioseg.records import flatten
 RESUME_MUTABLE = frozenset({
     "data.cache_dir", "data.workers", "train.steps", "train.val_every", "train.ckpt_every",
     "train.log_every", "train.threads", "train.device", "train.compile",
-    "optim.lr", "train.amp",
+    "optim.lr", "train.amp", "train.channels_last",
 })
 """Config keys that may differ between a checkpoint and the run that resumes it (what changed
 is printed and logged as a ``split: resume`` record of ``metrics.jsonl``). ``optim.lr`` and
 ``train.amp`` are the remedies a diverged run needs: a new ``optim.lr`` replaces the schedule's
-peak from the resumed step on (``components.apply_lr``); a new precision takes a fresh loss scaler."""
+peak from the resumed step on (``components.apply_lr``); a new precision takes a fresh loss scaler.
+``train.channels_last`` (a memory layout: the same weights) may differ when ``auto`` chose
+another on another device (``glioseg.train.device_policy``)."""
 
 
 

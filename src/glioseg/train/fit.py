@@ -52,6 +52,8 @@ from glioseg.train.components import (
     write_load_report,
 )
 from glioseg.train.config_diff import config_differences, resume_changes
+from glioseg.train.device_policy import choose_for_run, write_record
+from glioseg.train.device_step import StatsRead, StepStats
 from glioseg.train.errors import TrainError
 from glioseg.train.run_card import model_card
 
@@ -221,7 +223,12 @@ def _run(cfg: C.Config, run_dir: Path, info: D.DistInfo, resume: bool,
     cases = open_cache(cfg.data.cache_dir)
     val_pool = open_cache(cfg.data.val_cache) if cfg.data.val_cache else None
     train_cases, val_cases = select_cases(cfg, cases, val_pool)
+    # amp / channels_last / compile ``auto`` made concrete for this device (a probe on a GPU)
+    cfg, choice = choose_for_run(cfg, info.device, run_dir, main=info.is_main,
+                                 share=D.broadcast_object, say=tqdm.write, write=False)
     state = _resume_point(run_dir, cfg, resume, info)
+    if info.is_main:
+        write_record(run_dir, choice)
     resumed = state.pop("resume") if state is not None else None
     if resumed is not None and info.is_main:
         _say_resume(run_dir, state["step"], resumed)
@@ -310,7 +317,8 @@ def _train(cfg: C.Config, run_dir: Path, info: D.DistInfo, comp: Components, rs:
     bar = tqdm(total=t.steps, initial=rs.step, disable=not info.is_main, desc="train",
                dynamic_ncols=True, unit="step")
     window = _new_window()
-    skips_in_a_row = 0
+    stats = StepStats(info.device)  # the step's figures, read back once per log
+    logged = rs.step
     last_val: dict[str, Any] = {}
     t_start = time.perf_counter()
     elapsed0 = rs.elapsed_s
@@ -320,19 +328,17 @@ def _train(cfg: C.Config, run_dir: Path, info: D.DistInfo, comp: Components, rs:
         window["wait"] += time.perf_counter() - t0
         res = L.train_step(comp.net, micro, comp.loss_fn, comp.optimizer, comp.scaler, t.amp,
                            cfg.optim.grad_clip)
-        skips_in_a_row = skips_in_a_row + 1 if res.skipped else 0
-        if res.skipped:  # the weights are unchanged (L.train_step); the step still counts
-            window["skipped"] += 1
-            _skipped(res, skips_in_a_row, rs.step + 1, run_dir, info, comp, bar)
+        stats.add(res)  # a skipped step leaves the weights unchanged; it still counts
         comp.scheduler.step()
         rs.step += 1
         rs.elapsed_s = elapsed0 + time.perf_counter() - t_start
-        if math.isfinite(res.loss):  # a skipped step's loss would poison the mean
-            window["loss"] += res.loss
-            window["n"] += 1
         window["patches"] += res.patches
         bar.update(1)
         if rs.step % t.log_every == 0 or rs.step == t.steps:
+            read = stats.read()  # the loop's one host read, once per log
+            window.update(loss=read.loss_sum, n=read.finite_steps, skipped=read.skipped)
+            _skipped(read, rs.step - logged, rs.step, run_dir, info, comp, bar)
+            logged = rs.step
             rec = _train_record(window, rs, comp, info)
             bar.set_postfix(loss=f"{rec['loss']:.4f}", pps=f"{rec['patches_per_s']:.2f}")
             logger.log(rec)
@@ -357,9 +363,12 @@ def _new_window() -> dict[str, float]:
 
 def _batch_stream(cfg: C.Config, train_cases: list[Any], info: D.DistInfo,
                   step: int) -> Callable[[int], list[L.Batch]]:
-    """``next(step)``: the ``train.grad_accum`` micro-batches of a step, on the device, with
-    the ``data.modalities`` channels; for pretraining, uniform patches (no labels to
-    oversample) made into Models Genesis pairs (``genesis_batch``)."""
+    """``next(step)``: the ``train.grad_accum`` micro-batches of a step, on the device (moved
+    one step ahead, ``glioseg.train.prefetch``), with the ``data.modalities`` channels; for
+    pretraining, uniform patches (no labels to oversample) made into Models Genesis pairs
+    (``genesis_batch``, corrupted on the host: a read-back per step that pretraining keeps)."""
+    from glioseg.train.prefetch import prefetch_batches
+
     t = cfg.train
     genesis = t.task == "genesis"
     channels = channel_indices(cfg.data.modalities)
@@ -368,11 +377,11 @@ def _batch_stream(cfg: C.Config, train_cases: list[Any], info: D.DistInfo,
         import dataclasses
 
         loader_cfg = C.replace(cfg, data=dataclasses.replace(cfg.data, foreground_fraction=0.0))
-    batches = forever(make_train_loader(loader_cfg, train_cases, info, step))
+    batches = prefetch_batches(forever(make_train_loader(loader_cfg, train_cases, info, step)),
+                               info.device, t.channels_last)
 
     def next_micro(step: int) -> list[L.Batch]:
-        micro = [L.to_batch(next(batches), info.device, t.channels_last)
-                 for _ in range(t.grad_accum)]
+        micro = [next(batches) for _ in range(t.grad_accum)]
         if channels != list(range(micro[0].image.shape[1])):
             micro = [L.Batch(mb.image[:, channels], mb.target) for mb in micro]
         if genesis:
@@ -383,19 +392,24 @@ def _batch_stream(cfg: C.Config, train_cases: list[Any], info: D.DistInfo,
     return next_micro
 
 
-def _skipped(res: Any, in_a_row: int, step: int, run_dir: Path, info: D.DistInfo,
+def _skipped(read: StatsRead, n_steps: int, step: int, run_dir: Path, info: D.DistInfo,
              comp: Components, bar: Any) -> None:
-    """A step whose gradient was not finite: say so (unless fp16's scaler, which skips by
-    design, is on); ``MAX_SKIPS_IN_A_ROW`` in a row stop the run with the remedies."""
-    if in_a_row >= MAX_SKIPS_IN_A_ROW:
+    """Steps of the last ``n_steps`` whose gradient was not finite (read at the log step
+    ``step``): say so (unless fp16's scaler, which skips by design, is on);
+    ``MAX_SKIPS_IN_A_ROW`` in a row stop the run with the remedies. The same on every rank
+    (the gradients are all-reduced)."""
+    if read.longest_skip_run >= MAX_SKIPS_IN_A_ROW:
         raise TrainError(
-            f"step {step}: the gradient was not finite at {in_a_row} steps "
-            f"in a row (loss {res.loss}); the checkpoints in {run_dir} hold finite "
-            "weights: resume with a lower learning rate (--resume --set optim.lr=...) "
-            "or another precision (--set train.amp=none)")
-    if info.is_main and not comp.scaler.is_enabled():
-        bar.write(f"step {step}: gradient norm {res.grad_norm} (loss "
-                  f"{res.loss}): update skipped")
+            f"step {step}: the gradient was not finite at {read.longest_skip_run} steps "
+            f"in a row (last gradient norm {read.grad_norm}); the checkpoints in {run_dir} "
+            "hold finite weights: resume with a lower learning rate (--resume --set "
+            "optim.lr=...) or another precision (--set train.amp=none)")
+    if read.skipped and info.is_main and not comp.scaler.is_enabled():
+        if n_steps == 1:
+            bar.write(f"step {step}: gradient norm {read.grad_norm}: update skipped")
+        else:
+            bar.write(f"steps {step - n_steps + 1}-{step}: {read.skipped} updates skipped "
+                      f"(non-finite gradient; last norm {read.grad_norm})")
 
 
 def _validate(cfg: C.Config, comp: Components, info: D.DistInfo, rs: RunState,
