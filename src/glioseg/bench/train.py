@@ -92,7 +92,7 @@ def _run_steps(cfg: Any, comp: Any, source: Any, info: Any, steps: int,
     """Run ``warmup`` then ``steps`` training steps; (elapsed s, data-wait s, CPU s of the
     timed steps, their ``StatsRead``). The step's figures stay on the device until the end."""
     from glioseg.train import distributed as D
-    from glioseg.train import loop as L
+    from glioseg.train import loop as train_loop
     from glioseg.train.cases import channel_indices
     from glioseg.train.device_step import StepStats
 
@@ -109,9 +109,9 @@ def _run_steps(cfg: Any, comp: Any, source: Any, info: Any, steps: int,
         t0 = time.perf_counter()
         micro = [next(source) for _ in range(cfg.train.grad_accum)]
         if channels != list(range(micro[0].image.shape[1])):  # the cache holds every sequence
-            micro = [L.Batch(mb.image[:, channels], mb.target) for mb in micro]
+            micro = [train_loop.Batch(mb.image[:, channels], mb.target) for mb in micro]
         wait += time.perf_counter() - t0
-        stats.add(L.train_step(comp.net, micro, comp.loss_fn, comp.optimizer, comp.scaler,
+        stats.add(train_loop.train_step(comp.net, micro, comp.loss_fn, comp.optimizer, comp.scaler,
                                cfg.train.amp, cfg.optim.grad_clip))
     if info.device.type == "cuda":
         torch.cuda.synchronize(info.device)

@@ -24,7 +24,7 @@ from glioseg.data.cases import Case, discover, load_case, selected_modalities
 from glioseg.data.labels import MODALITIES
 from glioseg.errors import GliosegError
 from glioseg.io_atomic import write_json
-from glioseg.preprocess import cache as C
+from glioseg.preprocess import cache as cache_io
 from glioseg.preprocess.pure import PreprocessError, preprocess_arrays
 
 
@@ -54,7 +54,7 @@ def preprocess_case(case: Case, cache_dir: Path, spacing: float | None,
         "modalities": list(data.modalities),
         **geometry,
     }
-    return C.write_case(cache_dir, case.case_id, image, labels, meta)
+    return cache_io.write_case(cache_dir, case.case_id, image, labels, meta)
 
 
 def _worker(case: Case, cache_dir: Path, spacing: float | None,
@@ -81,21 +81,21 @@ def _check_existing(cache_dir: Path, spacing: float | None, modalities: Sequence
     then record this run's settings in ``SETTINGS``."""
     want = {"spacing": None if spacing is None else [float(spacing)] * 3,
             "selected_modalities": list(modalities)}
-    has_cases = any(C.case_is_complete(d) for d in cache_dir.iterdir() if d.is_dir())
+    has_cases = any(cache_io.case_is_complete(d) for d in cache_dir.iterdir() if d.is_dir())
     recorded = None
     for name in (SETTINGS, "dataset.json"):
         if has_cases and (cache_dir / name).is_file():
-            recorded = C.read_dataset_json(cache_dir) if name == "dataset.json" else \
+            recorded = cache_io.read_dataset_json(cache_dir) if name == "dataset.json" else \
                 json.loads((cache_dir / name).read_text())
             break
     if recorded is not None:
         if recorded.get("spacing") != want["spacing"]:
-            raise C.CacheError(f"{cache_dir}: cache was built with spacing "
+            raise cache_io.CacheError(f"{cache_dir}: cache was built with spacing "
                                f"{recorded.get('spacing')}, not {want['spacing']}; use another "
                                "output folder")
         had = list(recorded.get("selected_modalities", MODALITIES))
         if had != want["selected_modalities"]:
-            raise C.CacheError(f"{cache_dir}: cache was built with the sequences "
+            raise cache_io.CacheError(f"{cache_dir}: cache was built with the sequences "
                                f"{','.join(had)}, not {','.join(modalities)}; use another "
                                "output folder")
     write_json(cache_dir / SETTINGS, want)
@@ -127,8 +127,8 @@ def preprocess_dir(
     cases = discover(data_dir)
     output.mkdir(parents=True, exist_ok=True)
     _check_existing(output, spacing, chosen)
-    C.remove_stale_temporaries(output)
-    todo = [c for c in cases if not C.case_is_complete(output / c.case_id)]
+    cache_io.remove_stale_temporaries(output)
+    todo = [c for c in cases if not cache_io.case_is_complete(output / c.case_id)]
     done = {c.case_id for c in cases} - {c.case_id for c in todo}
     if done:
         print(f"{len(done)} of {len(cases)} cases already in {output}; skipping them",
@@ -145,7 +145,7 @@ def preprocess_dir(
     bar.close()
     ids = [c.case_id for c in cases if c.case_id in done]
     write_json(output / "dataset.json", {
-        "format": C.CACHE_FORMAT,
+        "format": cache_io.CACHE_FORMAT,
         "modalities": list(MODALITIES),
         "selected_modalities": list(chosen),
         "spacing": None if spacing is None else [float(spacing)] * 3,

@@ -17,7 +17,7 @@ from tqdm import tqdm
 from glioseg.io_atomic import write_json, write_text
 from glioseg.train import config as C
 from glioseg.train import distributed as D
-from glioseg.train import loop as L
+from glioseg.train import loop as train_loop
 from glioseg.train.errors import TrainError
 
 
@@ -35,7 +35,7 @@ class Components:
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LambdaLR
     scaler: torch.amp.GradScaler
-    loss_fn: L.LossFn
+    loss_fn: train_loop.LossFn
     divisor: int
     load_report: Any = None
     """What ``transfer.init_from`` loaded (``glioseg.model.weights.LoadReport``) or None."""
@@ -72,7 +72,7 @@ def make_scheduler(cfg: C.Config, optimizer: torch.optim.Optimizer) -> torch.opt
     return torch.optim.lr_scheduler.LambdaLR(optimizer, [gated(g) for g in optimizer.param_groups])
 
 
-def make_loss(cfg: C.Config) -> L.LossFn:
+def make_loss(cfg: C.Config) -> train_loop.LossFn:
     """Soft Dice + BCE over the regions, summed over the deep-supervision scales when the model
     returns several (``glioseg.train.losses``)."""
     from glioseg.train.losses import make_region_loss
@@ -143,12 +143,12 @@ def build_components(cfg: C.Config, info: D.DistInfo, *, fresh: bool = True) -> 
     if cfg.transfer.init_from and fresh:
         report = load_initial_weights(cfg, model)
     model = model.to(info.device)
-    model = model.to(memory_format=L.memory_format(cfg.train.channels_last))
+    model = model.to(memory_format=train_loop.memory_format(cfg.train.channels_last))
     transfer = bool(cfg.transfer.init_from)
     params: Any = transfer_param_groups(cfg, model) if transfer else model.parameters()
     optimizer = make_optimizer(cfg.optim, params)
     scheduler = make_scheduler(cfg, optimizer)
-    scaler = L.make_scaler(cfg.train.amp, info.device)
+    scaler = train_loop.make_scaler(cfg.train.amp, info.device)
     divisor = int(getattr(model, "divisor", 1))
     bad = [p for p in cfg.patch_size if p % divisor]
     if bad:

@@ -278,11 +278,11 @@ def probe_step(cfg: Any, device: torch.device, candidate: Candidate) -> Callable
     ``candidate``'s precision and layout (a fresh model: the run's own is never touched).
     Returns a callable doing one step and returning its loss tensor."""
     from glioseg.model.registry import build_model
-    from glioseg.train import loop as L
+    from glioseg.train import loop as train_loop
     from glioseg.train.schedule import build_optimizer
 
     torch.manual_seed(cfg.train.seed)
-    fmt = L.memory_format(candidate.channels_last)
+    fmt = train_loop.memory_format(candidate.channels_last)
     model = build_model(cfg.model).to(device).to(memory_format=fmt)
     o = cfg.optim
     optimizer = build_optimizer(model.parameters(), name=o.name, lr=o.lr,
@@ -292,10 +292,10 @@ def probe_step(cfg: Any, device: torch.device, candidate: Candidate) -> Callable
     b, patch = cfg.data.batch_size, cfg.patch_size
     image = torch.randn(b, cfg.model.in_channels, *patch, device=device)
     target = (torch.rand(b, cfg.model.out_channels, *patch, device=device) > 0.7).float()
-    batch = L.Batch(image.contiguous(memory_format=fmt), target)
+    batch = train_loop.Batch(image.contiguous(memory_format=fmt), target)
 
     def step() -> Any:
-        return L.train_step(model, [batch], loss_fn, optimizer, scaler, candidate.amp,
+        return train_loop.train_step(model, [batch], loss_fn, optimizer, scaler, candidate.amp,
                             o.grad_clip).loss_t
     return step
 

@@ -42,7 +42,7 @@ from glioseg.runinfo import record_training
 from glioseg.train import checkpoint as ckpt
 from glioseg.train import config as C
 from glioseg.train import distributed as D
-from glioseg.train import loop as L
+from glioseg.train import loop as train_loop
 from glioseg.train.cases import channel_indices, forever, make_train_loader, select_cases
 from glioseg.train.components import (
     Components,
@@ -293,8 +293,8 @@ def validation_pipeline(cfg: C.Config) -> str:
     return f"sliding windows {roi}, overlap {cfg.train.val_overlap:g}"
 
 
-def genesis_batch(batch: L.Batch, seed: int, rank: int, step: int,
-                  channels_last: bool = False) -> L.Batch:
+def genesis_batch(batch: train_loop.Batch, seed: int, rank: int, step: int,
+                  channels_last: bool = False) -> train_loop.Batch:
     """The Models Genesis pair of a batch: the corrupted patches as input and the original
     patches as target (``glioseg.transfer.genesis``); the corruption is drawn from a generator
     seeded by (seed, rank, step), so a resumed run draws the same ones."""
@@ -305,7 +305,8 @@ def genesis_batch(batch: L.Batch, seed: int, rank: int, step: int,
     rng = np.random.default_rng([seed, rank, step])
     original = batch.image.float()
     corrupted = torch.from_numpy(corrupt_batch(original.cpu().numpy(), rng)).to(original.device)
-    return L.Batch(corrupted.contiguous(memory_format=L.memory_format(channels_last)), original)
+    layout = train_loop.memory_format(channels_last)
+    return train_loop.Batch(corrupted.contiguous(memory_format=layout), original)
 
 
 def _train(cfg: C.Config, run_dir: Path, info: D.DistInfo, comp: Components, rs: RunState,
@@ -326,8 +327,8 @@ def _train(cfg: C.Config, run_dir: Path, info: D.DistInfo, comp: Components, rs:
         t0 = time.perf_counter()
         micro = batches(rs.step)
         window["wait"] += time.perf_counter() - t0
-        res = L.train_step(comp.net, micro, comp.loss_fn, comp.optimizer, comp.scaler, t.amp,
-                           cfg.optim.grad_clip)
+        res = train_loop.train_step(comp.net, micro, comp.loss_fn, comp.optimizer, comp.scaler,
+                                    t.amp, cfg.optim.grad_clip)
         stats.add(res)  # a skipped step leaves the weights unchanged; it still counts
         comp.scheduler.step()
         rs.step += 1
@@ -362,7 +363,7 @@ def _new_window() -> dict[str, float]:
 
 
 def _batch_stream(cfg: C.Config, train_cases: list[Any], info: D.DistInfo,
-                  step: int) -> Callable[[int], list[L.Batch]]:
+                  step: int) -> Callable[[int], list[train_loop.Batch]]:
     """``next(step)``: the ``train.grad_accum`` micro-batches of a step, on the device (moved
     one step ahead, ``glioseg.train.prefetch``), with the ``data.modalities`` channels; for
     pretraining, uniform patches (no labels to oversample) made into Models Genesis pairs
@@ -380,10 +381,10 @@ def _batch_stream(cfg: C.Config, train_cases: list[Any], info: D.DistInfo,
     batches = prefetch_batches(forever(make_train_loader(loader_cfg, train_cases, info, step)),
                                info.device, t.channels_last)
 
-    def next_micro(step: int) -> list[L.Batch]:
+    def next_micro(step: int) -> list[train_loop.Batch]:
         micro = [next(batches) for _ in range(t.grad_accum)]
         if channels != list(range(micro[0].image.shape[1])):
-            micro = [L.Batch(mb.image[:, channels], mb.target) for mb in micro]
+            micro = [train_loop.Batch(mb.image[:, channels], mb.target) for mb in micro]
         if genesis:
             micro = [genesis_batch(mb, t.seed, info.rank, step * t.grad_accum + i,
                                    t.channels_last) for i, mb in enumerate(micro)]
@@ -414,10 +415,10 @@ def _skipped(read: StatsRead, n_steps: int, step: int, run_dir: Path, info: D.Di
 
 def _validate(cfg: C.Config, comp: Components, info: D.DistInfo, rs: RunState,
               val_cases: list[Any], logger: Logger, bar: Any) -> tuple[dict[str, Any], bool]:
-    """Validate at ``rs.step`` (every rank its share, ``L.validate``), log and print the
+    """Validate at ``rs.step`` (every rank its share, ``train_loop.validate``), log and print the
     scores; returns them and whether they are the best so far (``rs`` is updated)."""
     t = cfg.train
-    scores = L.validate(comp.model, val_cases, device=info.device, rank=info.rank,
+    scores = train_loop.validate(comp.model, val_cases, device=info.device, rank=info.rank,
                         world_size=info.world_size, mode=t.val_mode, roi=cfg.patch_size,
                         overlap=t.val_overlap, amp=t.amp, divisor=comp.divisor,
                         channels_last=t.channels_last)

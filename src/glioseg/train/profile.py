@@ -18,7 +18,7 @@ from glioseg.errors import InputError
 from glioseg.io_atomic import atomic_path
 from glioseg.train import config as C
 from glioseg.train import distributed as D
-from glioseg.train import loop as L
+from glioseg.train import loop as train_loop
 from glioseg.train.cases import channel_indices, forever, make_train_loader, split_cases
 from glioseg.train.components import build_components, wrap
 from glioseg.train.device_policy import choose_for_run
@@ -64,20 +64,20 @@ def _profile(cfg: C.Config, run_dir: Path, info: D.DistInfo, steps: int, warmup:
     t = cfg.train
     channels = channel_indices(cfg.data.modalities)  # the cache holds every sequence
 
-    def load() -> list[L.Batch]:
-        micro = [L.to_batch(next(batches), info.device, t.channels_last)
+    def load() -> list[train_loop.Batch]:
+        micro = [train_loop.to_batch(next(batches), info.device, t.channels_last)
                  for _ in range(t.grad_accum)]
         if channels != list(range(micro[0].image.shape[1])):
-            micro = [L.Batch(mb.image[:, channels], mb.target) for mb in micro]
+            micro = [train_loop.Batch(mb.image[:, channels], mb.target) for mb in micro]
         return micro
 
-    def step(timer: L.StepTimer | None) -> None:
+    def step(timer: train_loop.StepTimer | None) -> None:
         if timer is None:
             micro = load()
         else:
             with timer.section("data"):
                 micro = load()
-        L.train_step(comp.net, micro, comp.loss_fn, comp.optimizer, comp.scaler, t.amp,
+        train_loop.train_step(comp.net, micro, comp.loss_fn, comp.optimizer, comp.scaler, t.amp,
                      cfg.optim.grad_clip, timer=timer)
 
     for _ in range(warmup):
@@ -85,7 +85,7 @@ def _profile(cfg: C.Config, run_dir: Path, info: D.DistInfo, steps: int, warmup:
     activities = [torch.profiler.ProfilerActivity.CPU]
     if info.device.type == "cuda":
         activities.append(torch.profiler.ProfilerActivity.CUDA)
-    timer = L.StepTimer(info.device)
+    timer = train_loop.StepTimer(info.device)
     t0 = time.perf_counter()
     with torch.profiler.profile(activities=activities) as prof:
         for _ in range(steps):
