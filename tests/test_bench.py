@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from test_train import SIZE, _tiny_cache
+from test_fit import SIZE, _tiny_cache
 
 # a tiny model on 16^3 patches: the benchmark's code path, not its sizes
 TINY = ["model.base_width=4", "model.n_stages=2", "model.max_width=8",

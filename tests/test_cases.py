@@ -7,7 +7,7 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
-from test_train import TINY, _tiny_cache
+from test_fit import TINY, _tiny_cache
 
 from glioseg.preprocess.cache import open_cache
 from glioseg.train import config as C

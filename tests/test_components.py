@@ -6,7 +6,7 @@ import dataclasses
 
 import pytest
 import torch
-from test_train import TINY
+from test_fit import TINY
 
 from glioseg.train import config as C
 from glioseg.train import distributed as D

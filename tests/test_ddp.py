@@ -152,8 +152,8 @@ def test_pretrain_under_torchrun_two_ranks(tmp_path: Path):
     import subprocess
     import sys
 
-    from test_train import TINY as TRAIN_TINY
-    from test_train import _tiny_cache
+    from test_fit import TINY as TRAIN_TINY
+    from test_fit import _tiny_cache
 
     cache = _tiny_cache(tmp_path / "cache", n=2)
     run = tmp_path / "pre"
@@ -229,8 +229,8 @@ def test_torchrun_restart_after_a_killed_worker_resumes_training(tmp_path: Path)
     import sys
     import time
 
-    from test_train import TINY as TRAIN_TINY
-    from test_train import _tiny_cache
+    from test_fit import TINY as TRAIN_TINY
+    from test_fit import _tiny_cache
 
     from glioseg.preprocess.cache import open_cache
 
@@ -361,7 +361,7 @@ def _resume_worker(rank: int, world: int, port: int, runs: list[str], cache: str
                    out: str) -> None:
     """Rank ``rank`` of a 2-rank ``fit`` in ``runs[rank]``; writes what happened to
     ``out/<rank>.txt``."""
-    from test_train import TINY as TRAIN_TINY
+    from test_fit import TINY as TRAIN_TINY
 
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank),
                       LOCAL_WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
@@ -381,8 +381,8 @@ def test_ranks_resume_from_the_checkpoint_rank_0_chose(tmp_path: Path):
     on every rank with an error naming it, instead of resuming at another step and hanging."""
     import shutil
 
-    from test_train import TINY as TRAIN_TINY
-    from test_train import _tiny_cache
+    from test_fit import TINY as TRAIN_TINY
+    from test_fit import _tiny_cache
 
     torch.set_num_threads(1)
     cache = _tiny_cache(tmp_path / "cache", n=2)

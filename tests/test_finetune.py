@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from test_train import TINY, _tiny_cache
+from test_fit import TINY, _tiny_cache
 
 from glioseg.model.card import load_card, load_state_dict
 from glioseg.model.registry import build_model
@@ -155,7 +155,7 @@ def test_cli_finetune_takes_the_architecture_from_the_card(cache: Path, source_r
 
 def test_cli_finetune_trains_on_the_source_patch_size_unless_told(cache: Path, source_run: Path,
                                                                   tmp_path: Path):
-    from test_train import SIZE
+    from test_fit import SIZE
     from typer.testing import CliRunner
 
     from glioseg.cli import app

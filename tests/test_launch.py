@@ -9,7 +9,7 @@ from types import SimpleNamespace
 
 import pytest
 from test_finetune import _two_sequence_site
-from test_train import _tiny_cache
+from test_fit import _tiny_cache
 
 from glioseg.train import config as C
 from glioseg.train import launch as LA

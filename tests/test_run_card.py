@@ -3,7 +3,7 @@ orientation) the model learnt on and where its weights came from."""
 
 from pathlib import Path
 
-from test_train import TINY, _cache_with_spacings, _tiny_cache
+from test_fit import TINY, _cache_with_spacings, _tiny_cache
 
 from glioseg.model.registry import ModelConfig, build_model
 from glioseg.train import config as C

@@ -1,7 +1,7 @@
 """The label-efficiency study's runner (``glioseg.study``): finished runs and missing
 pretraining refused, the outputs written from made-up results, lesion-wise scores by hand.
 
-The training runs themselves are covered by ``test_train.py`` / ``test_finetune.py``; the
+The training runs themselves are covered by ``test_fit.py`` / ``test_finetune.py``; the
 plan, statistics and tables by ``test_workflows_study_*.py``.
 """
 

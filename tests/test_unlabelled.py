@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from datafiles import write_brats_case
-from test_train import TINY
+from test_fit import TINY
 
 from glioseg.data.labels import MODALITIES
 from glioseg.io_atomic import write_json
