@@ -146,7 +146,8 @@ def run_one(spec: RunSpec, runs_dir: Path, plan: StudyPlan) -> dict[str, Any]:
 
 def _train(spec: RunSpec, run_dir: Path, plan: StudyPlan) -> dict[str, Any]:
     """Train one run and read its result (``run_one``'s, before it is recorded)."""
-    from glioseg.train.fit import fit, read_metrics
+    from glioseg.metrics_log import read_metrics
+    from glioseg.train.fit import fit
 
     cfg = build_config(plan.config, spec.overrides)
     t0 = time.perf_counter()

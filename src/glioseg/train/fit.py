@@ -36,7 +36,6 @@ import torch
 from tqdm import tqdm
 
 from glioseg.metrics_log import METRICS_NAME, MetricsLog
-from glioseg.metrics_log import read_metrics as read_metrics  # study.py imports it from here
 from glioseg.records import RecordsError
 from glioseg.runinfo import record_training
 from glioseg.train import checkpoint as ckpt
