@@ -7,8 +7,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from test_loop import count_reads
 from test_fit import TINY, _records, _tiny_cache
+from test_loop import count_reads
 
 from glioseg.train import components as CO
 from glioseg.train import config as C
