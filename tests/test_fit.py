@@ -292,22 +292,26 @@ def _fit(cache: Path, run: Path, *sets: str, resume: bool = False) -> dict:
     return F.fit(cfg, run, resume=resume)
 
 
-def test_non_finite_gradient_is_skipped_and_logged(tmp_path: Path, monkeypatch, capsys):
-    """A step whose loss (hence gradient) is NaN is skipped, not applied: it is counted in the
-    step's ``skipped_steps``, the run goes on and every checkpoint holds finite weights."""
-    real = make_loss
-    calls = []
+def poison_loss(monkeypatch, at_call: int) -> None:
+    """The run's loss becomes NaN at its ``at_call``-th evaluation (hence a NaN gradient)."""
+    calls: list[int] = []
 
     def poisoned(cfg):
-        loss = real(cfg)
+        loss = make_loss(cfg)
 
         def fn(logits, target):
             calls.append(1)
             value = loss(logits, target)
-            return value * float("nan") if len(calls) == 2 else value
+            return value * float("nan") if len(calls) == at_call else value
         return fn
 
     monkeypatch.setattr("glioseg.train.components.make_loss", poisoned)
+
+
+def test_non_finite_gradient_is_skipped_and_logged(tmp_path: Path, monkeypatch, capsys):
+    """A step whose loss (hence gradient) is NaN is skipped, not applied: it is counted in the
+    step's ``skipped_steps``, the run goes on and every checkpoint holds finite weights."""
+    poison_loss(monkeypatch, at_call=2)
     cache = _tiny_cache(tmp_path / "cache", n=2)
     run = tmp_path / "run"
     summary = _fit(cache, run, "train.steps=3", "train.ckpt_every=1", "train.val_every=3")

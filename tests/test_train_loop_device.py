@@ -7,10 +7,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from test_fit import TINY, _records, _tiny_cache
+from test_fit import TINY, _records, _tiny_cache, poison_loss
 from test_loop import count_reads
 
-from glioseg.train import components as CO
 from glioseg.train import config as C
 from glioseg.train import fit as F
 from glioseg.train import prefetch as PF
@@ -52,18 +51,7 @@ def test_the_loop_takes_its_batches_from_the_prefetcher(tmp_path: Path, monkeypa
 def test_nan_steps_are_skipped_and_counted_at_the_next_log(tmp_path: Path, monkeypatch, capsys):
     """log_every=3: a NaN at step 2 is skipped (weights finite), counted in the record of
     step 3, kept out of its mean loss, and reported for the window."""
-    real = CO.make_loss
-    calls: list[int] = []
-
-    def poisoned(cfg):
-        loss = real(cfg)
-
-        def fn(logits, target):
-            calls.append(1)
-            value = loss(logits, target)
-            return value * float("nan") if len(calls) == 2 else value
-        return fn
-    monkeypatch.setattr(CO, "make_loss", poisoned)
+    poison_loss(monkeypatch, at_call=2)
     cache = _tiny_cache(tmp_path / "cache", n=2)
     run = tmp_path / "run"
     _fit(cache, run, "train.steps=3", "train.log_every=3", "train.val_every=3")
