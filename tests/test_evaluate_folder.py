@@ -96,6 +96,18 @@ def test_legacy_folder_by_hand(legacy_data, tmp_path):
     assert not list(out.glob(".*tmp*"))  # no temporary files left
 
 
+def test_tables_half_written_by_a_killed_run_are_removed(legacy_data, tmp_path):
+    from glioseg.io_atomic import temporary_name
+
+    ref_dir, pred_dir, _, _ = legacy_data
+    out = tmp_path / "out"
+    out.mkdir()
+    half = temporary_name(out / "per_case.csv")
+    half.write_text("case_id,WT_di")
+    evaluate_folder(pred_dir, ref_dir, out, progress=False)
+    assert not half.exists() and (out / "per_case.csv").is_file()
+
+
 def test_parallel_equals_serial(legacy_data, tmp_path):
     ref_dir, pred_dir, _, _ = legacy_data
     serial = evaluate_folder(pred_dir, ref_dir, tmp_path / "a", progress=False)

@@ -412,3 +412,19 @@ def test_unreadable_checkpoints_are_reported_and_never_overwritten(tmp_path: Pat
         _fit(cache, run, "train.steps=3")
     assert "last.pt" in str(err.value) and "previous.pt" in str(err.value)
     assert {p: p.read_bytes() for p in kept} == kept
+
+
+def test_resume_removes_a_checkpoint_half_written_by_a_killed_run(tmp_path: Path):
+    """A kill during ``save_last`` leaves ``.last.pt.<random>.tmp.pt`` (~17 MB for the small
+    preset); the resumed run removes it and resumes from the whole ``last.pt``."""
+    from glioseg.io_atomic import temporary_name
+
+    cache = _tiny_cache(tmp_path / "cache", n=2)
+    run = tmp_path / "run"
+    _fit(cache, run, "train.steps=2", "train.ckpt_every=1", "train.val_every=2")
+    half = temporary_name(run / "last.pt")
+    half.write_bytes(b"torn checkpoint")
+    summary = _fit(cache, run, "train.steps=3", "train.ckpt_every=1", "train.val_every=3",
+                   resume=True)
+    assert summary["step"] == 3 and not half.exists()
+    assert not [p.name for p in run.iterdir() if ".tmp" in p.name]

@@ -146,3 +146,39 @@ def test_atomic_dir_failed_rename_keeps_the_old_folder(tmp_path, monkeypatch):
         (tmp / "new.txt").write_text("new")
     assert [p.name for p in target.iterdir()] == ["old.txt"]
     assert [p.name for p in tmp_path.iterdir()] == ["model"]
+
+
+def test_leftover_temporaries_of_a_killed_writer_are_removed_and_nothing_else(tmp_path):
+    from glioseg.io_atomic import remove_leftover_temporaries, temporary_name
+
+    # what a writer killed mid-write leaves: atomic_path's and checkpoint's temporary files,
+    # atomic_dir's temporary folder (with a file inside)
+    left = [temporary_name(tmp_path / "case.nii.gz"), temporary_name(tmp_path / "last.pt"),
+            temporary_name(tmp_path / "per_case.csv"), temporary_name(tmp_path / "notes")]
+    for p in left:
+        p.write_bytes(b"half")
+    half_dir = tmp_path / ".BraTS-GLI-00001-000.tmp-0a1b2c3d"
+    half_dir.mkdir()
+    (half_dir / "image.npy").write_bytes(b"half")
+    # what must stay: outputs, the project's own hidden files, a folder renamed aside (the
+    # only copy of the old version when a kill fell between atomic_dir's two renames), a
+    # user's hidden file that merely ends in .tmp, and leftovers one folder down
+    keep = [tmp_path / "case.nii.gz", tmp_path / ".report.json", tmp_path / ".synthetic.json",
+            tmp_path / ".notes.tmp", tmp_path / ".x.123.tmp"]
+    for p in keep:
+        p.write_bytes(b"keep")
+    old = tmp_path / ".best.old-0a1b2c3d"
+    stages = tmp_path / ".stages"
+    nested = tmp_path / "sub" / temporary_name("last.pt").name
+    for d in (old, stages, nested.parent):
+        d.mkdir()
+    nested.write_bytes(b"deeper")
+
+    removed = remove_leftover_temporaries(tmp_path)
+
+    assert sorted(removed) == sorted([*left, half_dir])
+    assert not any(p.exists() for p in removed)
+    assert all(p.read_bytes() == b"keep" for p in keep)
+    assert old.is_dir() and stages.is_dir() and nested.is_file()
+    assert remove_leftover_temporaries(tmp_path) == []
+    assert remove_leftover_temporaries(tmp_path / "absent") == []

@@ -231,6 +231,19 @@ def test_cli_prefetch_gives_the_same_files_and_prints_the_rate(ckpt: Path, tmp_p
     assert len(files["0"]) == 3 and files["0"] == files["2"]
 
 
+def test_outputs_half_written_by_a_killed_run_are_removed(ckpt: Path, tmp_path: Path) -> None:
+    from glioseg.io_atomic import temporary_name
+
+    ids = _cohort(tmp_path / "data")
+    out = tmp_path / "out"
+    out.mkdir()
+    half = temporary_name(out / f"{ids[0]}.nii.gz")
+    half.write_bytes(b"torn gzip")
+    summary = predict_dir([ckpt], tmp_path / "data", out, progress=False)
+    assert summary.predicted == ids and not half.exists()
+    assert sorted(p.name for p in out.iterdir() if p.name.startswith(".")) == []
+
+
 def test_resume_skips_done_cases(ckpt: Path, tmp_path: Path) -> None:
     ids = _cohort(tmp_path / "data")
     flair = _corrupt(tmp_path / "data", ids[1])

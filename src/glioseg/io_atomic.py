@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import secrets
 import shutil
 from collections.abc import Callable, Iterator
@@ -171,6 +172,35 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+_LEFTOVER_FILE = re.compile(r"^\..+\.[0-9a-f]{8}\.tmp(\..+)?$")
+_LEFTOVER_DIR = re.compile(r"^\..+\.tmp-.+$")  # any suffix, as the cache always swept
+
+
+def remove_leftover_temporaries(folder: str | Path) -> list[Path]:
+    """Delete the temporaries a killed writer left directly in ``folder``: files named as
+    ``temporary_name`` names them (``.<name>.<random>.tmp<ext>``) and ``atomic_dir``'s
+    temporary folders (``.<name>.tmp-<anything>``); returns what was removed.
+
+    A stage calls it where it starts or resumes in a folder it alone writes (the one-writer
+    rule resume already relies on). An ``atomic_dir`` folder renamed aside
+    (``.<name>.old-<random>``) is kept: a kill between the two renames leaves it the only
+    copy of the old version.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    removed = []
+    for entry in sorted(folder.iterdir()):
+        if entry.is_dir() and not entry.is_symlink() and _LEFTOVER_DIR.match(entry.name):
+            shutil.rmtree(entry, ignore_errors=True)
+        elif entry.is_file() and _LEFTOVER_FILE.match(entry.name):
+            entry.unlink(missing_ok=True)
+        else:
+            continue
+        removed.append(entry)
+    return removed
 
 
 def write_bytes(path: str | Path, data: bytes) -> Path:

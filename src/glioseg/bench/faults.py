@@ -37,8 +37,10 @@ else afresh), which must exit 0, and compares the final outputs with the referen
   printed as a note.
 
 Hidden temporaries a kill leaves behind (``.name.<random>.tmp.ext``, ``.name.tmp-<random>``)
-are listed as debris after the re-run (a stage does not read them as outputs; ``evaluate``
-used to list a predict's temporary as an unmatched prediction, which this bench found).
+are removed by the re-run (``io_atomic.remove_leftover_temporaries``, called by every stage
+where it starts in its folder); any still there after the re-run is listed as debris (a stage
+does not read them as outputs; ``evaluate`` used to list a predict's temporary as an
+unmatched prediction, which this bench found).
 
 This module holds the workspace and its runs (``FaultBench``) and the command
 (``bench_faults``); the kill harness is ``bench.fault_process``, the half-written checks

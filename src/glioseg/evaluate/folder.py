@@ -49,6 +49,7 @@ from glioseg.evaluate.metrics import (
     regions_from_labels,
     union_bbox,
 )
+from glioseg.io_atomic import remove_leftover_temporaries
 
 SCORING_SCHEMES: tuple[str, ...] = ("brats2020", "brats2023")
 LEGACY_METRICS: tuple[str, ...] = ("dice", "hd95", "sensitivity", "specificity")
@@ -402,6 +403,7 @@ def evaluate_folder(
 
     pred_dir, ref_dir, out_dir = Path(pred_dir), Path(ref_dir), Path(out_dir)
     tasks, scheme, cases, lists = _plan(pred_dir, ref_dir, scheme, spacing_mm, pred_label_scheme)
+    remove_leftover_temporaries(out_dir)  # tables half-written by a killed run
     results: dict[str, dict[str, float]] = {}
     problems: list[str] = []
     bar = tqdm(total=len(tasks), desc="evaluate", unit="case", disable=not progress)

@@ -26,7 +26,7 @@ import numpy as np
 from glioseg.data.labels import MODALITIES
 from glioseg.infer.cards import PredictError, card_allows_missing
 from glioseg.infer.predict import CasePredictor, PredictOptions
-from glioseg.io_atomic import write_json
+from glioseg.io_atomic import remove_leftover_temporaries, write_json
 
 
 def resolved_paths(paths: Sequence[str | Path]) -> list[str]:
@@ -288,6 +288,7 @@ def predict_dir(
     if not opts.overwrite:
         _check_same_settings(out_dir, model_paths, opts, digests)
     summary = PredictSummary()
+    remove_leftover_temporaries(out_dir)  # outputs half-written by a killed run
     todo = _split_done(cases, out_dir, opts, summary)
 
     def record() -> None:

@@ -29,7 +29,6 @@ instead of feeding zeros to a model as if they were an image.
 from __future__ import annotations
 
 import json
-import shutil
 import zlib
 from collections.abc import Sequence
 from pathlib import Path
@@ -115,14 +114,6 @@ def write_case(
         np.savez(tmp / "locations.npz", **locations)
         write_json(tmp / "meta.json", {**meta, "has_labels": labels is not None})
     return final
-
-
-def remove_stale_temporaries(cache_dir: Path) -> list[Path]:
-    """Delete ``.<case_id>.tmp-*`` folders left by an interrupted run; return what was removed."""
-    stale = [p for p in cache_dir.glob(".*.tmp-*") if p.is_dir()] if cache_dir.is_dir() else []
-    for p in stale:
-        shutil.rmtree(p, ignore_errors=True)
-    return stale
 
 
 def _npy_header(path: Path) -> tuple[tuple[int, ...], np.dtype, bool]:

@@ -23,7 +23,7 @@ from tqdm import tqdm
 from glioseg.data.cases import Case, discover, load_case, selected_modalities
 from glioseg.data.labels import MODALITIES
 from glioseg.errors import GliosegError
-from glioseg.io_atomic import write_json
+from glioseg.io_atomic import remove_leftover_temporaries, write_json
 from glioseg.preprocess import cache as cache_io
 from glioseg.preprocess.pure import PreprocessError, preprocess_arrays
 
@@ -127,7 +127,7 @@ def preprocess_dir(
     cases = discover(data_dir)
     output.mkdir(parents=True, exist_ok=True)
     _check_existing(output, spacing, chosen)
-    cache_io.remove_stale_temporaries(output)
+    remove_leftover_temporaries(output)
     todo = [c for c in cases if not cache_io.case_is_complete(output / c.case_id)]
     done = {c.case_id for c in cases} - {c.case_id for c in todo}
     if done:

@@ -35,6 +35,7 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
+from glioseg.io_atomic import remove_leftover_temporaries
 from glioseg.metrics_log import METRICS_NAME, MetricsLog
 from glioseg.records import RecordsError
 from glioseg.runinfo import record_training
@@ -218,6 +219,7 @@ def _run(cfg: C.Config, run_dir: Path, info: D.DistInfo, resume: bool,
 
     if info.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
+        remove_leftover_temporaries(run_dir)  # a checkpoint half-written by a killed run
     D.barrier()
     cases = open_cache(cfg.data.cache_dir)
     val_pool = open_cache(cfg.data.val_cache) if cfg.data.val_cache else None
