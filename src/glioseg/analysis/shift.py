@@ -156,6 +156,32 @@ class MMDResult:
         return asdict(self)
 
 
+def _checked_samples(
+    x: np.ndarray, y: np.ndarray, standardise_features: bool
+) -> tuple[np.ndarray, np.ndarray]:
+    """Both samples as ``(n, d)`` arrays, standardised on the pooled sample when asked."""
+    if standardise_features:
+        return standardise(x, y)
+    x, y = _as_sample(x, "source"), _as_sample(y, "target")
+    if x.shape[1] != y.shape[1]:
+        raise ShiftError(f"source has {x.shape[1]} features, target {y.shape[1]}")
+    return x, y
+
+
+def _permutation_null(
+    k: np.ndarray, m: int, rng: np.random.Generator, n_permutations: int, batch: int
+) -> np.ndarray:
+    """``(n_permutations,)`` MMD^2_u of random re-splits (first ``m`` rows vs the rest) of ``k``."""
+    total = k.shape[0]
+    null = np.empty(n_permutations)
+    batch = max(1, min(batch, int(2e7 // total**2)))  # bound memory to ~ 3 x 160 MB
+    for start in range(0, n_permutations, batch):
+        count = min(batch, n_permutations - start)
+        perms = np.stack([rng.permutation(total) for _ in range(count)])
+        null[start:start + count] = _mmd2_from_kernel(k, perms[:, :m], perms[:, m:])
+    return null
+
+
 def mmd_test(
     x: np.ndarray,
     y: np.ndarray,
@@ -178,24 +204,14 @@ def mmd_test(
     """
     if n_permutations < 1:
         raise ShiftError(f"n_permutations must be >= 1, got {n_permutations}")
-    if standardise_features:
-        x, y = standardise(x, y)
-    else:
-        x, y = _as_sample(x, "source"), _as_sample(y, "target")
-        if x.shape[1] != y.shape[1]:
-            raise ShiftError(f"source has {x.shape[1]} features, target {y.shape[1]}")
+    x, y = _checked_samples(x, y, standardise_features)
     pooled = np.concatenate([x, y])
     m, total = x.shape[0], pooled.shape[0]
     bandwidth = median_bandwidth(pooled)
     k = rbf_kernel(pooled, pooled, bandwidth)
     idx = np.arange(total)
     observed = float(_mmd2_from_kernel(k, idx[None, :m], idx[None, m:])[0])
-    null = np.empty(n_permutations)
-    batch = max(1, min(batch, int(2e7 // total**2)))  # bound memory to ~ 3 x 160 MB
-    for start in range(0, n_permutations, batch):
-        count = min(batch, n_permutations - start)
-        perms = np.stack([rng.permutation(total) for _ in range(count)])
-        null[start:start + count] = _mmd2_from_kernel(k, perms[:, :m], perms[:, m:])
+    null = _permutation_null(k, m, rng, n_permutations, batch)
     # A small tolerance so that a permutation equal to the observed split counts as ">=".
     n_ge = int(np.count_nonzero(null >= observed - 1e-12))
     return MMDResult(
@@ -251,6 +267,75 @@ def _p_text(p: float, n_permutations: int) -> str:
     return "p < 0.001" if p < 0.001 else f"p = {p:.3g}"
 
 
+def _no_shift_line(
+    stats: str, n_text: str, top_seq: str, top_res: MMDResult, overall: MMDResult
+) -> tuple[str, list[str]]:
+    """Verdict line and advice when the overall test finds no significant shift."""
+    line = (f"no significant shift in normalised intensities ({stats}; {n_text}); "
+            f"largest per-sequence MMD^2 in {top_seq.upper()} ({top_res.mmd2:.3f}, "
+            f"{_p_text(top_res.p_value, top_res.n_permutations)})")
+    advice = ["Use the model as is, and evaluate it on a few labelled target cases "
+              "before relying on it."]
+    if overall.n_source + overall.n_target < 20:
+        advice.append("With this few cases only large shifts are detectable: absence of "
+                      "evidence is not evidence of no shift.")
+    return line, advice
+
+
+def _shift_line(
+    size: str, stats: str, n_text: str, significant: dict[str, MMDResult],
+    top_features: list[dict[str, Any]],
+) -> str:
+    """Verdict line for a significant shift: size, largest shifted sequence, top feature."""
+    line = f"target differs from source ({size} shift): {stats} ({n_text})"
+    if significant:
+        seq, res = max(significant.items(), key=lambda kv: kv[1].mmd2)
+        line += (f"; largest shift in {seq.upper()} (MMD^2 = {res.mmd2:.3f}, "
+                 f"{_p_text(res.p_value, res.n_permutations)})")
+    if top_features:
+        f = top_features[0]
+        line += f"; top feature {f['feature']} moves {f['shift_sd']:+.2f} pooled SD"
+    return line
+
+
+def _shift_advice(size: str, significant: dict[str, MMDResult], seq_alpha: float) -> list[str]:
+    """Advice for a significant shift: fine-tuning by size, protocol checks per large sequence."""
+    if size in ("small", "moderate"):
+        advice = ["Evaluate on a few labelled target cases; if accuracy drops, fine-tune: "
+                  "with ~5-20 labelled cases start with the encoder frozen (decoder only), "
+                  "with more, fine-tune the whole network at a low learning rate."]
+    else:
+        advice = ["Expect a clear accuracy drop: fine-tune on labelled target cases "
+                  "(encoder frozen first when labelled cases are few, full fine-tuning "
+                  "when more are available) and evaluate before use."]
+    for seq, res in significant.items():
+        if shift_size(res, seq_alpha) == "large":
+            advice.append(
+                f"{seq.upper()} differs most: check its acquisition protocol (field "
+                "strength, slice thickness, sequence parameters) and preprocessing (skull "
+                "stripping, registration); use intensity augmentation when fine-tuning.")
+    return advice
+
+
+def _raw_and_encoder_notes(
+    size: str, raw_overall: MMDResult | None, encoder: MMDResult | None, alpha: float
+) -> tuple[str, list[str]]:
+    """Suffix for the verdict line and extra advice from the raw-intensity and encoder tests."""
+    suffix, advice = "", []
+    if raw_overall is not None and raw_overall.p_value < alpha and size == "none":
+        advice.append(f"Raw scanner intensities differ (MMD^2 = {raw_overall.mmd2:.3f}, "
+                      f"{_p_text(raw_overall.p_value, raw_overall.n_permutations)}), but "
+                      "per-case z-scoring removes that difference before the model sees it.")
+    if encoder is not None:
+        enc = (f"encoder features: MMD^2 = {encoder.mmd2:.3f}, "
+               f"{_p_text(encoder.p_value, encoder.n_permutations)}")
+        suffix = f"; {enc}"
+        if encoder.p_value < alpha and size == "none":
+            advice.append("The model's encoder separates the sites although the intensity "
+                          "statistics do not: evaluate on labelled target cases first.")
+    return suffix, advice
+
+
 def verdict(
     overall: MMDResult,
     per_sequence: dict[str, MMDResult],
@@ -281,48 +366,10 @@ def verdict(
     significant = {s: r for s, r in per_sequence.items() if r.p_value < seq_alpha}
     ranked = sorted(per_sequence.items(), key=lambda kv: -kv[1].mmd2)
     top_seq, top_res = ranked[0]
-    advice: list[str] = []
     if size == "none":
-        line = (f"no significant shift in normalised intensities ({stats}; {n_text}); "
-                f"largest per-sequence MMD^2 in {top_seq.upper()} ({top_res.mmd2:.3f}, "
-                f"{_p_text(top_res.p_value, top_res.n_permutations)})")
-        advice.append("Use the model as is, and evaluate it on a few labelled target cases "
-                      "before relying on it.")
-        if overall.n_source + overall.n_target < 20:
-            advice.append("With this few cases only large shifts are detectable: absence of "
-                          "evidence is not evidence of no shift.")
+        line, advice = _no_shift_line(stats, n_text, top_seq, top_res, overall)
     else:
-        line = f"target differs from source ({size} shift): {stats} ({n_text})"
-        if significant:
-            seq, res = max(significant.items(), key=lambda kv: kv[1].mmd2)
-            line += (f"; largest shift in {seq.upper()} (MMD^2 = {res.mmd2:.3f}, "
-                     f"{_p_text(res.p_value, res.n_permutations)})")
-        if top_features:
-            f = top_features[0]
-            line += f"; top feature {f['feature']} moves {f['shift_sd']:+.2f} pooled SD"
-        if size in ("small", "moderate"):
-            advice.append("Evaluate on a few labelled target cases; if accuracy drops, fine-tune: "
-                          "with ~5-20 labelled cases start with the encoder frozen (decoder only), "
-                          "with more, fine-tune the whole network at a low learning rate.")
-        else:
-            advice.append("Expect a clear accuracy drop: fine-tune on labelled target cases "
-                          "(encoder frozen first when labelled cases are few, full fine-tuning "
-                          "when more are available) and evaluate before use.")
-        for seq, res in significant.items():
-            if shift_size(res, seq_alpha) == "large":
-                advice.append(
-                    f"{seq.upper()} differs most: check its acquisition protocol (field "
-                    "strength, slice thickness, sequence parameters) and preprocessing (skull "
-                    "stripping, registration); use intensity augmentation when fine-tuning.")
-    if raw_overall is not None and raw_overall.p_value < alpha and size == "none":
-        advice.append(f"Raw scanner intensities differ (MMD^2 = {raw_overall.mmd2:.3f}, "
-                      f"{_p_text(raw_overall.p_value, raw_overall.n_permutations)}), but "
-                      "per-case z-scoring removes that difference before the model sees it.")
-    if encoder is not None:
-        enc = (f"encoder features: MMD^2 = {encoder.mmd2:.3f}, "
-               f"{_p_text(encoder.p_value, encoder.n_permutations)}")
-        line += f"; {enc}"
-        if encoder.p_value < alpha and size == "none":
-            advice.append("The model's encoder separates the sites although the intensity "
-                          "statistics do not: evaluate on labelled target cases first.")
-    return line, advice
+        line = _shift_line(size, stats, n_text, significant, top_features)
+        advice = _shift_advice(size, significant, seq_alpha)
+    suffix, extra = _raw_and_encoder_notes(size, raw_overall, encoder, alpha)
+    return line + suffix, advice + extra

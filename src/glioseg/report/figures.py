@@ -9,7 +9,7 @@ order using the affine's axis codes.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 
@@ -18,6 +18,8 @@ from glioseg.errors import GliosegError
 from glioseg.report.savefig import save_figure
 
 if TYPE_CHECKING:
+    from glioseg.data.cases import CaseData
+    from glioseg.data.layouts import Case
     from glioseg.data.nifti import VolumeHeader
 
 VIEWS: tuple[str, ...] = ("axial", "coronal", "sagittal")
@@ -161,6 +163,137 @@ def _load_pred(path: Path, scheme: str, ref_header: VolumeHeader, ref_file: Path
     return L.to_internal(data, scheme)
 
 
+class _Panels(NamedTuple):
+    """A case's volumes in RAS, cropped to the brain, with what the panels need to draw them."""
+
+    image: np.ndarray  # (4, X, Y, Z)
+    brain: np.ndarray
+    labels: np.ndarray | None
+    pred: np.ndarray | None
+    offset: tuple[int, ...]  # start of the crop in the uncropped RAS volume
+    spacing: tuple[float, ...]  # RAS voxel spacing
+
+
+def _checked_views(views: tuple[str, ...]) -> tuple[str, ...]:
+    """``views`` trimmed and lower-cased; an empty list or an unknown view is an error."""
+    views = tuple(v.strip().lower() for v in views if v.strip())
+    bad = [v for v in views if v not in VIEWS]
+    if bad or not views:
+        raise FigureError(f"unknown view(s) {bad or list(views)}; choose from {', '.join(VIEWS)}")
+    return views
+
+
+def _read_case(case_dir: str | Path) -> tuple[Case, CaseData]:
+    """The one case in ``case_dir`` and its loaded data; any other number of cases is an error."""
+    from glioseg.data.cases import discover, load_case
+
+    cases = discover(case_dir)
+    if len(cases) != 1:
+        raise FigureError(f"{case_dir}: expected one case folder, found {len(cases)} cases")
+    case = cases[0]
+    return case, load_case(case)
+
+
+def _ras_volumes(
+    case: Case, data: CaseData, pred: str | Path | None, pred_labels: str | None
+) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+    """Image, reference labels and prediction (internal labels) of a loaded case, in RAS."""
+    orient = data.header.orientation
+    image = to_ras(data.image, orient)
+    labels = to_ras(data.labels, orient) if data.labels is not None else None
+    pred_internal = None
+    if pred is not None:
+        if pred_labels is not None:
+            L.get_scheme(pred_labels)  # an unknown name is an error listing the known ones
+        ref_file = case.seg if case.seg is not None else case.images[data.modalities[0]]
+        p = _load_pred(Path(pred), pred_labels or case.label_scheme, data.header, ref_file)
+        pred_internal = to_ras(p, orient)
+    return image, labels, pred_internal
+
+
+def _crop_to_brain(
+    data: CaseData, image: np.ndarray, labels: np.ndarray | None, pred_internal: np.ndarray | None
+) -> _Panels:
+    """The RAS volumes cropped to the brain plus a small margin, with RAS spacing."""
+    orient = data.header.orientation
+    perm = [[_AXIS_OF[c][0] for c in orient].index(k) for k in range(3)]
+    spacing = tuple(data.header.spacing[p] for p in perm)
+    brain = (image != 0).any(axis=0)
+    # crop to the brain (plus a small margin) so the panels show anatomy, not background
+    crop, offset = _brain_crop(brain, margin=4)
+    image, brain = image[(slice(None), *crop)], brain[crop]
+    labels = labels[crop] if labels is not None else None
+    pred_internal = pred_internal[crop] if pred_internal is not None else None
+    return _Panels(image, brain, labels, pred_internal, offset, spacing)
+
+
+def _blank_axes(ax) -> None:
+    """Black background, no ticks, no spines."""
+    ax.set_facecolor("black")
+    ax.set_xticks([])
+    ax.set_yticks([])
+    for sp in ax.spines.values():
+        sp.set_visible(False)
+
+
+def _overlay(ax, col: str, panels: _Panels, view: str, idx: int, alpha: float,
+             aspect: float) -> str:
+    """Draw the reference or prediction overlay of column ``col`` if any; the panel's title."""
+    title = MODALITY_TITLES.get(col, col)
+    if col == "reference":
+        title = "reference (on FLAIR)"
+        if panels.labels is not None:
+            ax.imshow(_overlay_rgba(view_slice(panels.labels, view, idx), alpha), aspect=aspect,
+                      interpolation="nearest")
+        else:
+            title = "no reference"
+    elif col == "prediction" and panels.pred is not None:
+        title = "prediction (on FLAIR)"
+        ax.imshow(_overlay_rgba(view_slice(panels.pred, view, idx), alpha),
+                  aspect=aspect, interpolation="nearest")
+    return title
+
+
+def _label_row(ax, view: str, idx: int, offset: tuple[int, ...]) -> None:
+    """The row's slice number (uncropped RAS) and the orientation letter on its first panel."""
+    ax.set_ylabel(f"{view} slice {idx + offset[_VIEW_AXIS[view]]} (RAS)",
+                  color="white", fontsize=9)
+    ax.text(0.03, 0.03, "A" if view == "sagittal" else "R", color="white",
+            fontsize=8, transform=ax.transAxes)
+
+
+def _draw_row(axes_row, view: str, columns: list[str], panels: _Panels,
+              windows: list[tuple[float, float]], ref_mask: np.ndarray | None,
+              alpha: float) -> None:
+    """One view's row of panels, on the slice with the largest ``ref_mask`` area."""
+    flair = L.MODALITIES.index("flair")
+    idx = best_slice(ref_mask, panels.brain, view)
+    aspect = _aspect(panels.spacing, view)  # type: ignore[arg-type]
+    for c, col in enumerate(columns):
+        ax = axes_row[c]
+        _blank_axes(ax)
+        ch = c if c < 4 else flair
+        ax.imshow(view_slice(panels.image[ch], view, idx), cmap="gray", vmin=windows[ch][0],
+                  vmax=windows[ch][1], aspect=aspect, interpolation="antialiased")
+        ax.set_title(_overlay(ax, col, panels, view, idx, alpha, aspect), color="white",
+                     fontsize=9)
+        if c == 0:
+            _label_row(ax, view, idx, panels.offset)
+
+
+def _finish_figure(fig, case: Case, output: str | Path) -> Path:
+    """Legend, title and layout of the figure, then the PNG written to ``output``."""
+    from matplotlib.patches import Patch
+
+    handles = [Patch(facecolor=col, edgecolor="none", label=name)
+               for name, col in LABEL_COLOURS.values()]
+    fig.legend(handles=handles, loc="lower center", ncol=3, frameon=False, fontsize=9,
+               labelcolor="white")
+    fig.suptitle(f"{case.case_id} ({case.layout})", color="white", fontsize=11)
+    fig.tight_layout(rect=(0, 0.06, 1, 0.97))
+    return save_figure(fig, output, dpi=110, bbox_inches=None, facecolor="black")
+
+
 def show_case(
     case_dir: str | Path,
     output: str | Path,
@@ -190,82 +323,21 @@ def show_case(
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from matplotlib.patches import Patch
 
-    from glioseg.data.cases import discover, load_case
-
-    views = tuple(v.strip().lower() for v in views if v.strip())
-    bad = [v for v in views if v not in VIEWS]
-    if bad or not views:
-        raise FigureError(f"unknown view(s) {bad or list(views)}; choose from {', '.join(VIEWS)}")
-    cases = discover(case_dir)
-    if len(cases) != 1:
-        raise FigureError(f"{case_dir}: expected one case folder, found {len(cases)} cases")
-    case = cases[0]
-    data = load_case(case)
-    orient = data.header.orientation
-    image = to_ras(data.image, orient)
-    labels = to_ras(data.labels, orient) if data.labels is not None else None
-    pred_internal = None
-    if pred is not None:
-        if pred_labels is not None:
-            L.get_scheme(pred_labels)  # an unknown name is an error listing the known ones
-        ref_file = case.seg if case.seg is not None else case.images[data.modalities[0]]
-        p = _load_pred(Path(pred), pred_labels or case.label_scheme, data.header, ref_file)
-        pred_internal = to_ras(p, orient)
-    perm = [[_AXIS_OF[c][0] for c in orient].index(k) for k in range(3)]
-    spacing = tuple(data.header.spacing[p] for p in perm)
-    brain = (image != 0).any(axis=0)
-    # crop to the brain (plus a small margin) so the panels show anatomy, not background
-    crop, offset = _brain_crop(brain, margin=4)
-    image, brain = image[(slice(None), *crop)], brain[crop]
-    labels = labels[crop] if labels is not None else None
-    pred_internal = pred_internal[crop] if pred_internal is not None else None
+    views = _checked_views(views)
+    case, data = _read_case(case_dir)
+    image, labels, pred_internal = _ras_volumes(case, data, pred, pred_labels)
+    panels = _crop_to_brain(data, image, labels, pred_internal)
 
     columns = list(L.MODALITIES) + ["reference"] + (["prediction"] if pred is not None else [])
     ncol = len(columns)
     fig, axes = plt.subplots(len(views), ncol, figsize=(2.7 * ncol, 3.0 * len(views) + 0.7),
                              squeeze=False, facecolor="black")
-    windows = [_window(image[c], brain) for c in range(4)]
-    flair = L.MODALITIES.index("flair")
+    windows = [_window(panels.image[c], panels.brain) for c in range(4)]
+    # slices chosen on the reference labels, else the prediction, else the brain's middle
+    ref_mask = panels.labels > 0 if panels.labels is not None else None
+    if ref_mask is None and panels.pred is not None:
+        ref_mask = panels.pred > 0
     for r, view in enumerate(views):
-        ref_mask = labels > 0 if labels is not None else None
-        if ref_mask is None and pred_internal is not None:
-            ref_mask = pred_internal > 0
-        idx = best_slice(ref_mask, brain, view)
-        aspect = _aspect(spacing, view)  # type: ignore[arg-type]
-        for c, col in enumerate(columns):
-            ax = axes[r, c]
-            ax.set_facecolor("black")
-            ax.set_xticks([])
-            ax.set_yticks([])
-            for sp in ax.spines.values():
-                sp.set_visible(False)
-            ch = c if c < 4 else flair
-            ax.imshow(view_slice(image[ch], view, idx), cmap="gray", vmin=windows[ch][0],
-                      vmax=windows[ch][1], aspect=aspect, interpolation="antialiased")
-            title = MODALITY_TITLES.get(col, col)
-            if col == "reference":
-                title = "reference (on FLAIR)"
-                if labels is not None:
-                    ax.imshow(_overlay_rgba(view_slice(labels, view, idx), alpha), aspect=aspect,
-                              interpolation="nearest")
-                else:
-                    title = "no reference"
-            elif col == "prediction" and pred_internal is not None:
-                title = "prediction (on FLAIR)"
-                ax.imshow(_overlay_rgba(view_slice(pred_internal, view, idx), alpha),
-                          aspect=aspect, interpolation="nearest")
-            ax.set_title(title, color="white", fontsize=9)
-            if c == 0:
-                ax.set_ylabel(f"{view} slice {idx + offset[_VIEW_AXIS[view]]} (RAS)",
-                              color="white", fontsize=9)
-                ax.text(0.03, 0.03, "A" if view == "sagittal" else "R", color="white",
-                        fontsize=8, transform=ax.transAxes)
-    handles = [Patch(facecolor=col, edgecolor="none", label=name)
-               for name, col in LABEL_COLOURS.values()]
-    fig.legend(handles=handles, loc="lower center", ncol=3, frameon=False, fontsize=9,
-               labelcolor="white")
-    fig.suptitle(f"{case.case_id} ({case.layout})", color="white", fontsize=11)
-    fig.tight_layout(rect=(0, 0.06, 1, 0.97))
-    return save_figure(fig, output, dpi=110, bbox_inches=None, facecolor="black")
+        _draw_row(axes[r], view, columns, panels, windows, ref_mask, alpha)
+    return _finish_figure(fig, case, output)

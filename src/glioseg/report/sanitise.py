@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import html
 import re
+from html.parser import HTMLParser
 
 _ALLOWED_TAGS = frozenset(
     "a abbr b blockquote br code del dd div dl dt em h1 h2 h3 h4 h5 h6 hr i img li ol p pre "
@@ -36,76 +37,85 @@ def _safe_url(value: str, tag: str) -> bool:
     return tag == "img" and cleaned.startswith("data:image/")
 
 
+def _kept_attrs(tag: str, attrs: list[tuple[str, str | None]]) -> str:
+    """The allow-listed attributes of ``tag`` with safe values, escaped, as ``' name="value"'``."""
+    kept = []
+    for name, value in attrs:
+        value = value or ""
+        if name not in _ALLOWED_ATTRS.get(tag, ()):
+            continue
+        if name in ("href", "src") and not _safe_url(value, tag):
+            continue
+        if name == "style" and not _SAFE_STYLE.fullmatch(value):
+            continue
+        if name == "class" and not _SAFE_CLASS.fullmatch(value):
+            continue
+        kept.append(f' {name}="{html.escape(value, quote=True)}"')
+    return "".join(kept)
+
+
+class _Sanitiser(HTMLParser):
+    """Collects the sanitised fragment in ``out``; ``dropping``: open script/style tags."""
+
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.out: list[str] = []
+        self.dropping: list[str] = []
+
+    def _start(self, tag: str, attrs: list[tuple[str, str | None]], raw: str, close: bool) -> None:
+        """An allow-listed start tag with its safe attributes; any other shown as text."""
+        if self.dropping:
+            return
+        if tag in _DROP_CONTENT:
+            self.dropping.append(tag)
+            return
+        if tag not in _ALLOWED_TAGS:
+            self.out.append(html.escape(raw))
+            return
+        self.out.append(f"<{tag}{_kept_attrs(tag, attrs)}{' /' if close else ''}>")
+
+    def handle_starttag(self, tag, attrs):
+        self._start(tag, attrs, self.get_starttag_text() or f"<{tag}>", False)
+
+    def handle_startendtag(self, tag, attrs):
+        self._start(tag, attrs, self.get_starttag_text() or f"<{tag}/>", True)
+
+    def handle_endtag(self, tag):
+        if self.dropping:
+            if tag == self.dropping[-1]:
+                self.dropping.pop()
+            return
+        if tag in _ALLOWED_TAGS:
+            self.out.append(f"</{tag}>")
+        else:
+            self.out.append(html.escape(f"</{tag}>"))
+
+    def handle_data(self, data):
+        if not self.dropping:
+            self.out.append(html.escape(data, quote=False))
+
+    def handle_comment(self, data):
+        if not self.dropping:
+            self.out.append(html.escape(f"<!--{data}-->"))
+
+    def handle_decl(self, decl):
+        self.out.append(html.escape(f"<!{decl}>"))
+
+    def handle_pi(self, data):
+        self.out.append(html.escape(f"<?{data}>"))
+
+    def unknown_decl(self, data):
+        self.out.append(html.escape(f"<![{data}]>"))
+
+
 def sanitise_html(fragment: str) -> str:
     """``fragment`` with only allow-listed tags and attributes (``_ALLOWED_TAGS``, safe URLs
     and alignment styles); any other tag is shown as escaped text, comments and processing
     instructions likewise, and the content of ``script``/``style`` is dropped."""
-    from html.parser import HTMLParser
-
-    out: list[str] = []
-    dropping: list[str] = []
-
-    def start(tag: str, attrs: list[tuple[str, str | None]], raw: str, close: bool) -> None:
-        if dropping:
-            return
-        if tag in _DROP_CONTENT:
-            dropping.append(tag)
-            return
-        if tag not in _ALLOWED_TAGS:
-            out.append(html.escape(raw))
-            return
-        kept = []
-        for name, value in attrs:
-            value = value or ""
-            if name not in _ALLOWED_ATTRS.get(tag, ()):
-                continue
-            if name in ("href", "src") and not _safe_url(value, tag):
-                continue
-            if name == "style" and not _SAFE_STYLE.fullmatch(value):
-                continue
-            if name == "class" and not _SAFE_CLASS.fullmatch(value):
-                continue
-            kept.append(f' {name}="{html.escape(value, quote=True)}"')
-        out.append(f"<{tag}{''.join(kept)}{' /' if close else ''}>")
-
-    class _Parser(HTMLParser):
-        def handle_starttag(self, tag, attrs):
-            start(tag, attrs, self.get_starttag_text() or f"<{tag}>", False)
-
-        def handle_startendtag(self, tag, attrs):
-            start(tag, attrs, self.get_starttag_text() or f"<{tag}/>", True)
-
-        def handle_endtag(self, tag):
-            if dropping:
-                if tag == dropping[-1]:
-                    dropping.pop()
-                return
-            if tag in _ALLOWED_TAGS:
-                out.append(f"</{tag}>")
-            else:
-                out.append(html.escape(f"</{tag}>"))
-
-        def handle_data(self, data):
-            if not dropping:
-                out.append(html.escape(data, quote=False))
-
-        def handle_comment(self, data):
-            if not dropping:
-                out.append(html.escape(f"<!--{data}-->"))
-
-        def handle_decl(self, decl):
-            out.append(html.escape(f"<!{decl}>"))
-
-        def handle_pi(self, data):
-            out.append(html.escape(f"<?{data}>"))
-
-        def unknown_decl(self, data):
-            out.append(html.escape(f"<![{data}]>"))
-
-    parser = _Parser(convert_charrefs=True)
+    parser = _Sanitiser()
     parser.feed(fragment)
     parser.close()
-    return "".join(out)
+    return "".join(parser.out)
 
 
 def markdown_to_html(text: str) -> str:
