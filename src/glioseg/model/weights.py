@@ -25,6 +25,7 @@ import logging
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -176,71 +177,16 @@ def load_adapted(
     cfg = getattr(net, "config", None)
     target_modalities = tuple(target_modalities or source_card.modalities)
     target_regions = tuple(target_regions or REGIONS)
-    if cfg is not None and cfg.in_channels != len(target_modalities):
-        raise WeightsMismatchError(f"the model takes {cfg.in_channels} input channels but "
-                                   f"{len(target_modalities)} target modalities were given")
-    if cfg is not None and cfg.out_channels != len(target_regions):
-        raise WeightsMismatchError(f"the model has {cfg.out_channels} outputs but "
-                                   f"{len(target_regions)} target regions were given")
+    _check_channels(cfg, target_modalities, target_regions)
     source = strip_wrapper_prefixes(state_dict)
     target = net.state_dict()
-    report = LoadReport()
-    if cfg is not None and source_card.arch != cfg.arch:
-        report.notes.append(f"source architecture {source_card.arch!r}, target {cfg.arch!r}")
-    if not _same_order(source_card.modalities, target_modalities):
-        report.notes.append(
-            f"input sequences differ: the source takes {', '.join(source_card.modalities)}, "
-            f"this model {', '.join(target_modalities)}; input filters mapped by name")
-    input_keys = tuple(getattr(net, "input_conv_keys", (getattr(net, "input_conv_key", ""),)))
-    head_prefixes = tuple(getattr(net, "head_prefixes", ()))
-    rows = _head_rows(source_card.regions, target_regions)
-    if rows is None and head_prefixes:
-        report.notes.append(
-            f"outputs differ (source {', '.join(source_card.regions) or '?'} in scheme "
-            f"{source_card.label_scheme}; target {', '.join(target_regions)}): new head")
-    elif rows is not None and rows != list(range(len(target_regions))):
-        report.notes.append(f"head rows taken by name: {', '.join(target_regions)} <- source "
-                            f"rows {rows}")
-    new_state, used = dict(target), set()
-    for key, value in target.items():
-        if key.startswith(tuple(skip_prefixes)) or key not in source:
-            report.new.append(key)
-            continue
-        src = source[key]
-        if key in input_keys and src.ndim >= 2:
-            try:
-                src, how = adapt_input_filters(src, source_card.modalities, target_modalities,
-                                               rescale_inputs)
-            except WeightsMismatchError as exc:
-                raise WeightsMismatchError(f"{key}: {exc}") from None
-            if src.shape == value.shape:
-                new_state[key] = src.to(value.dtype)
-                used.add(key)
-                if _same_order(source_card.modalities, target_modalities):
-                    report.loaded.append(key)
-                else:
-                    report.adapted.append(key)
-                    report.notes.append(f"{key}: {how}")
-                continue
-        elif key.startswith(head_prefixes) and head_prefixes:
-            if rows is None:
-                report.new.append(key)
-                continue
-            if src.ndim >= 1 and src.shape[0] == len(source_card.regions) and rows != list(
-                    range(src.shape[0])):
-                src = src[rows]
-                if src.shape == value.shape:
-                    report.adapted.append(key)
-                    new_state[key] = src.to(value.dtype)
-                    used.add(key)
-                    continue
-        if src.shape == value.shape:
-            report.loaded.append(key)
-            new_state[key] = src.to(value.dtype)
-            used.add(key)
-        else:
-            report.new.append(key)
-            report.reshaped.append(f"{key} ({tuple(src.shape)} vs {tuple(value.shape)})")
+    adaptation = _Adaptation(
+        card=source_card, target_modalities=target_modalities,
+        rows=_head_rows(source_card.regions, target_regions),
+        input_keys=tuple(getattr(net, "input_conv_keys", (getattr(net, "input_conv_key", ""),))),
+        head_prefixes=tuple(getattr(net, "head_prefixes", ())), rescale_inputs=rescale_inputs)
+    report = LoadReport(notes=_difference_notes(cfg, adaptation, target_regions))
+    new_state, used = _fill_state(target, source, adaptation, tuple(skip_prefixes), report)
     report.unused = [k for k in source if k not in used]
     if not report.loaded and not report.adapted:
         raise WeightsMismatchError(
@@ -250,6 +196,107 @@ def load_adapted(
     net.load_state_dict(new_state, strict=True)
     log.info("%s", report)
     return report
+
+
+def _check_channels(cfg: Any, target_modalities: Sequence[str],
+                    target_regions: Sequence[str]) -> None:
+    """Raise when the model's input or output channels do not match the target's names."""
+    if cfg is not None and cfg.in_channels != len(target_modalities):
+        raise WeightsMismatchError(f"the model takes {cfg.in_channels} input channels but "
+                                   f"{len(target_modalities)} target modalities were given")
+    if cfg is not None and cfg.out_channels != len(target_regions):
+        raise WeightsMismatchError(f"the model has {cfg.out_channels} outputs but "
+                                   f"{len(target_regions)} target regions were given")
+
+
+@dataclass(frozen=True)
+class _Adaptation:
+    """How tensors of the source map onto the target: names, input keys, head rows."""
+
+    card: ModelCard
+    target_modalities: tuple[str, ...]
+    rows: list[int] | None
+    input_keys: tuple[str, ...]
+    head_prefixes: tuple[str, ...]
+    rescale_inputs: bool
+
+    def tensor(self, key: str, src: torch.Tensor, value: torch.Tensor,
+               report: LoadReport) -> tuple[torch.Tensor, str | None]:
+        """``(tensor, kind)``: kind ``loaded``/``adapted`` (fits), ``new`` or None (check shape)."""
+        if key in self.input_keys and src.ndim >= 2:
+            return self._input_filters(key, src, value, report)
+        if key.startswith(self.head_prefixes) and self.head_prefixes:
+            return self._head(src, value)
+        return src, None
+
+    def _input_filters(self, key: str, src: torch.Tensor, value: torch.Tensor,
+                       report: LoadReport) -> tuple[torch.Tensor, str | None]:
+        """Input filters rearranged by modality name; a note says how when they were adapted."""
+        try:
+            src, how = adapt_input_filters(src, self.card.modalities, self.target_modalities,
+                                           self.rescale_inputs)
+        except WeightsMismatchError as exc:
+            raise WeightsMismatchError(f"{key}: {exc}") from None
+        if src.shape != value.shape:
+            return src, None
+        if _same_order(self.card.modalities, self.target_modalities):
+            return src, "loaded"
+        report.notes.append(f"{key}: {how}")
+        return src, "adapted"
+
+    def _head(self, src: torch.Tensor, value: torch.Tensor) -> tuple[torch.Tensor, str | None]:
+        """Head rows selected by region name; ``new`` when the outputs differ."""
+        if self.rows is None:
+            return src, "new"
+        if src.ndim >= 1 and src.shape[0] == len(self.card.regions) and self.rows != list(
+                range(src.shape[0])):
+            src = src[self.rows]
+            if src.shape == value.shape:
+                return src, "adapted"
+        return src, None
+
+
+def _difference_notes(cfg: Any, adaptation: _Adaptation,
+                      target_regions: Sequence[str]) -> list[str]:
+    """Notes on what differs between source and target: architecture, inputs, outputs."""
+    card, rows, notes = adaptation.card, adaptation.rows, []
+    if cfg is not None and card.arch != cfg.arch:
+        notes.append(f"source architecture {card.arch!r}, target {cfg.arch!r}")
+    if not _same_order(card.modalities, adaptation.target_modalities):
+        notes.append(
+            f"input sequences differ: the source takes {', '.join(card.modalities)}, "
+            f"this model {', '.join(adaptation.target_modalities)}; input filters mapped by name")
+    if rows is None and adaptation.head_prefixes:
+        notes.append(
+            f"outputs differ (source {', '.join(card.regions) or '?'} in scheme "
+            f"{card.label_scheme}; target {', '.join(target_regions)}): new head")
+    elif rows is not None and rows != list(range(len(target_regions))):
+        notes.append(f"head rows taken by name: {', '.join(target_regions)} <- source "
+                     f"rows {rows}")
+    return notes
+
+
+def _fill_state(target: Mapping[str, torch.Tensor], source: Mapping[str, torch.Tensor],
+                adaptation: _Adaptation, skip_prefixes: tuple[str, ...],
+                report: LoadReport) -> tuple[dict[str, torch.Tensor], set[str]]:
+    """The model's new state dict and the checkpoint keys used; ``report`` says what went where."""
+    new_state, used = dict(target), set()
+    for key, value in target.items():
+        if key.startswith(skip_prefixes) or key not in source:
+            report.new.append(key)
+            continue
+        src, kind = adaptation.tensor(key, source[key], value, report)
+        if kind is None and src.shape == value.shape:
+            kind = "loaded"
+        if kind in ("loaded", "adapted"):
+            (report.loaded if kind == "loaded" else report.adapted).append(key)
+            new_state[key] = src.to(value.dtype)
+            used.add(key)
+        else:
+            report.new.append(key)
+            if kind is None:
+                report.reshaped.append(f"{key} ({tuple(src.shape)} vs {tuple(value.shape)})")
+    return new_state, used
 
 
 def _same_order(source: Sequence[str], target: Sequence[str]) -> bool:

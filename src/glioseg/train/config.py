@@ -53,79 +53,128 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
     origin = typing.get_origin(tp)
     args = typing.get_args(tp)
     if dataclasses.is_dataclass(tp):
-        if not isinstance(value, Mapping):
-            raise ConfigError(f"{key}: expected a mapping of {tp.__name__} fields, got {value!r}")
-        return _build(tp, value, key)
+        return _convert_dataclass(value, tp, key)
     if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        errors = []
-        for a in args:
-            if a is type(None):
-                continue
-            try:
-                return _convert(value, a, key)
-            except ConfigError as exc:
-                errors.append(str(exc))
-        raise ConfigError(f"{key}: {value!r} matches none of {tp} ({'; '.join(errors)})")
+        return _convert_union(value, tp, args, key)
     if origin is Literal:
-        for a in args:
-            if value == a or (isinstance(value, str) and str(a) == value):
-                return a
-        raise ConfigError(f"{key}: {value!r} is not one of {list(args)}")
+        return _convert_literal(value, args, key)
     if origin is tuple:
-        if isinstance(value, str) or not isinstance(value, Sequence):
-            raise ConfigError(f"{key}: expected a list, got {value!r}")
-        if len(args) == 2 and args[1] is Ellipsis:
-            return tuple(_convert(v, args[0], f"{key}[{i}]") for i, v in enumerate(value))
-        if len(value) != len(args):
-            raise ConfigError(f"{key}: expected {len(args)} values, got {len(value)} ({value!r})")
-        return tuple(_convert(v, a, f"{key}[{i}]") for i, (v, a) in enumerate(zip(value, args, strict=True)))
+        return _convert_tuple(value, args, key)
     if origin is list:
-        if isinstance(value, str) or not isinstance(value, Sequence):
-            raise ConfigError(f"{key}: expected a list, got {value!r}")
-        return [_convert(v, args[0], f"{key}[{i}]") for i, v in enumerate(value)] if args else list(value)
+        return _convert_list(value, args, key)
     if tp is Any:
         return value
     if tp is bool:
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.lower() in ("true", "yes", "on", "1", "false", "no", "off", "0"):
-            return value.lower() in ("true", "yes", "on", "1")
-        raise ConfigError(f"{key}: expected true or false, got {value!r}")
+        return _convert_bool(value, key)
     if tp is int:
-        if isinstance(value, bool):
-            raise ConfigError(f"{key}: expected an integer, got {value!r}")
-        if isinstance(value, int):
-            return value
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
-        if isinstance(value, str):
-            try:
-                return int(value)
-            except ValueError:
-                pass
-        raise ConfigError(f"{key}: expected an integer, got {value!r}")
+        return _convert_int(value, key)
     if tp is float:
-        if isinstance(value, bool):
-            raise ConfigError(f"{key}: expected a number, got {value!r}")
-        if isinstance(value, int | float):
-            return float(value)
-        if isinstance(value, str):
-            try:  # YAML 1.1 reads "1e-3" as a string
-                return float(value)
-            except ValueError:
-                pass
-        raise ConfigError(f"{key}: expected a number, got {value!r}")
+        return _convert_float(value, key)
     if tp is str:
-        if isinstance(value, str):
-            return value
-        if isinstance(value, int | float) and not isinstance(value, bool):
-            return str(value)
-        raise ConfigError(f"{key}: expected a string, got {value!r}")
+        return _convert_str(value, key)
     if isinstance(tp, type) and isinstance(value, tp):
         return value
     raise ConfigError(f"{key}: cannot convert {value!r} to {tp}")
+
+
+def _convert_dataclass(value: Any, tp: Any, key: str) -> Any:
+    """A mapping converted to an instance of the dataclass ``tp``."""
+    if not isinstance(value, Mapping):
+        raise ConfigError(f"{key}: expected a mapping of {tp.__name__} fields, got {value!r}")
+    return _build(tp, value, key)
+
+
+def _convert_union(value: Any, tp: Any, args: tuple[Any, ...], key: str) -> Any:
+    """``value`` converted to the first member of the union ``tp`` that accepts it."""
+    if value is None and type(None) in args:
+        return None
+    errors = []
+    for a in args:
+        if a is type(None):
+            continue
+        try:
+            return _convert(value, a, key)
+        except ConfigError as exc:
+            errors.append(str(exc))
+    raise ConfigError(f"{key}: {value!r} matches none of {tp} ({'; '.join(errors)})")
+
+
+def _convert_literal(value: Any, args: tuple[Any, ...], key: str) -> Any:
+    """The literal of ``args`` equal to ``value`` (or to its string form)."""
+    for a in args:
+        if value == a or (isinstance(value, str) and str(a) == value):
+            return a
+    raise ConfigError(f"{key}: {value!r} is not one of {list(args)}")
+
+
+def _expect_list(value: Any, key: str) -> None:
+    """Raise unless ``value`` is a sequence other than a string."""
+    if isinstance(value, str) or not isinstance(value, Sequence):
+        raise ConfigError(f"{key}: expected a list, got {value!r}")
+
+
+def _convert_tuple(value: Any, args: tuple[Any, ...], key: str) -> tuple:
+    """A list converted to ``tuple[X, ...]`` or to a fixed-length tuple of ``args``."""
+    _expect_list(value, key)
+    if len(args) == 2 and args[1] is Ellipsis:
+        return tuple(_convert(v, args[0], f"{key}[{i}]") for i, v in enumerate(value))
+    if len(value) != len(args):
+        raise ConfigError(f"{key}: expected {len(args)} values, got {len(value)} ({value!r})")
+    return tuple(_convert(v, a, f"{key}[{i}]") for i, (v, a) in enumerate(zip(value, args, strict=True)))
+
+
+def _convert_list(value: Any, args: tuple[Any, ...], key: str) -> list:
+    """A list converted element by element to ``list[args[0]]`` (as it is without ``args``)."""
+    _expect_list(value, key)
+    return [_convert(v, args[0], f"{key}[{i}]") for i, v in enumerate(value)] if args else list(value)
+
+
+def _convert_bool(value: Any, key: str) -> bool:
+    """A bool, or one of the strings true/yes/on/1, false/no/off/0 (any case)."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.lower() in ("true", "yes", "on", "1", "false", "no", "off", "0"):
+        return value.lower() in ("true", "yes", "on", "1")
+    raise ConfigError(f"{key}: expected true or false, got {value!r}")
+
+
+def _convert_int(value: Any, key: str) -> int:
+    """An int from an int, a whole float or a numeric string (never from a bool)."""
+    if isinstance(value, bool):
+        raise ConfigError(f"{key}: expected an integer, got {value!r}")
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, str):
+        try:
+            return int(value)
+        except ValueError:
+            pass
+    raise ConfigError(f"{key}: expected an integer, got {value!r}")
+
+
+def _convert_float(value: Any, key: str) -> float:
+    """A float from a number or a numeric string (never from a bool)."""
+    if isinstance(value, bool):
+        raise ConfigError(f"{key}: expected a number, got {value!r}")
+    if isinstance(value, int | float):
+        return float(value)
+    if isinstance(value, str):
+        try:  # YAML 1.1 reads "1e-3" as a string
+            return float(value)
+        except ValueError:
+            pass
+    raise ConfigError(f"{key}: expected a number, got {value!r}")
+
+
+def _convert_str(value: Any, key: str) -> str:
+    """A string, or the string form of a number (never of a bool)."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return str(value)
+    raise ConfigError(f"{key}: expected a string, got {value!r}")
 
 
 def _build(cls: type, values: Mapping[str, Any], prefix: str) -> Any:

@@ -129,35 +129,12 @@ def _nnunet_config(state: Mapping[str, torch.Tensor], conf: Mapping[str, Any],
     if n < 2:
         raise ForeignCheckpointError(f"{path}: found {n} encoder stages")
     w = [state[f"encoder.stages.{s}.convs.0.conv.weight"] for s in range(n)]
-    widths = [int(x.shape[0]) for x in w]
-    base, top = widths[0], max(widths)
-    if widths != [min(base * 2**s, top) for s in range(n)]:
-        raise ForeignCheckpointError(f"{path}: features per stage {widths} do not follow "
-                                     "min(base * 2**s, max); not representable as unet3d")
+    base, top = _stage_widths(w, path)
     kernels = [tuple(int(x.shape[2 + a]) for a in net_of_ours) for x in w]
-    strides = [(1, 1, 1)] + [
-        tuple(int(state[f"decoder.upsample.{n - 1 - s}.weight"].shape[2 + a]) for a in net_of_ours)
-        for s in range(1, n)]
+    strides = _weight_strides(state, n, net_of_ours)
     arch = (conf.get("architecture") or {}).get("arch_kwargs") or {}
-    if arch.get("strides"):
-        planned = [tuple(int(st[a]) for a in net_of_ours) for st in arch["strides"]]
-        if planned != strides:
-            raise ForeignCheckpointError(f"{path}: strides in the plans {planned} differ from "
-                                         f"the weights {strides}")
-    nonlin = str(arch.get("nonlin") or "torch.nn.LeakyReLU")
-    if nonlin.split(".")[-1] not in ("LeakyReLU", "ReLU"):
-        raise ForeignCheckpointError(f"{path}: nonlinearity {nonlin} is not supported")
-    slope = 0.0 if nonlin.endswith(".ReLU") else float(
-        (arch.get("nonlin_kwargs") or {}).get("negative_slope", 1e-2))
-    norm = str(arch.get("norm_op") or "InstanceNorm3d")
-    if "InstanceNorm" not in norm:
-        raise ForeignCheckpointError(f"{path}: normalisation {norm} is not supported")
-    if (arch.get("norm_op_kwargs") or {}).get("affine") is False:
-        raise ForeignCheckpointError(f"{path}: InstanceNorm without affine parameters is not "
-                                     "supported")
-    if arch.get("dropout_op"):
-        raise ForeignCheckpointError(f"{path}: dropout in the network is not supported")
-    eps = float((arch.get("norm_op_kwargs") or {}).get("eps", 1e-5))
+    _check_planned_strides(arch, strides, net_of_ours, path)
+    slope, eps = _block_ops(arch, path)
     return ModelConfig(
         arch="unet3d",
         in_channels=int(w[0].shape[1]),
@@ -174,6 +151,53 @@ def _nnunet_config(state: Mapping[str, torch.Tensor], conf: Mapping[str, Any],
         patch_size=tuple(int(conf["patch_size"][a]) for a in net_of_ours)  # type: ignore[arg-type]
         if conf.get("patch_size") else (128, 128, 128),
     )
+
+
+def _stage_widths(w: Sequence[torch.Tensor], path: Path) -> tuple[int, int]:
+    """(base, max) features of the encoder stages; they must follow min(base * 2**s, max)."""
+    widths = [int(x.shape[0]) for x in w]
+    base, top = widths[0], max(widths)
+    if widths != [min(base * 2**s, top) for s in range(len(w))]:
+        raise ForeignCheckpointError(f"{path}: features per stage {widths} do not follow "
+                                     "min(base * 2**s, max); not representable as unet3d")
+    return base, top
+
+
+def _weight_strides(state: Mapping[str, torch.Tensor], n: int,
+                    net_of_ours: Sequence[int]) -> list[tuple[int, ...]]:
+    """Stride of each encoder stage in project axes, read off the transposed convolutions."""
+    return [(1, 1, 1)] + [
+        tuple(int(state[f"decoder.upsample.{n - 1 - s}.weight"].shape[2 + a]) for a in net_of_ours)
+        for s in range(1, n)]
+
+
+def _check_planned_strides(arch: Mapping[str, Any], strides: Sequence[tuple[int, ...]],
+                           net_of_ours: Sequence[int], path: Path) -> None:
+    """Raise when the plans name strides other than the weights'."""
+    if arch.get("strides"):
+        planned = [tuple(int(st[a]) for a in net_of_ours) for st in arch["strides"]]
+        if planned != strides:
+            raise ForeignCheckpointError(f"{path}: strides in the plans {planned} differ from "
+                                         f"the weights {strides}")
+
+
+def _block_ops(arch: Mapping[str, Any], path: Path) -> tuple[float, float]:
+    """(negative slope, norm eps) of the plans' blocks; raise for unsupported operations."""
+    nonlin = str(arch.get("nonlin") or "torch.nn.LeakyReLU")
+    if nonlin.split(".")[-1] not in ("LeakyReLU", "ReLU"):
+        raise ForeignCheckpointError(f"{path}: nonlinearity {nonlin} is not supported")
+    slope = 0.0 if nonlin.endswith(".ReLU") else float(
+        (arch.get("nonlin_kwargs") or {}).get("negative_slope", 1e-2))
+    norm = str(arch.get("norm_op") or "InstanceNorm3d")
+    if "InstanceNorm" not in norm:
+        raise ForeignCheckpointError(f"{path}: normalisation {norm} is not supported")
+    if (arch.get("norm_op_kwargs") or {}).get("affine") is False:
+        raise ForeignCheckpointError(f"{path}: InstanceNorm without affine parameters is not "
+                                     "supported")
+    if arch.get("dropout_op"):
+        raise ForeignCheckpointError(f"{path}: dropout in the network is not supported")
+    eps = float((arch.get("norm_op_kwargs") or {}).get("eps", 1e-5))
+    return slope, eps
 
 
 def import_nnunet(
@@ -197,20 +221,8 @@ def import_nnunet(
     if not isinstance(ckpt, Mapping):
         raise ForeignCheckpointError(f"{path}: expected an nnU-Net checkpoint dict")
     raw = state_dict_from(ckpt, path, keys=("network_weights",))
-    class_name = str(((_nnunet_plans(ckpt, configuration)[0].get("architecture") or {})
-                      .get("network_class_name")) or "PlainConvUNet")
-    if not class_name.endswith("PlainConvUNet") or any(".stem." in k for k in raw):
-        raise ForeignCheckpointError(f"{path}: network {class_name} is not supported; only "
-                                     "nnU-Net's PlainConvUNet maps onto unet3d")
-    bad_buffers = [k for k in raw if k.endswith(("running_mean", "running_var", "num_batches_tracked"))]
-    if bad_buffers:
-        raise ForeignCheckpointError(f"{path}: normalisation with running statistics "
-                                     f"({bad_buffers[0]}) is not supported")
-    renamed = {}
-    for k, v in raw.items():
-        new = nnunet_key(k)
-        if new is not None:
-            renamed[new] = v
+    _check_supported(ckpt, raw, configuration, path)
+    renamed = _renamed(raw)
     conf, plans, dataset_json = _nnunet_plans(ckpt, configuration)
     net_of_ours = _axis_map(array_axes, plans.get("transpose_forward", (0, 1, 2)))
     cfg = _nnunet_config(renamed, conf, net_of_ours, path)
@@ -218,17 +230,10 @@ def import_nnunet(
     model = load_strict(cfg, state, path)
     mods, outputs, activation = _nnunet_names(dataset_json, cfg.in_channels, cfg.out_channels,
                                               modalities)
-    spacing = conf.get("spacing")
-    schemes = conf.get("normalization_schemes") or []
-    masks = conf.get("use_mask_for_norm") or []
-    zscore_brain = bool(schemes) and all(s == "ZScoreNormalization" for s in schemes) and all(masks)
     card = ModelCard.for_model(
         cfg, modalities=mods, regions=outputs,
         label_scheme="brats2021" if activation == "sigmoid" else "nnunet",
-        preprocessing={
-            "spacing": [float(spacing[a]) for a in net_of_ours] if spacing else None,
-            "normalisation": "zscore-brain" if zscore_brain else f"nnunet:{','.join(schemes)}",
-        },
+        preprocessing=_nnunet_preprocessing(conf, net_of_ours),
         provenance=provenance_of(
             path, "nnunet-v2", trainer_name=ckpt.get("trainer_name"),
             configuration=conf.get("_name"), fold=(ckpt.get("init_args") or {}).get("fold"),
@@ -240,3 +245,39 @@ def import_nnunet(
         "for the project's WT/TC/ET regions"]
     imported = ImportedModel(model, dict(model.state_dict()), card, notes)
     return to_canonical_order(imported) if canonical else imported
+
+
+def _check_supported(ckpt: Mapping[str, Any], raw: Mapping[str, torch.Tensor],
+                     configuration: str | None, path: Path) -> None:
+    """Raise unless the network is a PlainConvUNet without running normalisation statistics."""
+    class_name = str(((_nnunet_plans(ckpt, configuration)[0].get("architecture") or {})
+                      .get("network_class_name")) or "PlainConvUNet")
+    if not class_name.endswith("PlainConvUNet") or any(".stem." in k for k in raw):
+        raise ForeignCheckpointError(f"{path}: network {class_name} is not supported; only "
+                                     "nnU-Net's PlainConvUNet maps onto unet3d")
+    bad_buffers = [k for k in raw if k.endswith(("running_mean", "running_var", "num_batches_tracked"))]
+    if bad_buffers:
+        raise ForeignCheckpointError(f"{path}: normalisation with running statistics "
+                                     f"({bad_buffers[0]}) is not supported")
+
+
+def _renamed(raw: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """nnU-Net's weights under their ``unet3d`` names, duplicate views dropped."""
+    renamed = {}
+    for k, v in raw.items():
+        new = nnunet_key(k)
+        if new is not None:
+            renamed[new] = v
+    return renamed
+
+
+def _nnunet_preprocessing(conf: Mapping[str, Any], net_of_ours: Sequence[int]) -> dict[str, Any]:
+    """The card's preprocessing entry: spacing in project axes and the normalisation."""
+    spacing = conf.get("spacing")
+    schemes = conf.get("normalization_schemes") or []
+    masks = conf.get("use_mask_for_norm") or []
+    zscore_brain = bool(schemes) and all(s == "ZScoreNormalization" for s in schemes) and all(masks)
+    return {
+        "spacing": [float(spacing[a]) for a in net_of_ours] if spacing else None,
+        "normalisation": "zscore-brain" if zscore_brain else f"nnunet:{','.join(schemes)}",
+    }
