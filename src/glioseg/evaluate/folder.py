@@ -256,14 +256,9 @@ def summarise(rows: Sequence[dict], scheme: str) -> dict[str, dict[str, dict[str
     return out
 
 
-_METRIC_TITLES = {
-    "dice": "Dice",
-    "hd95": "HD95",
-    "sensitivity": "Sensitivity",
-    "specificity": "Specificity",
-    "lesion_dice": "Lesion-wise Dice",
-    "lesion_hd95": "Lesion-wise HD95",
-}
+_METRIC_TITLES = {"dice": "Dice", "hd95": "HD95", "sensitivity": "Sensitivity",
+                  "specificity": "Specificity", "lesion_dice": "Lesion-wise Dice",
+                  "lesion_hd95": "Lesion-wise HD95"}
 
 
 def markdown_table(summary: dict) -> str:
@@ -372,38 +367,10 @@ def _plan(
     return tasks, scheme, scored, lists
 
 
-def evaluate_folder(
-    pred_dir: str | Path,
-    ref_dir: str | Path,
-    out_dir: str | Path,
-    scheme: str | None = None,
-    spacing_mm: bool = False,
-    workers: int = 1,
-    pred_label_scheme: str | None = None,
-    progress: bool = True,
-) -> EvaluationResult:
-    """Score every reference case that has a segmentation; write the tables.
-
-    Args:
-        pred_dir: folder of ``<case_id>.nii.gz`` predictions (file labels).
-        ref_dir: a BraTS/MSD data folder (``glioseg.data.cases.discover``).
-        out_dir: where ``per_case.csv``, ``summary.json`` and ``summary.md`` go.
-        scheme: ``brats2020`` or ``brats2023``; default from the reference layout.
-        spacing_mm: legacy distances in mm using the reference's spacing (default: voxel
-            units); lesion-wise scores always use it (as the 2023 reference code).
-        workers: parallel processes.
-        pred_label_scheme: label convention of the predictions (default: the reference's).
-        progress: show a progress bar.
-
-    Raises:
-        EvaluationError: if any case cannot be scored (all problems listed, each naming the
-            case and file); nothing is written then.
-    """
+def _score_tasks(tasks: list[_Task], workers: int, progress: bool) -> dict[str, dict[str, float]]:
+    """Scores by case id, in ``workers`` processes; raises listing every case that failed."""
     from tqdm import tqdm
 
-    pred_dir, ref_dir, out_dir = Path(pred_dir), Path(ref_dir), Path(out_dir)
-    tasks, scheme, cases, lists = _plan(pred_dir, ref_dir, scheme, spacing_mm, pred_label_scheme)
-    remove_leftover_temporaries(out_dir)  # tables half-written by a killed run
     results: dict[str, dict[str, float]] = {}
     problems: list[str] = []
     bar = tqdm(total=len(tasks), desc="evaluate", unit="case", disable=not progress)
@@ -423,12 +390,12 @@ def evaluate_folder(
     if problems:
         raise EvaluationError(f"{len(problems)} case(s) could not be scored:\n"
                               + "\n".join(sorted(problems)))
-    missing = set(lists["missing_predictions"])
-    rows = [
-        {"case_id": t.case_id, "missing_prediction": int(t.case_id in missing),
-         **results[t.case_id]}
-        for t in tasks
-    ]
+    return results
+
+
+def _write_tables(out_dir: Path, tasks: list[_Task], rows: list[dict], scheme: str,
+                  spacing_mm: bool, lists: dict[str, list[str]]) -> tuple[dict, dict[str, Path]]:
+    """Write ``per_case.csv``, ``summary.json``, ``summary.md``: the summary, the paths by name."""
     summary = {
         "format": "glioseg-eval/1",
         "scheme": scheme,
@@ -441,11 +408,43 @@ def evaluate_folder(
         **({"lesion_counts": lesion_counts(rows)} if scheme == "brats2023" else {}),
     }
     columns = ["case_id", "missing_prediction"] + score_columns(scheme)
-    paths = {
+    return summary, {
         "per_case": io_atomic.write_text(out_dir / "per_case.csv", _csv_text(rows, columns)),
         "summary": io_atomic.write_text(out_dir / "summary.json",
                                      json.dumps(summary, indent=2) + "\n"),
         "markdown": io_atomic.write_text(out_dir / "summary.md", markdown_table(summary)),
     }
+
+
+def evaluate_folder(
+    pred_dir: str | Path, ref_dir: str | Path, out_dir: str | Path, scheme: str | None = None,
+    spacing_mm: bool = False, workers: int = 1, pred_label_scheme: str | None = None,
+    progress: bool = True,
+) -> EvaluationResult:
+    """Score every reference case that has a segmentation; write the tables.
+
+    Args:
+        pred_dir: folder of ``<case_id>.nii.gz`` predictions (file labels).
+        ref_dir: a BraTS/MSD data folder (``glioseg.data.cases.discover``).
+        out_dir: where ``per_case.csv``, ``summary.json`` and ``summary.md`` go.
+        scheme: ``brats2020`` or ``brats2023``; default from the reference layout.
+        spacing_mm: legacy distances in mm using the reference's spacing (default: voxel
+            units); lesion-wise scores always use it (as the 2023 reference code).
+        workers: parallel processes.
+        pred_label_scheme: label convention of the predictions (default: the reference's).
+        progress: show a progress bar.
+
+    Raises:
+        EvaluationError: if any case cannot be scored (all problems listed, each naming the
+            case and file); nothing is written then.
+    """
+    pred_dir, ref_dir, out_dir = Path(pred_dir), Path(ref_dir), Path(out_dir)
+    tasks, scheme, cases, lists = _plan(pred_dir, ref_dir, scheme, spacing_mm, pred_label_scheme)
+    remove_leftover_temporaries(out_dir)  # tables half-written by a killed run
+    results = _score_tasks(tasks, workers, progress)
+    missing = set(lists["missing_predictions"])
+    rows = [{"case_id": t.case_id, "missing_prediction": int(t.case_id in missing),
+             **results[t.case_id]} for t in tasks]
+    summary, paths = _write_tables(out_dir, tasks, rows, scheme, spacing_mm, lists)
     return EvaluationResult(rows, summary, paths, {c.case_id: c.folder for c in cases},
                             {t.case_id: t.pred for t in tasks}, pred_label_scheme)

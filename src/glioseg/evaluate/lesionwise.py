@@ -326,6 +326,74 @@ def _score_lesion(
     return d, robust_hausdorff(surface_distances(matched_mask, lesion_mask, spacing))
 
 
+def _match_lesions(
+    pred_cc: np.ndarray, ref: np.ndarray, rbox: tuple[slice, ...], dilation: int
+) -> tuple[list[tuple[int, tuple[int, ...], np.ndarray, tuple[slice, ...]]], set[int]]:
+    """Each reference lesion in ``rbox`` with the predicted components touching its zone."""
+    touched: set[int] = set()
+    lesions, zones = _lesions_and_zones(ref[rbox], dilation)
+    pred_near = pred_cc[rbox]
+    offset = [s.start for s in rbox]
+    per_lesion = []
+    for k, (zone_box, lbox) in enumerate(
+        zip(ndimage.find_objects(zones), ndimage.find_objects(lesions), strict=True),
+        start=1,
+    ):
+        hits = np.unique(pred_near[zone_box][zones[zone_box] == k])
+        matched = tuple(int(m) for m in hits[hits != 0])
+        touched.update(matched)
+        lesion = lesions[lbox] == k
+        grid_box = tuple(slice(s.start + o, s.stop + o)
+                         for s, o in zip(lbox, offset, strict=True))
+        per_lesion.append((k, matched, lesion, grid_box))
+    return per_lesion, touched
+
+
+def _lesion_scores(
+    pred: np.ndarray,
+    pred_cc: np.ndarray,
+    ref: np.ndarray,
+    sampling: tuple[float, float, float],
+    dilation: int,
+    min_volume: float,
+    miss_hd95: float,
+) -> tuple[list[LesionScore], set[int]]:
+    """Scores of every reference lesion and the predicted components that touch a zone."""
+    voxel_volume = float(np.prod(sampling))
+    scores: list[LesionScore] = []
+    touched: set[int] = set()
+    # Every lesion and its matching zone lie in the reference's box grown by the dilation:
+    # the reference side is worked out there; a predicted component touching no zone is a
+    # false positive without any work of its own (scattered specks cost one cc3d pass).
+    rbox = union_bbox([ref], margin=dilation + 1)
+    if rbox is not None:
+        per_lesion, touched = _match_lesions(pred_cc, ref, rbox, dilation)
+        pred_boxes = _component_boxes(pred, pred_cc, sorted(touched))
+        for k, matched, lesion, grid_box in per_lesion:
+            volume = float(np.count_nonzero(lesion)) * voxel_volume
+            if matched:
+                d, h = _score_lesion(pred_cc, matched, pred_boxes, lesion, grid_box, sampling)
+            else:
+                d, h = 0.0, miss_hd95
+            scores.append(LesionScore(k, volume, d, h, matched, volume > min_volume))
+    return scores, touched
+
+
+def _summarise_lesions(
+    scores: list[LesionScore], n_fp: int, miss_hd95: float
+) -> LesionWiseResult:
+    """Averages over the counted lesions and the false positives, and the lesion counts."""
+    counted = [s for s in scores if s.counted]
+    n = len(counted) + n_fp
+    if n == 0:
+        lw_dice, lw_hd95 = 1.0, 0.0
+    else:
+        lw_dice = sum(s.dice for s in counted) / n
+        lw_hd95 = (sum(s.hd95 for s in counted) + n_fp * miss_hd95) / n
+    n_tp = sum(1 for s in counted if s.matched)
+    return LesionWiseResult(lw_dice, lw_hd95, n_tp, len(counted) - n_tp, n_fp, tuple(scores))
+
+
 def lesion_wise(
     pred: np.ndarray,
     ref: np.ndarray,
@@ -350,45 +418,7 @@ def lesion_wise(
     """
     pred, ref = check_pair(pred, ref)
     sampling = _spacing3(spacing)
-    voxel_volume = float(np.prod(sampling))
     pred_cc, n_pred = cc3d.connected_components(pred, connectivity=26, return_N=True)
-    scores: list[LesionScore] = []
-    touched: set[int] = set()
-    # Every lesion and its matching zone lie in the reference's box grown by the dilation:
-    # the reference side is worked out there; a predicted component touching no zone is a
-    # false positive without any work of its own (scattered specks cost one cc3d pass).
-    rbox = union_bbox([ref], margin=dilation + 1)
-    if rbox is not None:
-        lesions, zones = _lesions_and_zones(ref[rbox], dilation)
-        pred_near = pred_cc[rbox]
-        offset = [s.start for s in rbox]
-        per_lesion = []
-        for k, (zone_box, lbox) in enumerate(
-            zip(ndimage.find_objects(zones), ndimage.find_objects(lesions), strict=True),
-            start=1,
-        ):
-            hits = np.unique(pred_near[zone_box][zones[zone_box] == k])
-            matched = tuple(int(m) for m in hits[hits != 0])
-            touched.update(matched)
-            lesion = lesions[lbox] == k
-            grid_box = tuple(slice(s.start + o, s.stop + o)
-                             for s, o in zip(lbox, offset, strict=True))
-            per_lesion.append((k, matched, lesion, grid_box))
-        pred_boxes = _component_boxes(pred, pred_cc, sorted(touched))
-        for k, matched, lesion, grid_box in per_lesion:
-            volume = float(np.count_nonzero(lesion)) * voxel_volume
-            if matched:
-                d, h = _score_lesion(pred_cc, matched, pred_boxes, lesion, grid_box, sampling)
-            else:
-                d, h = 0.0, miss_hd95
-            scores.append(LesionScore(k, volume, d, h, matched, volume > min_volume))
-    n_fp = n_pred - len(touched)
-    counted = [s for s in scores if s.counted]
-    n = len(counted) + n_fp
-    if n == 0:
-        lw_dice, lw_hd95 = 1.0, 0.0
-    else:
-        lw_dice = sum(s.dice for s in counted) / n
-        lw_hd95 = (sum(s.hd95 for s in counted) + n_fp * miss_hd95) / n
-    n_tp = sum(1 for s in counted if s.matched)
-    return LesionWiseResult(lw_dice, lw_hd95, n_tp, len(counted) - n_tp, n_fp, tuple(scores))
+    scores, touched = _lesion_scores(pred, pred_cc, ref, sampling, dilation, min_volume,
+                                     miss_hd95)
+    return _summarise_lesions(scores, n_pred - len(touched), miss_hd95)

@@ -110,10 +110,10 @@ def generate_case(
     return _render_case(params, prof, warp, coarse)
 
 
-def _render_case(params: CaseParams, prof: SiteProfile, warp: Warp, coarse: Coarse
-                 ) -> SyntheticCase:
-    spacing = params.spacing
-    # tight box: the coarse brain mask grown by two coarse voxels
+def _case_box(
+    coarse: Coarse, spacing: float
+) -> tuple[np.ndarray, np.ndarray, tuple[int, ...], np.ndarray]:
+    """Tight box (the coarse brain mask grown by two coarse voxels): lo, hi, shape, maybe-brain."""
     grown = ndimage.binary_dilation(coarse.inside, iterations=1)
     cidx = np.argwhere(grown)
     full = np.array(grid_shape(spacing))
@@ -121,26 +121,29 @@ def _render_case(params: CaseParams, prof: SiteProfile, warp: Warp, coarse: Coar
     hi = np.clip(coarse.origin + (cidx.max(0) + 2) * coarse.stride, 0, full)
     box = tuple(int(h - low) for low, h in zip(lo, hi, strict=True))
     maybe = from_coarse(grown.astype(np.float32), coarse, lo, hi) > 0.01
-    lesions = [Lesion(centre=np.asarray(d["centre"], np.float64) - lo,  # box coordinates
-                      core_vox=int(d["core_vox"]), rot=np.asarray(d["rot"], np.float64),
-                      axes=np.asarray(d["axes"], np.float64), rim_mm=float(d["rim_mm"]))
-               for d in params.lesions]
-    rng = np.random.Generator(np.random.PCG64())
-    rng.bit_generator.state = params.render_state
+    return lo, hi, box, maybe
 
+
+def _box_tissue(
+    params: CaseParams, warp: Warp, coarse: Coarse, lo: np.ndarray, hi: np.ndarray,
+    box: tuple[int, ...], maybe: np.ndarray, lesions: list[Lesion],
+) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """Tissue maps of the box after the mass effect, with ``supra``, and the brain mask."""
     surface = from_coarse(coarse.dist, coarse, lo, hi)
-    disp = mass_effect(box, spacing, lesions, params.mass_effect_k, surface)  # type: ignore[arg-type]
+    disp = mass_effect(box, params.spacing, lesions, params.mass_effect_k, surface)  # type: ignore[arg-type]
     tissue = sample_brain(warp, lo, hi, maybe, disp)
     del disp, surface
     brain = tissue["mask"] > 0.5
     tissue["supra"] = (from_coarse(coarse.supra.astype(np.float32), coarse, lo, hi)
                        > 0.5).astype(np.float32)
+    return tissue, brain
 
-    labels_box = tumour_labels(rng, prof, lesions, tissue, brain,
-                                int(round(params.wt_ml * 1000.0 / spacing**3)), spacing,
-                                params.has_et, params.open_ring)
-    image_box, drawn = _render(rng, prof, tissue, labels_box, brain, spacing, params.has_et)
 
+def _to_grid(
+    spacing: float, lo: np.ndarray, hi: np.ndarray, image_box: np.ndarray,
+    labels_box: np.ndarray, tissue: dict[str, np.ndarray], brain: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Image, labels and tissue maps of the box placed on the whole grid (zeros outside)."""
     shape = grid_shape(spacing)
     sl = tuple(slice(int(a), int(b)) for a, b in zip(lo, hi, strict=True))
     image = np.zeros((4, *shape), np.float32)
@@ -150,8 +153,16 @@ def _render_case(params: CaseParams, prof: SiteProfile, warp: Warp, coarse: Coar
     tis = np.zeros((3, *shape), np.float32)
     for j, key in enumerate(("csf", "gm", "wm")):
         tis[(j, *sl)] = tissue[key] * brain
+    return image, labels, tis
+
+
+def _case_stats(
+    params: CaseParams, prof: SiteProfile, labels: np.ndarray, n_lesions: int, drawn: dict
+) -> dict:
+    """The case's stats: site, drawn and rendered volumes, lesions, acquisition parameters."""
+    spacing = params.spacing
     vox_ml = spacing**3 / 1000.0
-    stats = {
+    return {
         "site": prof.name,
         "spacing": spacing,
         "wt_ml_drawn": params.wt_ml,
@@ -161,10 +172,31 @@ def _render_case(params: CaseParams, prof: SiteProfile, warp: Warp, coarse: Coar
         "wt_ml": float((labels > 0).sum() * vox_ml),
         "has_et": params.has_et,
         "open_ring": params.open_ring,
-        "n_lesions": len(lesions),
+        "n_lesions": n_lesions,
         "mass_effect_k": params.mass_effect_k,
         **drawn,
     }
+
+
+def _render_case(params: CaseParams, prof: SiteProfile, warp: Warp, coarse: Coarse
+                 ) -> SyntheticCase:
+    """Render ``params`` in the tight box around the brain, then place it on the whole grid."""
+    spacing = params.spacing
+    lo, hi, box, maybe = _case_box(coarse, spacing)
+    lesions = [Lesion(centre=np.asarray(d["centre"], np.float64) - lo,  # box coordinates
+                      core_vox=int(d["core_vox"]), rot=np.asarray(d["rot"], np.float64),
+                      axes=np.asarray(d["axes"], np.float64), rim_mm=float(d["rim_mm"]))
+               for d in params.lesions]
+    rng = np.random.Generator(np.random.PCG64())
+    rng.bit_generator.state = params.render_state
+
+    tissue, brain = _box_tissue(params, warp, coarse, lo, hi, box, maybe, lesions)
+    labels_box = tumour_labels(rng, prof, lesions, tissue, brain,
+                               int(round(params.wt_ml * 1000.0 / spacing**3)), spacing,
+                               params.has_et, params.open_ring)
+    image_box, drawn = _render(rng, prof, tissue, labels_box, brain, spacing, params.has_et)
+    image, labels, tis = _to_grid(spacing, lo, hi, image_box, labels_box, tissue, brain)
+    stats = _case_stats(params, prof, labels, len(lesions), drawn)
     return SyntheticCase(image, labels, tis, grid_affine(spacing), stats, params)
 
 
@@ -178,16 +210,10 @@ def _tumour_box(labels: np.ndarray, margin: int) -> tuple[slice, slice, slice]:
     return tuple(slice(int(a), int(b)) for a, b in zip(lo, hi, strict=True))  # type: ignore
 
 
-def _render(
-    rng: np.random.Generator, prof: SiteProfile, tissue: dict[str, np.ndarray],
-    labels: np.ndarray, brain: np.ndarray, spacing: float, has_et: bool,
-) -> tuple[np.ndarray, dict]:
-    """Contrasts ``(4, X, Y, Z)`` float32 of the bbox and the drawn acquisition parameters."""
-    shape = labels.shape
-    means = _intensities(rng, prof, has_et)
-    # tumour terms live in a box around the tumour: partial volume by a slight blur
-    tb = _tumour_box(labels, 3)
-    tl = labels[tb]
+def _tumour_fractions(
+    tl: np.ndarray, spacing: float
+) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """Partial-volume fractions of each tumour label in its box, and the healthy share left."""
     tshape = tl.shape
     pv_sigma = 0.6 / spacing
     fr = {}
@@ -201,6 +227,69 @@ def _render(
     prox = separable_linear(prox, [np.arange(n) / f for n in tshape]) if f > 1 else prox
     fr["edema"] *= 0.5 + 0.5 * np.clip(prox * 2.5, 0.0, 1.0)
     keep = 1.0 - np.clip(fr["edema"] + fr["necrosis"] + fr["enhancing"], 0.0, 1.0)
+    return fr, keep
+
+
+def _contrast(
+    mod: str, mu: np.ndarray, tissue: dict[str, np.ndarray], texture: np.ndarray,
+    tb: tuple[slice, slice, slice], keep: np.ndarray, fr: dict[str, np.ndarray],
+    hetero: np.ndarray, brain: np.ndarray, compression: float,
+) -> np.ndarray:
+    """Contrast ``mod`` before acquisition: tissue means, texture, tumour terms, compression."""
+    a_ed, a_ncr, a_et = (np.float32(a) for a in HETERO[mod])
+    vol = tissue["csf"] * mu[0]
+    vol += tissue["gm"] * mu[1]
+    vol += tissue["wm"] * mu[2]
+    vol *= texture
+    sub = vol[tb] * keep
+    sub += fr["edema"] * (mu[3] * (1 + a_ed * hetero))
+    sub += fr["necrosis"] * (mu[4] * (1 + a_ncr * hetero))
+    sub += fr["enhancing"] * (mu[5] * (1 + a_et * hetero))
+    vol[tb] = sub
+    if compression != 1.0:
+        m = np.float32(vol[brain].mean())
+        vol -= m
+        vol *= np.float32(compression)
+        vol += m
+    return vol
+
+
+def _acquire(
+    rng: np.random.Generator, prof: SiteProfile, mod: str, mu: np.ndarray, vol: np.ndarray,
+    brain: np.ndarray, spacing: float,
+) -> tuple[np.ndarray, dict]:
+    """Bias field, thick slices and noise, misregistration, gain: one contrast as acquired."""
+    b = float(rng.uniform(*prof.bias))
+    field = smooth_noise(rng, vol.shape, 60.0 / spacing)
+    field *= np.float32(b / max(float(np.abs(field).max()), 1e-6))
+    vol *= np.exp(field)
+    th = float(rng.uniform(*(prof.thickness_t1ce if mod == "t1ce" else prof.thickness)))
+    sigma = float(rng.uniform(*prof.noise) * mu[2])
+    np.maximum(vol, 0.0, out=vol)
+    vol = thick_slices(vol, brain, th / spacing, sigma, rng)
+    shift = [0, 0, 0]
+    if prof.misregistration and mod != "t1ce":
+        shift = [int(v) for v in rng.integers(-prof.misregistration,
+                                               prof.misregistration + 1, 3)]
+        vol = np.roll(vol, shift, axis=(0, 1, 2))
+    gain = float(rng.uniform(*prof.gain))
+    vol *= np.float32(gain)
+    np.rint(vol, out=vol)
+    vol[~brain] = 0.0
+    return vol, {"gain": gain, "noise": sigma, "bias": b, "thickness_mm": th, "shift_vox": shift}
+
+
+def _render(
+    rng: np.random.Generator, prof: SiteProfile, tissue: dict[str, np.ndarray],
+    labels: np.ndarray, brain: np.ndarray, spacing: float, has_et: bool,
+) -> tuple[np.ndarray, dict]:
+    """Contrasts ``(4, X, Y, Z)`` float32 of the bbox and the drawn acquisition parameters."""
+    shape = labels.shape
+    means = _intensities(rng, prof, has_et)
+    # tumour terms live in a box around the tumour: partial volume by a slight blur
+    tb = _tumour_box(labels, 3)
+    fr, keep = _tumour_fractions(labels[tb], spacing)
+    tshape = labels[tb].shape
     hetero = smooth_noise(rng, tshape, 6.0 / spacing)
     hetero += 2.0 * ndimage.gaussian_filter(rng.standard_normal(tshape, dtype=np.float32),
                                             1.0 / spacing)
@@ -211,46 +300,12 @@ def _render(
     compression = float(rng.uniform(*prof.compression))
     for ci, mod in enumerate(L.MODALITIES):
         mu = means[mod].astype(np.float32)
-        a_ed, a_ncr, a_et = (np.float32(a) for a in HETERO[mod])
-        vol = tissue["csf"] * mu[0]
-        vol += tissue["gm"] * mu[1]
-        vol += tissue["wm"] * mu[2]
-        vol *= texture
-        sub = vol[tb] * keep
-        sub += fr["edema"] * (mu[3] * (1 + a_ed * hetero))
-        sub += fr["necrosis"] * (mu[4] * (1 + a_ncr * hetero))
-        sub += fr["enhancing"] * (mu[5] * (1 + a_et * hetero))
-        vol[tb] = sub
-        if compression != 1.0:
-            m = np.float32(vol[brain].mean())
-            vol -= m
-            vol *= np.float32(compression)
-            vol += m
-        b = float(rng.uniform(*prof.bias))
-        field = smooth_noise(rng, shape, 60.0 / spacing)
-        field *= np.float32(b / max(float(np.abs(field).max()), 1e-6))
-        vol *= np.exp(field)
-        th = float(rng.uniform(*(prof.thickness_t1ce if mod == "t1ce" else prof.thickness)))
-        sigma = float(rng.uniform(*prof.noise) * mu[2])
-        np.maximum(vol, 0.0, out=vol)
-        vol = thick_slices(vol, brain, th / spacing, sigma, rng)
-        shift = [0, 0, 0]
-        if prof.misregistration and mod != "t1ce":
-            shift = [int(v) for v in rng.integers(-prof.misregistration,
-                                                   prof.misregistration + 1, 3)]
-            vol = np.roll(vol, shift, axis=(0, 1, 2))
-        gain = float(rng.uniform(*prof.gain))
-        vol *= np.float32(gain)
-        np.rint(vol, out=vol)
-        vol[~brain] = 0.0
-        out[ci] = vol
+        vol = _contrast(mod, mu, tissue, texture, tb, keep, fr, hetero, brain, compression)
+        out[ci], drawn = _acquire(rng, prof, mod, mu, vol, brain, spacing)
         params["intensities"][mod] = dict(zip(TISSUES, (float(x) for x in means[mod]),
                                               strict=True))
-        params["gain"][mod] = gain
-        params["noise"][mod] = sigma
-        params["bias"][mod] = b
-        params["thickness_mm"][mod] = th
-        params["shift_vox"][mod] = shift
+        for key, value in drawn.items():
+            params[key][mod] = value
     params["compression"] = compression
     return out, params
 
