@@ -279,16 +279,14 @@ def probe_step(cfg: Any, device: torch.device, candidate: Candidate) -> Callable
     Returns a callable doing one step and returning its loss tensor."""
     from glioseg.model.registry import build_model
     from glioseg.train import loop as train_loop
-    from glioseg.train.schedule import build_optimizer
+    from glioseg.train.components import make_loss, make_optimizer
 
     torch.manual_seed(cfg.train.seed)
     fmt = train_loop.memory_format(candidate.channels_last)
     model = build_model(cfg.model).to(device).to(memory_format=fmt)
-    o = cfg.optim
-    optimizer = build_optimizer(model.parameters(), name=o.name, lr=o.lr,
-                                weight_decay=o.weight_decay, momentum=o.momentum)
+    optimizer = make_optimizer(cfg.optim, model.parameters())
     scaler = torch.amp.GradScaler(device.type, enabled=candidate.scaler)
-    loss_fn = _probe_loss(cfg)
+    loss_fn = make_loss(cfg)  # the run's loss
     b, patch = cfg.data.batch_size, cfg.patch_size
     image = torch.randn(b, cfg.model.in_channels, *patch, device=device)
     target = (torch.rand(b, cfg.model.out_channels, *patch, device=device) > 0.7).float()
@@ -296,21 +294,8 @@ def probe_step(cfg: Any, device: torch.device, candidate: Candidate) -> Callable
 
     def step() -> Any:
         return train_loop.train_step(model, [batch], loss_fn, optimizer, scaler, candidate.amp,
-                            o.grad_clip).loss_t
+                                     cfg.optim.grad_clip).loss_t
     return step
-
-
-def _probe_loss(cfg: Any) -> Callable[[Any, torch.Tensor], torch.Tensor]:
-    """The run's loss: region Dice + BCE over the deep-supervision outputs (restoration MSE
-    for Models Genesis pretraining)."""
-    if cfg.train.task == "genesis":
-        return lambda out, target: torch.nn.functional.mse_loss(
-            (out[0] if isinstance(out, list | tuple) else out).float(), target)
-    from glioseg.train.losses import make_region_loss
-
-    lo = cfg.loss
-    return make_region_loss(True, dice_weight=lo.dice_weight, bce_weight=lo.bce_weight,
-                            batch_dice=lo.batch_dice, target_downsampling=lo.target_downsampling)
 
 
 def probe_measure(cfg: Any, device: torch.device, steps: int = PROBE_STEPS,
