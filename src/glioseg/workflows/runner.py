@@ -20,7 +20,7 @@ from typing import Any, NamedTuple
 
 from glioseg import io_atomic
 from glioseg.errors import GliosegError
-from glioseg.records import read_jsonl
+from glioseg.metrics_log import parse_metrics
 
 DICE_KEYS: tuple[str, ...] = ("dice_WT", "dice_TC", "dice_ET", "dice_mean")
 """Validation Dice keys of a ``metrics.jsonl`` record."""
@@ -132,4 +132,4 @@ def read_val_records(metrics_path: Path, keys: Sequence[str] = ("step", *DICE_KE
     file: no records)."""
     if not metrics_path.is_file():
         return []
-    return val_records(read_jsonl(metrics_path), keys)
+    return val_records(parse_metrics(metrics_path, strict=False), keys)
