@@ -229,6 +229,9 @@ def test_cli_prefetch_gives_the_same_files_and_prints_the_rate(ckpt: Path, tmp_p
             prefetch)
         files[prefetch] = {f.name: f.read_bytes() for f in out.glob("*.nii.gz")}
     assert len(files["0"]) == 3 and files["0"] == files["2"]
+    bad = CliRunner().invoke(app, ["predict", "-m", str(ckpt), "-i", str(tmp_path / "data"),
+                                   "-o", str(tmp_path / "bad"), "--prefetch", "-1"])
+    assert bad.exit_code == 2 and "prefetch" in bad.output and not (tmp_path / "bad").exists()
 
 
 def test_outputs_half_written_by_a_killed_run_are_removed(ckpt: Path, tmp_path: Path) -> None:

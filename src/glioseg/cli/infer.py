@@ -78,7 +78,8 @@ def predict(
     threads: Annotated[int | None, typer.Option(help="CPU threads (default: all).")] = None,
     overwrite: Annotated[bool, typer.Option(help="Predict cases already predicted.")] = False,
     prefetch: Annotated[int, typer.Option(help="Cases read ahead and written behind while one "
-                                          "is predicted (0: one case after another).")] = 1,
+                                          "is predicted (0: one case after another).",
+                                          min=0)] = 1,
 ) -> None:
     """Segment every case under INPUT; a failing case is reported and the others go on."""
     from glioseg.infer.predict import PredictOptions, predict_dir
