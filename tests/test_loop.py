@@ -131,19 +131,53 @@ def test_fused_optimizer_skips_a_nan_step_on_the_device(name: str):
     assert any(not torch.equal(v, weights[k]) for k, v in model.state_dict().items())
 
 
-def test_a_skipped_first_step_leaves_fresh_state():
-    """A non-fused optimiser whose very first step is skipped: weights unchanged, and the
-    state it created is zero (AdamW then behaves exactly as with no state: same next step)."""
+def _optimizer(name: str, model: torch.nn.Module) -> torch.optim.Optimizer:
+    """``fused-*``: torch's fused kernels (every GPU run's optimiser); ``foreach-*``: others."""
+    kind, algo = name.split("-")
+    if algo == "adamw":
+        return torch.optim.AdamW(model.parameters(), lr=1e-2, **{kind: True})
+    return torch.optim.SGD(model.parameters(), lr=1e-2, momentum=0.99, nesterov=True,
+                           weight_decay=3e-5, **{kind: True})
+
+
+OPTIMIZERS = ["foreach-adamw", "fused-adamw", "foreach-sgd", "fused-sgd"]
+
+
+@pytest.mark.parametrize("name", OPTIMIZERS)
+def test_a_skipped_first_step_leaves_fresh_state(name: str):
+    """An optimiser whose very first step is skipped: weights unchanged, and the next steps
+    are bit for bit those of an optimiser that never saw the bad step. (Fused SGD would
+    otherwise keep the uninitialised memory it allocates for its momentum: the kernel skips
+    before it fills the buffer.)"""
     a, b = _model(), _model()
-    opt_a = torch.optim.AdamW(a.parameters(), lr=1e-2, foreach=True)
-    opt_b = torch.optim.AdamW(b.parameters(), lr=1e-2, foreach=True)
+    opt_a, opt_b = _optimizer(name, a), _optimizer(name, b)
     scaler = L.make_scaler("none", torch.device("cpu"))
     weights, _ = _snapshot(a, opt_a)
     assert L.train_step(a, [_batch()], _poisoned(math.inf), opt_a, scaler, "none", 0.0).skipped
     for k, v in a.state_dict().items():
         assert torch.equal(v, weights[k]), k
-    L.train_step(a, [_batch()], _loss, opt_a, scaler, "none", 0.0)
-    L.train_step(b, [_batch()], _loss, opt_b, scaler, "none", 0.0)
+    for _ in range(3):
+        L.train_step(a, [_batch()], _loss, opt_a, scaler, "none", 0.0)
+        L.train_step(b, [_batch()], _loss, opt_b, scaler, "none", 0.0)
+    for (k, va), vb in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
+        assert torch.equal(va, vb), k
+
+
+@pytest.mark.parametrize("name", ["fused-sgd", "foreach-sgd"])
+def test_the_guarded_first_step_is_torchs_own(name: str):
+    """The zero momentum buffer the guarded step gives fused SGD changes nothing when the step
+    is good: two steps match ``optimizer.step()`` with no guard, bit for bit."""
+    from glioseg.train.device_step import guarded_step
+
+    a, b = _model(), _model()
+    opt_a, opt_b = _optimizer(name, a), _optimizer(name, b)
+    for _ in range(2):
+        for model, opt in ((a, opt_a), (b, opt_b)):
+            opt.zero_grad()
+            out = model(_batch().image)
+            _loss(out, _batch().target).backward()
+        guarded_step(opt_a, torch.tensor(False))
+        opt_b.step()
     for (k, va), vb in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
         assert torch.equal(va, vb), k
 

@@ -8,7 +8,8 @@ step therefore decides and accumulates on the device:
 - ``guarded_step``: the optimiser update is skipped when the gradient norm is not finite,
   decided on the device. Fused optimisers (torch's fused AdamW / SGD, chosen for every GPU run
   by ``glioseg.train.schedule.optimizer_kernels``) take a ``found_inf`` flag, as a GradScaler
-  hands them: the kernel leaves weights and state untouched and undoes its step count. Other
+  hands them: the kernel leaves weights and state untouched and undoes its step count (SGD's
+  momentum buffers are created as zeros first, see ``_zero_momentum_buffers``). Other
   optimisers (foreach, CPU) step, then every parameter and state tensor is put back with
   ``torch.where`` on the flag (``masked_step``); state a first, skipped step created is reset to
   zeros, which AdamW and SGD treat exactly as fresh state.
@@ -34,6 +35,7 @@ def guarded_step(optimizer: torch.optim.Optimizer, bad: torch.Tensor) -> None:
     """``optimizer.step()`` unless ``bad`` (a 0-d bool tensor on the parameters' device) is
     true, decided without reading ``bad`` on the host (see the module docstring)."""
     if is_fused(optimizer):
+        _zero_momentum_buffers(optimizer)
         optimizer.grad_scale = None  # type: ignore[attr-defined]  # already unscaled
         optimizer.found_inf = bad.float()  # type: ignore[attr-defined]
         try:
@@ -42,6 +44,25 @@ def guarded_step(optimizer: torch.optim.Optimizer, bad: torch.Tensor) -> None:
             del optimizer.grad_scale, optimizer.found_inf  # type: ignore[attr-defined]
         return
     masked_step(optimizer, bad)
+
+
+def _zero_momentum_buffers(optimizer: torch.optim.Optimizer) -> None:
+    """Give SGD's momentum a zero buffer where a parameter has none yet (its first step).
+
+    Fused SGD creates a missing buffer with ``empty_like`` and fills it (``buf = grad``) inside
+    the kernel, which returns early when ``found_inf`` is set: a skipped first step would leave
+    uninitialised memory as the momentum of every later step. A zero buffer gives the same
+    first step (``momentum * 0 + grad`` is ``grad`` when dampening is 0, torch's first-step
+    rule), and nothing to corrupt when the step is skipped. AdamW's fused state starts at zero
+    already."""
+    for group in optimizer.param_groups:
+        if not group.get("momentum") or group.get("dampening", 0) != 0:
+            continue
+        for p in group["params"]:
+            state = optimizer.state[p]
+            if p.grad is not None and state.get("momentum_buffer") is None:
+                state["momentum_buffer"] = torch.zeros_like(p.grad,
+                                                            memory_format=torch.preserve_format)
 
 
 def masked_step(optimizer: torch.optim.Optimizer, bad: torch.Tensor) -> None:
