@@ -158,6 +158,27 @@ def test_bench_data_monai_reads_cached_indices(tmp_path: Path, monkeypatch):
     assert len(scans) == 3  # once per case, when the dataset is cached
 
 
+def test_bench_train_prints_each_row_as_it_is_measured(monkeypatch, capsys):
+    """A bench cut short (a time limit on a lent GPU) keeps the rows it finished: each is
+    printed when measured, not all at the end."""
+    import glioseg.bench.train as BT
+
+    real, calls = BT.measure, []
+
+    def measure_then_stop(*args, **kwargs):
+        if calls:
+            raise KeyboardInterrupt  # what a time limit's signal does to the second row
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(BT, "measure", measure_then_stop)
+    with pytest.raises(KeyboardInterrupt):
+        BT.bench_train("small", TINY, amps=("none", "bf16"), steps=1, warmup=0)
+    printed = capsys.readouterr().out
+    assert re.search(r"procs .*patches/s", printed)
+    assert re.search(r"\s1\s+\d+\s+cpu\s+none\s+synthetic\s", printed)
+
+
 def test_bench_train_prints_the_reference_loop_beside_ours(capsys):
     """``bench train --reference``: the reference loop's rows (nnU-Net's PlainConvUNet and
     MONAI's DynUNet with our topology, in this CPU's auto precision) follow ours in the same

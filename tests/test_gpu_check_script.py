@@ -3,6 +3,9 @@ second try: every ``glioseg`` command in it must exist with the options it passe
 ``--set`` must name a real config key with a value of the right type, and the script must be
 valid bash. Checked here without running anything (CI has no GPU)."""
 
+import contextlib
+import io
+import re
 import shlex
 import subprocess
 from pathlib import Path
@@ -15,12 +18,17 @@ from glioseg.train.config import load_config
 from glioseg.train.config_schema import ConfigError
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "gpu_check.sh"
+# what the script's shell expansions give on the GPU machine (the step rate: read off the
+# bench train table it printed)
+SAMPLES = {'${rate:+--step-rate "$rate"}': "--step-rate 12.5", "$model": "$W/run/best"}
 
 
 def _commands() -> list[list[str]]:
     """The argument lists of the script's ``$G ...`` calls (continuation lines joined, the
     pipes and redirections after the call cut off, shell variables left as words)."""
     text = SCRIPT.read_text().replace("\\\n", " ")
+    for shell, sample in SAMPLES.items():
+        text = text.replace(shell, sample)
     calls = []
     for line in text.splitlines():
         if line.lstrip().startswith("#") or "$G " not in line:
@@ -52,6 +60,35 @@ def _parse(args: list[str]) -> tuple[list[str], dict]:
 def test_script_is_valid_bash():
     out = subprocess.run(["bash", "-n", str(SCRIPT)], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
+
+
+def test_the_timeouts_fit_one_device_command():
+    """The device tool stops a command at 600 s; the steps' timeouts leave time for the
+    install and the copies."""
+    limits = [int(t) for t in re.findall(r"\btimeout (\d+) ", SCRIPT.read_text())]
+    assert len(limits) == len(_commands())  # every glioseg call is bounded
+    assert sum(limits) <= 570, limits
+
+
+def test_the_step_rate_is_read_off_the_bench_train_table():
+    """``bench data`` is given the step rate ``bench train`` printed (the synthetic-batch row's
+    steps/s), read by the script's own awk line from a table as ``bench train`` prints it."""
+    from glioseg.bench.train import _print_head, _print_row
+
+    row = {"world_size": 1, "threads": 16, "device": "cuda:0", "amp": "fp16",
+           "source": "synthetic", "steps_per_s": 13.456, "patches_per_s": 26.9,
+           "voxels_per_s": 5.6e7, "data_wait": 0.01, "cpu_s_per_step": 0.05,
+           "peak_rss_mb": 3000.0, "cuda_max_allocated_mb": 4000.0, "channels_last": False,
+           "compile": True}
+    with contextlib.redirect_stdout(io.StringIO()) as table:
+        _print_head()
+        _print_row({**row, "source": "loader", "steps_per_s": 9.0})
+        _print_row(row)
+    awk = next(line for line in SCRIPT.read_text().splitlines() if line.startswith("rate="))
+    program = re.search(r"awk '([^']+)'", awk).group(1)
+    out = subprocess.run(["awk", program], input=table.getvalue(), capture_output=True,
+                         text=True, check=True)
+    assert out.stdout.strip() == "13.456"
 
 
 def test_script_calls_the_commands_it_means_to():

@@ -103,6 +103,9 @@ def _run_steps(cfg: Any, comp: Any, source: Any, info: Any, steps: int,
         if i == warmup:
             if info.device.type == "cuda":
                 torch.cuda.synchronize(info.device)
+                # the timed steps' peak, as the reference rows measure it (not compilation's
+                # or cuDNN's algorithm search's during the warm-up)
+                torch.cuda.reset_peak_memory_stats(info.device)
             D.barrier()
             stats.read()
             t_start, wait, cpu0 = time.perf_counter(), 0.0, time.process_time()
@@ -152,8 +155,6 @@ def measure(
     wrap(comp, cfg, info)
     patch, b = cfg.patch_size, cfg.data.batch_size
     source = _batch_source(cfg, cache, info)
-    if info.device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(info.device)
     elapsed, wait, cpu, read = _run_steps(cfg, comp, source, info, steps, warmup)
     patches = steps * b * cfg.train.grad_accum
     voxels = patches * patch[0] * patch[1] * patch[2]
@@ -188,8 +189,10 @@ def _config(preset: str, overrides: Sequence[str]) -> Any:
 
 
 def run_local(preset: str, overrides: Sequence[str], amps: Sequence[str], steps: int,
-              warmup: int, cache: str | None) -> list[dict[str, Any]]:
-    """This process (or this torchrun rank): one measurement per precision and data source."""
+              warmup: int, cache: str | None, show: bool = False) -> list[dict[str, Any]]:
+    """This process (or this torchrun rank): one measurement per precision and data source;
+    with ``show``, rank 0 prints each row as soon as it is measured (a long run cut short
+    keeps the rows it finished)."""
     from glioseg.train import distributed as D
 
     cfg = _config(preset, overrides)
@@ -201,6 +204,10 @@ def run_local(preset: str, overrides: Sequence[str], amps: Sequence[str], steps:
             for src in ([None, cache] if cache else [None]):
                 results.append(measure(cfg, steps=steps, warmup=warmup, amp=amp, cache=src,
                                        info=info, memo=memo))
+                if show and info.is_main:
+                    if len(results) == 1:
+                        _print_head()
+                    _print_row(results[-1])
     finally:
         D.shutdown({}, clean=True)
     return results if info.is_main else []
@@ -221,19 +228,20 @@ def _launch(nproc: int, args: list[str], threads: int) -> list[dict[str, Any]]:
         return json.loads(out.read_text())
 
 
-def _print(rows: list[dict[str, Any]]) -> None:
-    head = (f"{'procs':>5} {'thr':>3} {'device':>7} {'amp':>5} {'data':>9} {'steps/s':>8} "
-            f"{'patches/s':>9} "
-            f"{'Mvox/s':>8} {'wait':>6} {'CPU s/step':>10} {'RSS MB':>8} {'CUDA MB':>8} "
-            "layout compiled")
-    print(head)
-    for r in rows:
-        print(f"{r['world_size']:>5} {r['threads']:>3} {r['device'][:7]:>7} {r['amp']:>5} "
-              f"{r['source']:>9} "
-              f"{r['steps_per_s']:8.3f} {r['patches_per_s']:9.2f} {r['voxels_per_s'] / 1e6:8.2f} "
-              f"{r['data_wait']:6.1%} {r['cpu_s_per_step']:10.2f} {r['peak_rss_mb']:8.0f} "
-              f"{r['cuda_max_allocated_mb']:8.0f} {'cl3d' if r['channels_last'] else 'ncdhw':>6} "
-              f"{'yes' if r['compile'] else 'no':>8}")
+def _print_head() -> None:
+    print(f"{'procs':>5} {'thr':>3} {'device':>7} {'amp':>5} {'data':>9} {'steps/s':>8} "
+          f"{'patches/s':>9} "
+          f"{'Mvox/s':>8} {'wait':>6} {'CPU s/step':>10} {'RSS MB':>8} {'CUDA MB':>8} "
+          "layout compiled", flush=True)
+
+
+def _print_row(r: dict[str, Any]) -> None:
+    print(f"{r['world_size']:>5} {r['threads']:>3} {r['device'][:7]:>7} {r['amp']:>5} "
+          f"{r['source']:>9} "
+          f"{r['steps_per_s']:8.3f} {r['patches_per_s']:9.2f} {r['voxels_per_s'] / 1e6:8.2f} "
+          f"{r['data_wait']:6.1%} {r['cpu_s_per_step']:10.2f} {r['peak_rss_mb']:8.0f} "
+          f"{r['cuda_max_allocated_mb']:8.0f} {'cl3d' if r['channels_last'] else 'ncdhw':>6} "
+          f"{'yes' if r['compile'] else 'no':>8}", flush=True)
 
 
 def _scaling(rows: list[dict[str, Any]], nproc: int) -> None:
@@ -261,7 +269,7 @@ def _reference(preset: str, overrides: Sequence[str], rows: list[dict[str, Any]]
     if cfg.train.threads > 0:
         torch.set_num_threads(cfg.train.threads)
     refs = reference_rows(cfg.model, cfg.patch_size, cfg.data.batch_size, device, steps,
-                          warmup)
+                          warmup, show=True)
     return {"rows": refs, **print_comparison(rows, refs)}
 
 
@@ -319,11 +327,12 @@ def bench_train(
         per = max(1, (os.cpu_count() or 1) // nproc)
         args = _worker_args(preset, overrides, amps, steps, warmup, cache, per)
         rows = _launch(1, args, per) + _launch(nproc, args, per)
-    else:
-        rows = run_local(preset, overrides, amps, steps, warmup, cache)
-    _print(rows)
-    if nproc > 1:
+        _print_head()
+        for r in rows:
+            _print_row(r)
         _scaling(rows, nproc)
+    else:
+        rows = run_local(preset, overrides, amps, steps, warmup, cache, show=True)
     if reference is None:
         reference = any(r["device"].startswith("cuda") for r in rows)
     if reference:

@@ -139,25 +139,36 @@ def reference_variants(device: torch.device) -> list[tuple[str, str]]:
 
 
 def reference_rows(model_cfg: Any, patch: tuple[int, int, int], batch: int,
-                   device: torch.device, steps: int, warmup: int) -> list[dict[str, Any]]:
-    """Every reference row on ``device``, one after the other in this process."""
+                   device: torch.device, steps: int, warmup: int,
+                   show: bool = False) -> list[dict[str, Any]]:
+    """Every reference row on ``device``, one after the other in this process; with ``show``
+    each is printed as soon as it is measured."""
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
-    return [measure_reference(name, amp, model_cfg, patch, batch, device, steps, warmup)
-            for name, amp in reference_variants(device)]
+    rows = []
+    if show:
+        print(f"{'reference loop':<28} {'patches/s':>9} {'steps/s':>8} {'CUDA MB':>8}",
+              flush=True)
+    for name, amp in reference_variants(device):
+        rows.append(measure_reference(name, amp, model_cfg, patch, batch, device, steps,
+                                      warmup))
+        if show:
+            print_reference_row(rows[-1])
+    return rows
+
+
+def print_reference_row(r: dict[str, Any]) -> None:
+    """One reference row (or why it is unavailable)."""
+    if "error" in r:
+        print(f"{r['name']:<28} unavailable: {r['error']}", flush=True)
+    else:
+        print(f"{r['name']:<28} {r['patches_per_s']:9.2f} {r['steps_per_s']:8.3f} "
+              f"{r['cuda_max_allocated_mb']:8.0f}", flush=True)
 
 
 def print_comparison(ours: list[dict[str, Any]], refs: list[dict[str, Any]]) -> dict[str, Any]:
-    """Print the reference rows and glioseg's best synthetic-batch row against the best
-    reference row; returns ``{"best_reference", "glioseg", "ratio"}`` (ratio None when a side
-    has no figure)."""
-    print(f"{'reference loop':<28} {'patches/s':>9} {'steps/s':>8} {'CUDA MB':>8}")
-    for r in refs:
-        if "error" in r:
-            print(f"{r['name']:<28} unavailable: {r['error']}")
-        else:
-            print(f"{r['name']:<28} {r['patches_per_s']:9.2f} {r['steps_per_s']:8.3f} "
-                  f"{r['cuda_max_allocated_mb']:8.0f}")
+    """Print glioseg's best synthetic-batch row against the best reference row; returns
+    ``{"best_reference", "glioseg", "ratio"}`` (ratio None when a side has no figure)."""
     good = [r for r in refs if "error" not in r]
     mine = [r for r in ours if r["source"] == "synthetic" and r["world_size"] == 1]
     best_ref = max(good, key=lambda r: r["patches_per_s"]) if good else None
