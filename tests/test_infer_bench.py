@@ -58,6 +58,26 @@ def test_window_flops_by_hand() -> None:
     assert window_flops(conv, 4, (8, 10, 6)) == 2 * 4 * 27 * 6 * (8 * 10 * 6)
 
 
+def test_window_flops_of_the_unet_counted_without_running_it_match_a_run() -> None:
+    """The count is taken on the meta device (shapes only); it equals the count of a real
+    forward pass on the CPU, and a model the meta device cannot run is counted on the CPU."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from glioseg.model.registry import build_model, preset
+
+    net = build_model(preset("small")).eval()
+    with torch.inference_mode(), FlopCounterMode(display=False) as counter:
+        net(torch.zeros((1, 4, 32, 32, 32)))
+    assert window_flops(net, 4, (32, 32, 32)) == counter.get_total_flops() > 0
+
+    class HostOnly(torch.nn.Conv3d):  # an operation only a real tensor can do
+        def forward(self, x):
+            return super().forward(x) * float(x.sum() >= 0)
+
+    conv = HostOnly(4, 6, 3, padding=1)
+    assert window_flops(conv, 4, (8, 10, 6)) == 2 * 4 * 27 * 6 * (8 * 10 * 6)
+
+
 def test_region_dice_by_hand() -> None:
     a = np.zeros((3, 5, 3, 1), bool)
     b = np.zeros((3, 5, 3, 1), bool)

@@ -26,6 +26,7 @@ within ~1e-6 of the threshold can fall on the other side (tested to agree).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from typing import Any
 
@@ -61,8 +62,10 @@ def region_labels(probabilities: torch.Tensor, threshold: float) -> torch.Tensor
     of ``glioseg.data.labels.labels_from_regions``)."""
     wt, tc, et = (probabilities[i] > threshold for i in range(3))
     out = wt.to(torch.uint8) * 2  # edema (ED)
-    out = torch.where(tc, torch.tensor(NCR, dtype=torch.uint8, device=out.device), out)
-    return torch.where(et, torch.tensor(ET, dtype=torch.uint8, device=out.device), out)
+    # Python scalars, not device tensors: a tensor made from a host value is a copy to the
+    # GPU that waits for the work queued before it; the result stays uint8
+    out = torch.where(tc, NCR, out)
+    return torch.where(et, ET, out)
 
 
 def et_rule(labels: torch.Tensor, et_min_voxels: int) -> torch.Tensor:
@@ -80,8 +83,14 @@ def scheme_lookup(labels: torch.Tensor, scheme: str | None) -> torch.Tensor:
     """Internal labels -> file labels of ``scheme`` (``from_internal``) by a 4-entry lookup."""
     if scheme is None:
         return labels
-    table = from_internal(np.arange(4, dtype=np.uint8), scheme)
-    return torch.as_tensor(table, device=labels.device)[labels.long()]
+    return _scheme_table(scheme, str(labels.device))[labels.long()]
+
+
+@functools.lru_cache(maxsize=16)
+def _scheme_table(scheme: str, device: str) -> torch.Tensor:
+    """The 4-entry lookup of ``scheme`` on ``device``, copied there once per process (a copy
+    from the host waits for the device's queued work: once, not once per case)."""
+    return torch.as_tensor(from_internal(np.arange(4, dtype=np.uint8), scheme), device=device)
 
 
 def resample_linear(volume: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:

@@ -146,15 +146,17 @@ def training_state(
 
 def non_finite(tensors: Mapping[str, Any]) -> list[str]:
     """Names of the floating-point tensors of a state dict holding a nan or an inf (one host
-    sync for the whole dict)."""
+    sync per device the tensors are on, not one per tensor)."""
     names = [k for k, v in tensors.items()
              if isinstance(v, torch.Tensor) and (v.is_floating_point() or v.is_complex())]
-    if not names:
-        return []
-    ok = torch.stack([torch.isfinite(tensors[k]).all().cpu() for k in names])
-    if bool(ok.all()):
-        return []
-    return [k for k, good in zip(names, ok.tolist(), strict=True) if not good]
+    by_device: dict[torch.device, list[str]] = {}
+    for k in names:
+        by_device.setdefault(tensors[k].device, []).append(k)
+    finite: dict[str, bool] = {}
+    for keys in by_device.values():  # the checks stacked where they ran, then one copy back
+        ok = torch.stack([torch.isfinite(tensors[k]).all() for k in keys]).cpu().tolist()
+        finite.update(zip(keys, ok, strict=True))
+    return [k for k in names if not finite[k]]
 
 
 def _refuse_non_finite(state: Any, path: Path) -> None:
