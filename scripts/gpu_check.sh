@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The GPU figures of the speed work, in one run on a lent GPU machine (about 7 minutes on an
 # H200; the timeouts add up to 555 s, under the device tool's 600 s per command). Here, in the
-# checkout: `bash ../shared/gpu/prepare.sh` (wheels the GPU image lacks, into .gpu/, ignored by
-# git); then the device tool's run with carry [".gpu"] and the command
+# checkout: `bash scripts/gpu_prepare.sh` (wheels the GPU image lacks, at the pinned versions,
+# into .gpu/, ignored by git); then the device tool's run with carry [".gpu"] and the command
 # `bash scripts/gpu_check.sh`. Figures and logs land in $OUT.
 #   1. bench train, full preset, 128^3, batch 2: glioseg's step (precision, layout and compile
 #      chosen by the device probe) and, in the same run, the reference loop's rows (nnU-Net's

@@ -116,3 +116,17 @@ def test_a_misspelt_option_is_caught():
         _parse(["bench", "predict", "--batch", "four"])
     with pytest.raises(ConfigError, match="stepz"):
         load_config("full", ["train.stepz=3"])
+
+
+def test_the_gpu_wheels_are_the_pinned_versions():
+    """``scripts/gpu_prepare.sh`` downloads each package the GPU image lacks at the version
+    ``scripts/constraints.txt`` pins (the one the tests ran with): each has a pin."""
+    from packaging.utils import canonicalize_name
+
+    prepare = SCRIPT.with_name("gpu_prepare.sh").read_text()
+    names = re.search(r"^packages=\(([^)]*)\)", prepare, re.M).group(1).split()
+    pins = {canonicalize_name(line.split("==")[0])
+            for line in SCRIPT.with_name("constraints.txt").read_text().splitlines()
+            if "==" in line}
+    assert "monai" in names and "dynamic-network-architectures" in names
+    assert [n for n in names if canonicalize_name(n) not in pins] == []
