@@ -271,6 +271,49 @@ def test_parallel_workers_and_resampling(two_cases: Path, tmp_path: Path):
     assert len(preprocess_dir(two_cases, out, spacing=2.0)) == 2
 
 
+def test_other_source_is_refused_unless_added(two_cases: Path, tmp_path: Path, capsys):
+    other = tmp_path / "other"
+    image, labels = make_arrays(shape=(20, 22, 18), seed=5, tumour_r=4.0)
+    write_case_files(other, "BraTS2021_00007", image, labels)
+    out = tmp_path / "cache"
+    preprocess_dir(two_cases, out)
+    with pytest.raises(C.CacheError, match=rf"built from {two_cases.resolve()}, not "
+                                           rf"{other.resolve()};.*another output.*--add"):
+        preprocess_dir(other, out)
+    assert json.loads((out / "dataset.json").read_text())["cases"] == [
+        "BraTS2021_00000", "BraTS2021_00001"]
+    both = ["BraTS2021_00000", "BraTS2021_00001", "BraTS2021_00007"]
+    assert preprocess_dir(other, out, add=True) == both
+    assert "holds 3 cases: 2 from" in capsys.readouterr().err
+    info = json.loads((out / "dataset.json").read_text())
+    assert info["sources"] == [str(two_cases.resolve()), str(other.resolve())]
+    assert [c.case_id for c in C.open_cache(out)] == both
+    # re-runs from either folder skip the finished cases and keep the list and its order
+    assert preprocess_dir(two_cases, out) == both and preprocess_dir(other, out) == both
+    # a case id the cache holds from another folder is refused, not skipped as done
+    clash = tmp_path / "clash"
+    write_case_files(clash, "BraTS2021_00001", image, labels)
+    with pytest.raises(C.CacheError, match="1 case ids.*already in the cache.*BraTS2021_00001"):
+        preprocess_dir(clash, out, add=True)
+
+
+def test_other_source_is_refused_for_a_cache_written_before_sources(two_cases: Path,
+                                                                    tmp_path: Path):
+    out = tmp_path / "cache"
+    preprocess_dir(two_cases, out)
+    for path in [out / "preprocess.json", out / "dataset.json", *out.glob("*/meta.json")]:
+        doc = json.loads(path.read_text())
+        doc.pop("sources", None)
+        if path.parent != out:
+            doc.pop("source")
+        path.write_text(json.dumps(doc))
+    other = tmp_path / "other"
+    write_case_files(other, "BraTS2021_00003", *make_arrays(shape=(20, 22, 18), tumour_r=4.0))
+    with pytest.raises(C.CacheError, match="built from"):
+        preprocess_dir(other, out)
+    assert len(preprocess_dir(two_cases, out)) == 2
+
+
 def test_cache_round_trip_to_the_original_files(synth_cohort: list[Path], tmp_path: Path):
     """A synthetic case through the cache on disk and back onto its original grid: labels
     exactly, voxels after undoing the recorded z-score; files read with nibabel directly."""

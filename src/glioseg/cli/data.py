@@ -76,12 +76,14 @@ def preprocess(
                                                    "case needs only those; the others are "
                                                    "stored as zero channels marked missing "
                                                    "(default: all four).")] = None,
+    add: Annotated[bool, typer.Option("--add", help="Add these cases to a cache built from "
+                                      "another data folder (default: refuse).")] = False,
 ) -> None:
     """Crop to the brain, z-score per modality, optionally resample; write a memory-mappable cache."""
     from glioseg.preprocess.run import preprocess_dir
 
     ids = preprocess_dir(data_dir, output, spacing=spacing, workers=workers,
-                         modalities=modalities)
+                         modalities=modalities, add=add)
     typer.echo(f"{len(ids)} cases in {output}")
 
 

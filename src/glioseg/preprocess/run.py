@@ -33,10 +33,11 @@ class PreprocessFailed(GliosegError, ValueError):
 
 
 def preprocess_case(case: Case, cache_dir: Path, spacing: float | None,
-                    modalities: Sequence[str] | None = None) -> Path:
+                    modalities: Sequence[str] | None = None, source: str | None = None) -> Path:
     """Load, preprocess and write one case into ``cache_dir/<case_id>``.
 
     ``modalities``: the sequences to read (default all four); the others are zero channels.
+    ``source``: the data folder the case comes from, recorded in its ``meta.json``.
 
     Raises:
         ValueError: (``CaseError``, ``PreprocessError``) naming the case and the problem.
@@ -52,16 +53,18 @@ def preprocess_case(case: Case, cache_dir: Path, spacing: float | None,
         "layout": case.layout,
         "original_affine": data.header.affine.tolist(),
         "modalities": list(data.modalities),
+        **({"source": source} if source else {}),
         **geometry,
     }
     return cache_io.write_case(cache_dir, case.case_id, image, labels, meta)
 
 
 def _worker(case: Case, cache_dir: Path, spacing: float | None,
-            modalities: Sequence[str] | None = None) -> tuple[str, str | None]:
+            modalities: Sequence[str] | None = None,
+            source: str | None = None) -> tuple[str, str | None]:
     """Run ``preprocess_case``; return (case id, None) or (case id, error message)."""
     try:
-        preprocess_case(case, cache_dir, spacing, modalities)
+        preprocess_case(case, cache_dir, spacing, modalities, source)
     except Exception as exc:  # one bad case must not stop the others
         msg = str(exc) if isinstance(exc, ValueError) else f"{type(exc).__name__}: {exc}"
         if case.case_id not in msg:
@@ -71,23 +74,49 @@ def _worker(case: Case, cache_dir: Path, spacing: float | None,
 
 
 SETTINGS = "preprocess.json"
-"""Written before the first case: the settings every case of the cache is built with, so a
-run killed before ``dataset.json`` still refuses to be resumed with other settings."""
+"""Written before the first case: the settings every case of the cache is built with and the
+source folders its cases come from, so a run killed before ``dataset.json`` still refuses to be
+resumed with other settings or from another folder."""
 
 
-def _check_existing(cache_dir: Path, spacing: float | None, modalities: Sequence[str]) -> None:
-    """Refuse to add cases at another spacing or with other sequences to an existing cache
-    (one that holds no finished case yet, e.g. after a run whose every case failed, may change);
-    then record this run's settings in ``SETTINGS``."""
+def _read_json(path: Path) -> dict | None:
+    try:
+        doc = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return doc if isinstance(doc, dict) else None
+
+
+def _sources(doc: dict | None) -> list[str]:
+    """The source folders a ``dataset.json`` / ``SETTINGS`` records (older ones: one or none)."""
+    if not doc:
+        return []
+    if isinstance(doc.get("sources"), list):
+        return [str(s) for s in doc["sources"]]
+    return [str(doc["source"])] if doc.get("source") else []
+
+
+def _check_existing(cache_dir: Path, spacing: float | None, modalities: Sequence[str],
+                    source: str, case_ids: Sequence[str], add: bool = False) -> dict[str, str]:
+    """Refuse to add cases at another spacing, with other sequences or (unless ``add``) from
+    another source folder to an existing cache (one that holds no finished case yet, e.g. after
+    a run whose every case failed, may change), and cases whose ids the cache holds from
+    another folder; then record this run's settings in ``SETTINGS``.
+
+    Returns:
+        The cases ``dataset.json`` lists from other source folders (kept in the cache): case
+        id -> source folder.
+    """
     want = {"spacing": None if spacing is None else [float(spacing)] * 3,
             "selected_modalities": list(modalities)}
     has_cases = any(cache_io.case_is_complete(d) for d in cache_dir.iterdir() if d.is_dir())
-    recorded = None
-    for name in (SETTINGS, "dataset.json"):
-        if has_cases and (cache_dir / name).is_file():
-            recorded = cache_io.read_dataset_json(cache_dir) if name == "dataset.json" else \
-                json.loads((cache_dir / name).read_text())
-            break
+    recorded, sources = None, []
+    if has_cases:
+        settings = _read_json(cache_dir / SETTINGS) if (cache_dir / SETTINGS).is_file() else None
+        dataset = (cache_io.read_dataset_json(cache_dir)
+                   if (cache_dir / "dataset.json").is_file() else None)
+        recorded = settings if settings is not None else dataset
+        sources = list(dict.fromkeys(_sources(dataset) + _sources(settings)))
     if recorded is not None:
         if recorded.get("spacing") != want["spacing"]:
             raise cache_io.CacheError(f"{cache_dir}: cache was built with spacing "
@@ -98,12 +127,36 @@ def _check_existing(cache_dir: Path, spacing: float | None, modalities: Sequence
             raise cache_io.CacheError(f"{cache_dir}: cache was built with the sequences "
                                f"{','.join(had)}, not {','.join(modalities)}; use another "
                                "output folder")
-    write_json(cache_dir / SETTINGS, want)
+    if sources and source not in sources and not add:
+        raise cache_io.CacheError(
+            f"{cache_dir}: cache was built from {', '.join(sources)}, not {source}; write to "
+            f"another output folder (-o), delete {cache_dir} to rebuild it from {source}, or "
+            f"add these cases to it with `glioseg preprocess {source} -o {cache_dir} --add`")
+    old = _read_json(cache_dir / "dataset.json") or {}
+    default = old.get("source") if len(_sources(old)) <= 1 else None  # written before "sources"
+    clash = [cid for cid in case_ids if cache_io.case_is_complete(cache_dir / cid)
+             and _case_source(cache_dir / cid, default) not in (None, source)]
+    if clash:
+        shown = ", ".join(clash[:5]) + (f" and {len(clash) - 5} more" if len(clash) > 5 else "")
+        raise cache_io.CacheError(
+            f"{cache_dir}: {len(clash)} case ids of {source} are already in the cache from "
+            f"another folder ({shown}); write to another output folder (-o)")
+    write_json(cache_dir / SETTINGS, {**want, "sources": list(dict.fromkeys([*sources, source]))})
+    kept = {cid: _case_source(cache_dir / cid, default) for cid in old.get("cases", [])
+            if isinstance(cid, str) and cid not in case_ids
+            and cache_io.case_is_complete(cache_dir / cid)}
+    return {cid: src for cid, src in kept.items() if src not in (None, source)}
+
+
+def _case_source(folder: Path, default: str | None) -> str | None:
+    """The source folder ``meta.json`` records for a cached case (``default`` when older)."""
+    meta = _read_json(folder / "meta.json") or {}
+    return str(meta["source"]) if meta.get("source") else default
 
 
 def preprocess_dir(
     data_dir: str | Path, output: str | Path, spacing: float | None = None, workers: int = 1,
-    modalities: str | Sequence[str] | None = None,
+    modalities: str | Sequence[str] | None = None, add: bool = False,
 ) -> list[str]:
     """Preprocess every case of ``data_dir`` into the cache folder ``output``.
 
@@ -114,19 +167,26 @@ def preprocess_dir(
         workers: parallel processes (1: in this process).
         modalities: the sequences to use (e.g. ``"t2,t1"``); a case needs only those and the
             other channels are stored as zeros. Default: all four.
+        add: add the cases of ``data_dir`` to a cache built from other folders (each case's
+            ``meta.json`` records its source; ``dataset.json`` lists them all, ``"sources"``
+            the folders). Without it, a cache built from another folder is refused.
 
     Returns:
         The case ids in the cache.
 
     Raises:
-        CaseError: no cases found. PreprocessFailed: after writing the others and
-        ``dataset.json`` (which lists only the good cases), if any case failed.
+        CaseError: no cases found. CacheError: a cache built with other settings, from another
+        folder (without ``add``), or holding a case of the same id from another folder.
+        PreprocessFailed: after writing the others and ``dataset.json`` (which lists only the
+        good cases), if any case failed.
     """
     data_dir, output = Path(data_dir), Path(output)
     chosen = selected_modalities(modalities)
     cases = discover(data_dir)
     output.mkdir(parents=True, exist_ok=True)
-    _check_existing(output, spacing, chosen)
+    source = str(data_dir.resolve())
+    kept = _check_existing(output, spacing, chosen, source, [c.case_id for c in cases], add)
+    listed_sources = _sources(_read_json(output / "dataset.json"))
     remove_leftover_temporaries(output)
     todo = [c for c in cases if not cache_io.case_is_complete(output / c.case_id)]
     done = {c.case_id for c in cases} - {c.case_id for c in todo}
@@ -136,21 +196,30 @@ def preprocess_dir(
     failures: dict[str, str] = {}
     bar = tqdm(total=len(todo), desc="preprocess", unit="case", disable=not todo)
     if workers <= 1 or len(todo) <= 1:
-        results = (_worker(c, output, spacing, chosen) for c in todo)
+        results = (_worker(c, output, spacing, chosen, source) for c in todo)
         _collect(results, done, failures, bar)
     else:
         with ProcessPoolExecutor(max_workers=workers) as pool:
-            futures = [pool.submit(_worker, c, output, spacing, chosen) for c in todo]
+            futures = [pool.submit(_worker, c, output, spacing, chosen, source)
+                       for c in todo]
             _collect((f.result() for f in as_completed(futures)), done, failures, bar)
     bar.close()
     ids = [c.case_id for c in cases if c.case_id in done]
+    # one source's cases after another's, in the order the cache first listed the sources: a
+    # re-run from any of them keeps the order of the cases (and so the training split)
+    sources = list(dict.fromkeys([*(s for s in listed_sources
+                                    if s == source or s in kept.values()),
+                                  *kept.values(), source]))
+    listed = [cid for src in sources
+              for cid in (ids if src == source else [k for k, v in kept.items() if v == src])]
     write_json(output / "dataset.json", {
         "format": cache_io.CACHE_FORMAT,
         "modalities": list(MODALITIES),
         "selected_modalities": list(chosen),
         "spacing": None if spacing is None else [float(spacing)] * 3,
-        "cases": ids,
-        "source": str(data_dir.resolve()),
+        "cases": listed,
+        "source": sources[0],
+        "sources": sources,
     })
     if failures:
         lines = "\n".join(f"  {msg}" for _, msg in sorted(failures.items()))
@@ -160,7 +229,11 @@ def preprocess_dir(
                     "e.g. --modalities t2,t1")
         raise PreprocessFailed(f"{len(failures)} of {len(cases)} cases failed (the other "
                                f"{len(ids)} are in {output}):\n{lines}{hint}")
-    return ids
+    if kept:
+        others = ", ".join(s for s in sources if s != source)
+        print(f"{output} holds {len(listed)} cases: {len(kept)} from {others} and {len(ids)} "
+              f"from {source}", file=sys.stderr)
+    return listed
 
 
 def _collect(results, done: set[str], failures: dict[str, str], bar: tqdm) -> None:
