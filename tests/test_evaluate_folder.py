@@ -329,6 +329,37 @@ def test_figures_read_predictions_in_their_named_scheme(legacy_data, tmp_path):
     assert named.paths["overlay_best"].is_file()
 
 
+def test_cli_reads_the_label_scheme_predict_recorded(legacy_data, tmp_path):
+    """Predictions written by ``predict --scheme brats2023`` against brats2021 references: the
+    scheme in predict.json is used and said so; --pred-labels wins; a refused label hints at
+    --pred-labels."""
+    from glioseg.cli import app
+
+    ref_dir, pred_dir, _, preds = legacy_data
+    as_2023 = tmp_path / "pred2023"
+    for i, p in preds.items():
+        save_volume(as_2023 / f"BraTS2021_{i:05d}.nii.gz", np.where(p == 4, 3, p), AFFINE,
+                    np.uint8)
+    runner = CliRunner()
+    args = ["evaluate", "--pred", str(as_2023), "--ref", str(ref_dir)]
+    no_record = runner.invoke(app, [*args, "-o", str(tmp_path / "a")])
+    assert no_record.exit_code == 1
+    assert "labels [3] are not allowed in the brats2021 scheme" in no_record.output
+    assert "name it with --pred-labels (brats2020, brats2021, brats2023, msd)" in no_record.output
+    (as_2023 / "predict.json").write_text(json.dumps({"options": {"scheme": "brats2023"}}))
+    res = runner.invoke(app, [*args, "-o", str(tmp_path / "b")])
+    assert res.exit_code == 0, res.output
+    assert (f"reading the predictions in the brats2023 label scheme, as "
+            f"{as_2023 / 'predict.json'} records (--pred-labels overrides)") in res.output
+    same = evaluate_folder(pred_dir, ref_dir, tmp_path / "c", progress=False)
+    assert read_rows(tmp_path / "b" / "per_case.csv") == read_rows(same.paths["per_case"])
+    assert evaluate_folder(as_2023, ref_dir, tmp_path / "d", progress=False).rows == same.rows
+    explicit = runner.invoke(app, [*args, "-o", str(tmp_path / "e"), "--pred-labels",
+                                   "brats2021"])
+    assert explicit.exit_code == 1 and "reading the predictions" not in explicit.output
+    assert "not allowed in the brats2021 scheme" in explicit.output
+
+
 def test_hidden_temporaries_are_not_predictions(legacy_data, tmp_path):
     """A predict killed mid-write leaves ``.<case>.nii.gz.<random>.tmp.nii.gz`` beside the
     finished files (glioseg bench faults): not a prediction, not an unmatched one."""

@@ -162,7 +162,8 @@ def evaluate(
                                              "portal); lesion-wise scores always use it, as the "
                                              "BraTS 2023 code.")] = False,
     pred_labels: Annotated[str | None, typer.Option(help="Label scheme of the predictions "
-                                                    "(default: the reference's).")] = None,
+                                                    "(default: the one PRED/predict.json "
+                                                    "records, else the reference's).")] = None,
     workers: Annotated[int, typer.Option(help="Parallel processes.")] = 1,
     figures: Annotated[bool, typer.Option("--figures", help="Box plots and best/median/worst "
                                           "slice overlays.")] = False,
@@ -175,6 +176,13 @@ def evaluate(
     from glioseg.runinfo import record_run
 
     started = time.perf_counter()
+    if pred_labels is None:
+        from glioseg.evaluate.folder import recorded_label_scheme
+
+        pred_labels = recorded_label_scheme(pred)
+        if pred_labels is not None:
+            typer.echo(f"reading the predictions in the {pred_labels} label scheme, as "
+                       f"{pred / 'predict.json'} records (--pred-labels overrides)", err=True)
     result = evaluate_folder(pred, ref, output, scheme=scheme, spacing_mm=spacing_mm,
                              workers=workers, pred_label_scheme=pred_labels)
     if figures:

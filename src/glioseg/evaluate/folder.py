@@ -21,8 +21,9 @@ threshold, and lesion HD95 is in mm. On BraTS's 1 mm grid both readings agree; o
 grid (2 mm synthetic cohorts, anisotropic data) only this one matches the challenge's scores.
 
 The scoring scheme is independent of the label convention: labels are read in the reference
-layout's file convention (2020/2021: ET = 4; 2023: ET = 3; MSD), and predictions in the same
-convention unless ``pred_label_scheme`` says otherwise. The default scheme follows the layout:
+layout's file convention (2020/2021: ET = 4; 2023: ET = 3; MSD), and predictions in the
+convention ``pred_label_scheme`` names, else the one ``glioseg predict --scheme`` recorded in the
+prediction folder's ``predict.json``, else the reference's. The default scheme follows the layout:
 brats2023 layouts are scored lesion-wise, all others with the legacy scheme.
 """
 
@@ -208,6 +209,20 @@ def evaluate_case_files(task: _Task) -> dict[str, float]:
                         task.pred_label_scheme, sources, lesion_spacing=lesion_spacing)
 
 
+def recorded_label_scheme(pred_dir: str | Path) -> str | None:
+    """The label scheme ``glioseg predict --scheme`` wrote the predictions of ``pred_dir`` in,
+    as its ``predict.json`` records it; None without one (the predictions are then in each
+    input case's scheme) or without a readable record."""
+    from glioseg.data.labels import SCHEMES
+
+    try:
+        record = json.loads((Path(pred_dir) / "predict.json").read_text())
+        scheme = record["options"]["scheme"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return scheme if isinstance(scheme, str) and scheme in SCHEMES else None
+
+
 def _run_task(task: _Task) -> tuple[str, dict[str, float] | None, str | None]:
     try:
         return task.case_id, evaluate_case_files(task), None
@@ -227,6 +242,8 @@ class EvaluationResult:
         case_folders: case id -> reference case folder (what the overlays show).
         predictions: case id -> prediction file (None: missing, scored as empty).
         pred_label_scheme: label scheme of the predictions when it is not the reference's.
+        pred_label_recorded: whether ``pred_label_scheme`` was read from the prediction
+            folder's ``predict.json`` (``recorded_label_scheme``), not passed.
     """
 
     rows: list[dict]
@@ -235,6 +252,7 @@ class EvaluationResult:
     case_folders: dict[str, Path] = field(default_factory=dict)
     predictions: dict[str, Path | None] = field(default_factory=dict)
     pred_label_scheme: str | None = None
+    pred_label_recorded: bool = False
 
 
 def summarise(rows: Sequence[dict], scheme: str) -> dict[str, dict[str, dict[str, float | None]]]:
@@ -388,8 +406,14 @@ def _score_tasks(tasks: list[_Task], workers: int, progress: bool) -> dict[str, 
             bar.update()
     bar.close()
     if problems:
+        hint = ""
+        if any(": prediction " in p and "are not allowed in the" in p for p in problems):
+            from glioseg.data.labels import SCHEMES
+
+            hint = ("\nif the predictions are written in another label scheme, name it with "
+                    f"--pred-labels ({', '.join(SCHEMES)})")
         raise EvaluationError(f"{len(problems)} case(s) could not be scored:\n"
-                              + "\n".join(sorted(problems)))
+                              + "\n".join(sorted(problems)) + hint)
     return results
 
 
@@ -431,7 +455,9 @@ def evaluate_folder(
         spacing_mm: legacy distances in mm using the reference's spacing (default: voxel
             units); lesion-wise scores always use it (as the 2023 reference code).
         workers: parallel processes.
-        pred_label_scheme: label convention of the predictions (default: the reference's).
+        pred_label_scheme: label convention of the predictions; default: the one
+            ``pred_dir/predict.json`` records (``glioseg predict --scheme``), else the
+            reference's.
         progress: show a progress bar.
 
     Raises:
@@ -439,6 +465,10 @@ def evaluate_folder(
             case and file); nothing is written then.
     """
     pred_dir, ref_dir, out_dir = Path(pred_dir), Path(ref_dir), Path(out_dir)
+    recorded = pred_label_scheme is None and pred_dir.is_dir()
+    if recorded:
+        pred_label_scheme = recorded_label_scheme(pred_dir)
+        recorded = pred_label_scheme is not None
     tasks, scheme, cases, lists = _plan(pred_dir, ref_dir, scheme, spacing_mm, pred_label_scheme)
     remove_leftover_temporaries(out_dir)  # tables half-written by a killed run
     results = _score_tasks(tasks, workers, progress)
@@ -447,4 +477,4 @@ def evaluate_folder(
              **results[t.case_id]} for t in tasks]
     summary, paths = _write_tables(out_dir, tasks, rows, scheme, spacing_mm, lists)
     return EvaluationResult(rows, summary, paths, {c.case_id: c.folder for c in cases},
-                            {t.case_id: t.pred for t in tasks}, pred_label_scheme)
+                            {t.case_id: t.pred for t in tasks}, pred_label_scheme, recorded)
