@@ -280,3 +280,62 @@ def test_cli_with_a_checkpoint_on_two_sequences(tmp_path: Path) -> None:
     doc = json.loads((out / "shift.json").read_text())
     # pooled features of the two encoder stages: 4 + 8 channels
     assert doc["tests"]["encoder"]["overall"]["n_features"] == 12
+
+
+def _result(mmd2: float, p: float = 0.001) -> S.MMDResult:
+    return S.MMDResult(mmd2=mmd2, p_value=p, bandwidth=1.0, n_permutations=999, n_source=10,
+                       n_target=10, n_features=9, null_mean=0.0, null_q95=0.05)
+
+
+def test_only_the_largest_shift_differs_most() -> None:
+    per_seq = {"t1": _result(0.6), "t1ce": _result(0.01, 0.5), "t2": _result(0.9),
+               "flair": _result(0.7)}
+    _, advice = S.verdict(_result(0.8), per_seq, [])
+    most = [a for a in advice if "differs most" in a]
+    assert most == [next(a for a in advice if a.startswith("T2 differs most (MMD^2 = 0.900)"))]
+    assert [a.split(" ")[0] for a in advice if "also shifts a lot" in a] == ["FLAIR", "T1"]
+    assert not any(a.startswith("T1CE") for a in advice)
+
+
+def _write_sequences(root: Path, n: int, rng: np.random.Generator, sequences=MODALITIES,
+                     **kw: float) -> Path:
+    affine = np.diag([-2.0, -2.0, 2.0, 1.0])
+    for i in range(n):
+        cid = case_id_for("brats2021", i)
+        img = _brain_image(rng, (12, 11, 10), **kw)
+        for c, mod in enumerate(MODALITIES):
+            if mod in sequences:
+                save_volume(root / cid / case_file_name("brats2021", cid, mod), img[c], affine,
+                            np.float32)
+    return root
+
+
+def test_cli_lists_the_bad_cases_of_both_cohorts(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    src = _write_cohort(tmp_path / "src", 3, rng)
+    tgt = _write_sequences(tmp_path / "tgt", 3, rng, sequences=("t2", "flair"))
+    (src / "BraTS2021_00001" / "BraTS2021_00001_t1.nii.gz").write_bytes(b"not a nifti")
+    result = CliRunner().invoke(app, ["shift", "--source", str(src), "--target", str(tgt),
+                                      "-o", str(tmp_path / "out"), "--permutations", "20"])
+    assert result.exit_code == 1
+    out = " ".join(result.output.split())
+    assert "4 bad cases (1 in the source, 3 in the target)" in out
+    assert "source: BraTS2021_00001: " in out
+    for i in range(3):
+        assert f"target: BraTS2021_0000{i}: missing modality t1 " in out
+    assert "--modalities t2,flair" in out
+
+
+def test_a_site_with_fewer_sequences_is_compared_on_those(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    src = _write_cohort(tmp_path / "src", 4, rng)
+    tgt = _write_sequences(tmp_path / "tgt", 4, rng, sequences=("t2", "flair"), flair_skew=1.5)
+    analysis = analyse_shift(src, tgt, n_permutations=50, sequences="flair,t2")
+    doc = analysis.doc
+    assert analysis.sequences == ("t2", "flair") and doc["settings"]["sequences"] == ["t2", "flair"]
+    assert set(doc["tests"]["zscored"]) == {"overall", "t2", "flair"}
+    assert doc["tests"]["zscored"]["overall"]["n_features"] == 2 * len(QUANTILES)
+    assert doc["settings"]["per_sequence_alpha"] == pytest.approx(0.05 / 2)
+    assert set(doc["cases"]["target"][0]["mean"]) == {"t2", "flair"}
+    assert analysis.source[0].sample.shape[0] == 2
+    assert all(f["feature"].split("_")[0] in ("t2", "flair") for f in doc["feature_shifts"])

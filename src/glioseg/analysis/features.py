@@ -10,6 +10,9 @@ sequence, as in preprocessing):
   normalisation of preprocessing. They keep what z-scoring does not remove: tissue contrast,
   skew, noise, bias field, lesion load. This is the view the shift verdict is based on.
 
+A site with fewer sequences is analysed on the ones both cohorts have (``sequences``): the
+features then hold one row per sequence analysed, in ``MODALITIES`` order.
+
 With a model, ``encoder_features`` adds the mean-pooled outputs of every encoder stage
 (``model.forward_features``) over brain patches of the preprocessed case.
 """
@@ -39,11 +42,11 @@ class CaseFeatures:
 
     Attributes:
         case_id: case id.
-        raw: ``(4, Q)`` float64 quantiles ``QUANTILES`` of raw brain intensities per sequence
-            (``MODALITIES`` order).
-        zscored: ``(4, Q)`` float64 the same quantiles after per-case z-scoring.
-        mean: ``(4,)`` brain mean per sequence. std: ``(4,)`` brain std per sequence.
-        sample: ``(4, S)`` float32 raw intensities of ``S`` random brain voxels (same voxels
+        raw: ``(K, Q)`` float64 quantiles ``QUANTILES`` of raw brain intensities per sequence
+            analysed (all four, or those chosen; ``MODALITIES`` order).
+        zscored: ``(K, Q)`` float64 the same quantiles after per-case z-scoring.
+        mean: ``(K,)`` brain mean per sequence. std: ``(K,)`` brain std per sequence.
+        sample: ``(K, S)`` float32 raw intensities of ``S`` random brain voxels (same voxels
             for every sequence), for histograms.
         n_brain: brain voxels.
         encoder: ``(D,)`` float64 pooled encoder features, or None without a model.
@@ -64,7 +67,7 @@ class FeatureError(GliosegError, ValueError):
 
 
 def feature_names(view: str, modalities: Sequence[str] = MODALITIES) -> list[str]:
-    """Names of the flattened ``(4, Q)`` features, e.g. ``flair_zscored_q95``."""
+    """Names of the flattened ``(K, Q)`` features, e.g. ``flair_zscored_q95``."""
     return [f"{m}_{view}_q{round(q * 100):02d}" for m in modalities for q in QUANTILES]
 
 
@@ -75,15 +78,17 @@ def intensity_features(
 
     Args:
         case_id: case id (for messages).
-        image: ``(4, X, Y, Z)`` float, ``MODALITIES`` order, 0 outside the brain.
+        image: ``(K, X, Y, Z)`` float, one channel per sequence analysed (``MODALITIES``
+            order), 0 outside the brain.
         rng: generator choosing the voxels kept for histograms.
         n_sample: voxels kept (all brain voxels when the brain is smaller).
 
     Raises:
         FeatureError: for a non-4D image or an image with no non-zero voxel.
     """
-    if image.ndim != 4 or image.shape[0] != len(MODALITIES):
-        raise FeatureError(f"{case_id}: expected a (4, X, Y, Z) image, got {image.shape}")
+    if image.ndim != 4 or not 1 <= image.shape[0] <= len(MODALITIES):
+        raise FeatureError(f"{case_id}: expected a (K, X, Y, Z) image of K <= "
+                           f"{len(MODALITIES)} sequences, got {image.shape}")
     mask = np.any(image != 0, axis=0)
     n_brain = int(mask.sum())
     if n_brain < 2:
@@ -178,6 +183,8 @@ def cohort_features(
     n_patches: int = 4,
     desc: str = "cases",
     modalities: Sequence[str] | None = None,
+    sequences: str | Sequence[str] | None = None,
+    problems: list[str] | None = None,
 ) -> list[CaseFeatures]:
     """Features of every case under ``data_dir`` (any layout ``glioseg.data.cases`` knows).
 
@@ -191,25 +198,40 @@ def cohort_features(
         desc: progress-bar label.
         modalities: the model's input sequences by name, in its order (its card's); None: the
             four in canonical order.
+        sequences: the sequences whose intensities are compared (e.g. ``"t2,flair"``); a
+            case needs only those (and the model's). None: all four.
+        problems: when given, a bad case's message is appended to it and the other cases go
+            on (the caller reports them all); else the first bad case raises.
 
     Raises:
         CaseError / FeatureError: naming the case, for unreadable or empty cases.
     """
     from tqdm import tqdm
 
-    from glioseg.data.cases import discover, load_case
+    from glioseg.data.cases import discover, load_case, selected_modalities
 
+    chosen = selected_modalities(sequences)
+    needed = selected_modalities(list(dict.fromkeys([*chosen, *(modalities or MODALITIES)]))
+                                 if model is not None else chosen)
+    rows = [MODALITIES.index(m) for m in chosen]
     out = []
     for case in tqdm(discover(data_dir), desc=desc, unit="case"):
-        data = load_case(case, with_labels=False)
-        feats = intensity_features(case.case_id, data.image, rng, n_sample)
-        if model is not None:
-            from glioseg.preprocess.pure import preprocess_arrays
+        try:
+            data = load_case(case, with_labels=False, modalities=needed)
+            feats = intensity_features(case.case_id, data.image[rows], rng, n_sample)
+            if model is not None:
+                from glioseg.preprocess.pure import preprocess_arrays
 
-            pre, _, _ = preprocess_arrays(data.image, None, data.header.spacing, spacing)
-            if modalities is not None:  # the channels the encoder was trained on, by name
-                pre = pre[[MODALITIES.index(m) for m in modalities]]
-            feats.encoder = encoder_features(model, pre, rng, patch_size, n_patches)
+                pre, _, _ = preprocess_arrays(data.image, None, data.header.spacing, spacing)
+                if modalities is not None:  # the channels the encoder was trained on, by name
+                    pre = pre[[MODALITIES.index(m) for m in modalities]]
+                feats.encoder = encoder_features(model, pre, rng, patch_size, n_patches)
+        except ValueError as exc:  # CaseError, FeatureError, PreprocessError
+            if problems is None:
+                raise
+            msg = str(exc)
+            problems.append(msg if case.case_id in msg else f"{case.case_id}: {msg}")
+            continue
         out.append(feats)
     return out
 

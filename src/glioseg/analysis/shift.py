@@ -308,12 +308,18 @@ def _shift_advice(size: str, significant: dict[str, MMDResult], seq_alpha: float
         advice = ["Expect a clear accuracy drop: fine-tune on labelled target cases "
                   "(encoder frozen first when labelled cases are few, full fine-tuning "
                   "when more are available) and evaluate before use."]
-    for seq, res in significant.items():
-        if shift_size(res, seq_alpha) == "large":
+    large = sorted(((seq, res) for seq, res in significant.items()
+                    if shift_size(res, seq_alpha) == "large"), key=lambda kv: -kv[1].mmd2)
+    for i, (seq, res) in enumerate(large):
+        if i == 0:  # only the largest shift "differs most"
             advice.append(
-                f"{seq.upper()} differs most: check its acquisition protocol (field "
-                "strength, slice thickness, sequence parameters) and preprocessing (skull "
-                "stripping, registration); use intensity augmentation when fine-tuning.")
+                f"{seq.upper()} differs most (MMD^2 = {res.mmd2:.3f}): check its acquisition "
+                "protocol (field strength, slice thickness, sequence parameters) and "
+                "preprocessing (skull stripping, registration); use intensity augmentation "
+                "when fine-tuning.")
+        else:
+            advice.append(f"{seq.upper()} also shifts a lot (MMD^2 = {res.mmd2:.3f}): check "
+                          "its protocol and preprocessing too.")
     return advice
 
 

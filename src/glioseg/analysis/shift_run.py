@@ -36,17 +36,19 @@ def write_json(path: str | Path, obj: Any) -> Path:
 
 
 def _per_sequence(x: np.ndarray, y: np.ndarray, rng: np.random.Generator,
-                  n_permutations: int) -> dict[str, S.MMDResult]:
-    """One test per sequence on that sequence's ``Q`` columns of ``(n, 4 Q)`` features."""
+                  n_permutations: int, sequences: Sequence[str] = MODALITIES
+                  ) -> dict[str, S.MMDResult]:
+    """One test per sequence on that sequence's ``Q`` columns of ``(n, K Q)`` features."""
     q = len(QUANTILES)
     return {m: S.mmd_test(x[:, i * q:(i + 1) * q], y[:, i * q:(i + 1) * q], rng, n_permutations)
-            for i, m in enumerate(MODALITIES)}
+            for i, m in enumerate(sequences)}
 
 
-def _case_table(feats: list[CaseFeatures]) -> list[dict[str, Any]]:
+def _case_table(feats: list[CaseFeatures], sequences: Sequence[str] = MODALITIES
+                ) -> list[dict[str, Any]]:
     return [{"case_id": f.case_id, "brain_voxels": f.n_brain,
-             "mean": dict(zip(MODALITIES, map(float, f.mean), strict=True)),
-             "std": dict(zip(MODALITIES, map(float, f.std), strict=True))} for f in feats]
+             "mean": dict(zip(sequences, map(float, f.mean), strict=True)),
+             "std": dict(zip(sequences, map(float, f.std), strict=True))} for f in feats]
 
 
 def analyse_features(
@@ -55,8 +57,10 @@ def analyse_features(
     rng: np.random.Generator,
     n_permutations: int = 1000,
     alpha: float = S.ALPHA,
+    sequences: Sequence[str] = MODALITIES,
 ) -> dict[str, Any]:
-    """All tests, feature shifts, verdict and advice for two lists of case features.
+    """All tests, feature shifts, verdict and advice for two lists of case features
+    (``sequences``: the sequences of their rows, ``MODALITIES`` order).
 
     Returns:
         JSON-able dict: ``tests`` (``zscored``/``raw``: ``overall`` and per sequence;
@@ -70,24 +74,25 @@ def analyse_features(
     for view in ("zscored", "raw"):
         x, y = stack(src, view), stack(tgt, view)
         res = {"overall": S.mmd_test(x, y, rng, n_permutations)}
-        res.update(_per_sequence(x, y, rng, n_permutations))
+        res.update(_per_sequence(x, y, rng, n_permutations, sequences))
         results[view] = res
         tests[view] = {k: r.to_dict() for k, r in res.items()}
     encoder = None
     if src[0].encoder is not None and tgt[0].encoder is not None:
         encoder = S.mmd_test(stack(src, "encoder"), stack(tgt, "encoder"), rng, n_permutations)
         tests["encoder"] = {"overall": encoder.to_dict()}
-    names = feature_names("zscored")
+    names = feature_names("zscored", sequences)
     shifts = S.feature_shifts(stack(src, "zscored"), stack(tgt, "zscored"), names)
     z = results["zscored"]
-    line, advice = S.verdict(z["overall"], {m: z[m] for m in MODALITIES}, shifts,
+    line, advice = S.verdict(z["overall"], {m: z[m] for m in sequences}, shifts,
                              raw_overall=results["raw"]["overall"], encoder=encoder, alpha=alpha)
     return {"tests": tests, "feature_shifts": shifts[:12], "verdict": line, "advice": advice}
 
 
-def _test_settings(alpha: float, n_permutations: int) -> dict[str, Any]:
+def _test_settings(alpha: float, n_permutations: int,
+                   sequences: Sequence[str] = MODALITIES) -> dict[str, Any]:
     """The fixed settings of the MMD tests, as ``shift.json`` records them."""
-    return {"per_sequence_alpha": alpha / len(MODALITIES),
+    return {"sequences": list(sequences), "per_sequence_alpha": alpha / len(sequences),
             "n_permutations": n_permutations, "quantiles": list(QUANTILES),
             "kernel": "rbf exp(-d^2 / (2 h^2)), h = median pairwise distance (pooled)",
             "estimator": "unbiased MMD^2_u, features standardised over the pooled sample",
@@ -96,12 +101,14 @@ def _test_settings(alpha: float, n_permutations: int) -> dict[str, Any]:
 
 @dataclass(frozen=True)
 class ShiftAnalysis:
-    """What ``analyse_shift`` computed: the ``shift.json`` document (without ``figures``) and
-    the per-case features of both cohorts (what the figures show)."""
+    """What ``analyse_shift`` computed: the ``shift.json`` document (without ``figures``), the
+    per-case features of both cohorts (what the figures show) and the sequences of their rows
+    (``MODALITIES`` order)."""
 
     doc: dict[str, Any]
     source: list[CaseFeatures]
     target: list[CaseFeatures]
+    sequences: tuple[str, ...] = MODALITIES
 
 
 def analyse_shift(
@@ -117,6 +124,7 @@ def analyse_shift(
     n_patches: int = 4,
     model_path: str | None = None,
     modalities: list[str] | None = None,
+    sequences: str | Sequence[str] | None = None,
 ) -> ShiftAnalysis:
     """Domain-shift analysis of ``target_dir`` against ``source_dir``; writes nothing.
 
@@ -129,17 +137,29 @@ def analyse_shift(
         patch_size, n_patches: brain patches fed to the encoder per case.
         model_path: recorded in ``shift.json``.
         modalities: the model's input sequences in its order (its card's); None: all four.
+        sequences: the sequences whose intensities are compared (a site with fewer
+            sequences); a case needs only those (and the model's). None: all four.
 
     Returns:
         The ``shift.json`` content but its ``figures``, and both cohorts' features.
+
+    Raises:
+        ShiftError: listing every bad case of both cohorts (source or target, case, problem).
     """
+    from glioseg.data.cases import selected_modalities
+
+    chosen = selected_modalities(sequences)
     rng_src, rng_tgt, rng_test = (np.random.default_rng(s)
                                   for s in np.random.SeedSequence(seed).spawn(3))
     kw = dict(model=model, spacing=spacing, n_sample=n_sample, patch_size=patch_size,
-              n_patches=n_patches, modalities=modalities)
-    src = cohort_features(source_dir, rng_src, desc="source", **kw)  # type: ignore[arg-type]
-    tgt = cohort_features(target_dir, rng_tgt, desc="target", **kw)  # type: ignore[arg-type]
-    result = analyse_features(src, tgt, rng_test, n_permutations, alpha)
+              n_patches=n_patches, modalities=modalities, sequences=chosen)
+    problems: dict[str, list[str]] = {"source": [], "target": []}
+    src = cohort_features(source_dir, rng_src, desc="source",  # type: ignore[arg-type]
+                          problems=problems["source"], **kw)
+    tgt = cohort_features(target_dir, rng_tgt, desc="target",  # type: ignore[arg-type]
+                          problems=problems["target"], **kw)
+    _raise_bad_cases(problems, sequences is None)
+    result = analyse_features(src, tgt, rng_test, n_permutations, alpha, chosen)
     doc = {
         "format": FORMAT,
         "verdict": result["verdict"],
@@ -150,15 +170,30 @@ def analyse_shift(
                    "cases": [f.case_id for f in tgt]},
         "settings": {
             "model": model_path, "spacing": spacing, "seed": seed, "alpha": alpha,
-            **_test_settings(alpha, n_permutations),
+            **_test_settings(alpha, n_permutations, chosen),
             "patch_size": patch_size if model is not None else None,
             "n_patches": n_patches if model is not None else None,
         },
         "tests": result["tests"],
         "feature_shifts": result["feature_shifts"],
-        "cases": {"source": _case_table(src), "target": _case_table(tgt)},
+        "cases": {"source": _case_table(src, chosen), "target": _case_table(tgt, chosen)},
     }
-    return ShiftAnalysis(doc, src, tgt)
+    return ShiftAnalysis(doc, src, tgt, chosen)
+
+
+def _raise_bad_cases(problems: dict[str, list[str]], all_sequences: bool) -> None:
+    """Raise ``ShiftError`` listing every bad case of each cohort, if there is one."""
+    lines = [f"  {cohort}: {msg}" for cohort, msgs in problems.items() for msg in msgs]
+    if not lines:
+        return
+    counts = ", ".join(f"{len(msgs)} in the {cohort}" for cohort, msgs in problems.items()
+                       if msgs)
+    hint = ""
+    if all_sequences and any("missing modality" in line for line in lines):
+        hint = ("\nto compare the sequences both sites have, name them, e.g. "
+                "--modalities t2,flair")
+    raise S.ShiftError(f"{len(lines)} bad cases ({counts}); fix or remove them:\n"
+                       + "\n".join(lines) + hint)
 
 
 def write_shift(out_dir: str | Path, analysis: ShiftAnalysis, figures: Sequence[str]

@@ -98,6 +98,9 @@ def shift(
     permutations: Annotated[int, typer.Option(help="Permutations per MMD test.")] = 1000,
     seed: Annotated[int, typer.Option(help="Seed of voxel/patch sampling and permutations.")] = 0,
     alpha: Annotated[float, typer.Option(help="Significance level.")] = 0.05,
+    modalities: Annotated[str | None, typer.Option(help="The sequences to compare, e.g. "
+                                                   "t2,flair: a case needs only those (and "
+                                                   "the model's; default: all four).")] = None,
 ) -> None:
     """How different is a new site from the source data? MMD tests, figures and advice."""
     from glioseg.analysis.shift_run import analyse_shift, write_shift
@@ -112,7 +115,8 @@ def shift(
         mods = list(card.modalities)
     analysis = analyse_shift(source, target, model=net, spacing=spacing,
                              n_permutations=permutations, seed=seed, alpha=alpha,
-                             model_path=None if model is None else str(model), modalities=mods)
+                             model_path=None if model is None else str(model), modalities=mods,
+                             sequences=modalities)
     doc = write_shift(output, analysis, draw_shift_figures(analysis, output))
     typer.echo(doc["verdict"])
     for line in doc["advice"]:
