@@ -120,3 +120,79 @@ def test_a_bug_prints_its_traceback(tmp_path):
     assert out.returncode == 1
     assert "Traceback (most recent call last)" in out.stderr
     assert "ZeroDivisionError: division by zero" in out.stderr
+
+
+@pytest.mark.parametrize("target", ["afile", "afile/cohort"])
+def test_an_output_that_is_a_file_is_one_red_line(tmp_path, target):
+    afile = tmp_path / "afile"
+    afile.write_text("not a folder")
+    result = CliRunner().invoke(app, ["synth", str(tmp_path / target), "--cases", "1"],
+                                color=True)
+    assert result.exit_code == 1, result.output
+    lines = result.stderr.strip().splitlines()
+    where = "" if target == "afile" else f"{tmp_path / target}: "
+    assert lines == [f"\x1b[31m{where}{afile} is a file, not a folder; choose another output "
+                     "folder (or move the file away)\x1b[0m"], result.stderr
+    assert "Traceback" not in result.output + result.stderr
+    assert afile.read_text() == "not a folder"
+
+
+def test_a_read_only_output_folder_is_one_red_line_naming_the_folder(tmp_path, monkeypatch):
+    """A file that cannot be created (read-only file system; tests run as root, where a
+    0o555 folder can still be written): the folder and the final name, not the hidden
+    temporary the atomic writer tried to create."""
+    import errno
+    import os
+
+    import glioseg.data.synthetic as synthetic
+    from glioseg.io_atomic import temporary_name
+
+    ro = tmp_path / "ro_out"
+
+    def read_only(*args, **kwargs):
+        tmp = temporary_name(ro / "predict.json")
+        raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(tmp))
+
+    monkeypatch.setattr(synthetic, "write_cohort", read_only)
+    result = CliRunner().invoke(app, ["synth", str(ro)], color=True)
+    assert result.exit_code == 1
+    lines = result.stderr.strip().splitlines()
+    assert lines == [f"\x1b[31m{ro}: cannot write predict.json (read-only file system); "
+                     "choose another output folder\x1b[0m"], result.stderr
+    assert ".tmp" not in result.stderr
+
+
+@pytest.mark.parametrize("code, filename, expected", [
+    ("EROFS", "out/sub", "out/sub: cannot write (read-only file system); choose another "
+     "output folder"),
+    ("EACCES", "out/.per_case.csv.0610dc10.tmp.csv", "out: cannot write per_case.csv "
+     "(permission denied); check its permissions, or choose another output folder"),
+    ("ENOSPC", "out/.best.tmp-1a2b3c4d", "out: cannot write best (no space left on device); "
+     "free some space or choose another output folder"),
+    ("ENOSPC", None, "cannot write: no space left on device; free some space or choose "
+     "another output folder"),
+    ("EISDIR", "out/model.onnx", "out/model.onnx: is a folder, where a file is expected"),
+])
+def test_file_system_errors_name_the_path_and_the_cause(code, filename, expected):
+    import errno
+    import os
+
+    from glioseg.cli.common import file_system_error
+
+    number = getattr(errno, code)
+    message = file_system_error(OSError(number, os.strerror(number), filename))
+    assert message is not None and message.startswith(expected), message
+
+
+@pytest.mark.parametrize("bug", [FileNotFoundError(2, "No such file or directory", "x.npy"),
+                                 OSError(5, "Input/output error", "x.npy"),
+                                 OSError("no errno at all")])
+def test_other_os_errors_keep_their_traceback(tmp_path, monkeypatch, bug):
+    import glioseg.data.synthetic as synthetic
+
+    def broken(*args, **kwargs):
+        raise bug
+
+    monkeypatch.setattr(synthetic, "write_cohort", broken)
+    result = CliRunner().invoke(app, ["synth", str(tmp_path / "out")], color=True)
+    assert result.exception is bug

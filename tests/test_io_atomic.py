@@ -62,6 +62,30 @@ def test_numpy_save_does_not_append_a_second_extension(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["image.npy"]
 
 
+def test_a_writer_that_replaces_the_file_owner_only_gets_the_umask_mode_back(tmp_path,
+                                                                             umask_027):
+    target = tmp_path / "w.safetensors"
+    with atomic_path(target) as tmp:  # as safetensors' save_file: a new file, mode 0o600
+        tmp.unlink()
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        os.write(fd, b"weights")
+        os.close(fd)
+        assert _mode(tmp) == 0o600
+    assert target.read_bytes() == b"weights" and _mode(target) == 0o640
+
+
+def test_a_failed_write_names_the_temporary_it_was_writing(tmp_path):
+    import errno
+
+    target = tmp_path / "out.json"
+    with pytest.raises(OSError) as info, atomic_path(target):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))  # as a write to a full disk
+    assert info.value.filename is not None
+    assert os.path.basename(info.value.filename).startswith(".out.json.")
+    assert os.path.dirname(info.value.filename) == str(tmp_path)
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_write_helpers(tmp_path, umask_027):
     assert write_bytes(tmp_path / "b", b"\x00\x01").read_bytes() == b"\x00\x01"
     assert write_text(tmp_path / "t.csv", "a\r\nb\n").read_bytes() == b"a\r\nb\n"

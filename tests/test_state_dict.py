@@ -1,5 +1,8 @@
 """``glioseg.model.state_dict``: wrappers removed, safetensors files, strict checks."""
 
+import os
+import stat
+
 import pytest
 import torch
 
@@ -52,3 +55,14 @@ def test_check_state_dict_lists_missing_unexpected_and_reshaped():
     assert msg.startswith("w.pt do not match the network of the card:")
     assert "1 missing: bias" in msg and "1 unexpected: extra" in msg
     assert "1 reshaped: weight (3, 4) vs model (3, 2)" in msg
+
+
+def test_weights_file_has_the_mode_of_any_other_new_file(tmp_path):
+    """safetensors' save_file writes 0o600; the file is readable by the group as any other
+    output (0o666 under the umask)."""
+    old = os.umask(0o022)
+    try:
+        save_state_dict(tmp_path / "model.safetensors", {"a": torch.zeros(2)})
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(os.stat(tmp_path / "model.safetensors").st_mode) == 0o644

@@ -9,7 +9,9 @@ never half of one. The one helper every writer of the project uses::
 
 The temporary file is created with the permissions of an ordinary new file (``0o666`` under
 the process umask, usually ``0o644``), not ``tempfile.mkstemp``'s owner-only ``0o600``, so a
-result written by one user can be read by the group as any other file. Its name keeps the
+result written by one user can be read by the group as any other file; a writer that
+replaces it by a file of its own, owner-only mode (safetensors' ``save_file``) has it set back
+before the rename. Its name keeps the
 target's extension last (``.name.<random>.tmp.nii.gz``), because some writers choose the
 format from it (nibabel, matplotlib) or append one when it is missing (``numpy.save``).
 
@@ -27,6 +29,7 @@ import os
 import re
 import secrets
 import shutil
+import stat
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -110,24 +113,44 @@ def _create_file(path: Path) -> Path:
     raise FileExistsError(f"{path.parent}: could not create a temporary file for {path.name}")
 
 
+def _restore_mode(tmp: Path, mode: int) -> None:
+    """Give ``tmp`` back the permissions it was created with, when its writer replaced it by a
+    file of its own mode (safetensors' ``save_file`` writes ``0o600``)."""
+    st = os.lstat(tmp)
+    if stat.S_ISREG(st.st_mode) and stat.S_IMODE(st.st_mode) != mode:
+        os.chmod(tmp, mode)
+
+
+def _name_the_file(exc: BaseException, tmp: Path) -> None:
+    """Give an ``OSError`` that names no file (a failed ``write``: a full disk, a quota) the
+    temporary it was writing, so the message says where (``cli.common.file_system_error``
+    reports the folder and the final name)."""
+    if isinstance(exc, OSError) and exc.filename is None and exc.errno is not None:
+        exc.filename = str(tmp)
+
+
 @contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary file path beside ``path``; rename it onto ``path`` when the block ends.
 
     Parent folders are created. The yielded file exists and is empty (writers may overwrite or
-    replace it). When the block raises (``KeyboardInterrupt`` included), the temporary file is
+    replace it; a replacement gets the new file's permissions back, as the module docstring
+    promises). When the block raises (``KeyboardInterrupt`` included), the temporary file is
     removed and ``path`` is left as it was. The file is ``fsync``-ed before the rename and its
     folder after it.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = _create_file(path)
+    mode = stat.S_IMODE(os.stat(tmp).st_mode)
     try:
         yield tmp
+        _restore_mode(tmp, mode)
         fsync_file(tmp)
         replace_durably(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         tmp.unlink(missing_ok=True)
+        _name_the_file(exc, tmp)
         raise
 
 
@@ -169,8 +192,9 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
             raise
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
+    except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)
+        _name_the_file(exc, tmp)
         raise
 
 
