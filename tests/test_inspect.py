@@ -136,6 +136,19 @@ def test_all_good_folder_exits_zero(tmp_path):
     assert "3 cases (brats2020): 3 usable (1 with warnings), 0 bad" in result.output
 
 
+def test_unrecognised_files_are_a_warning(tmp_path):
+    from glioseg.data.nifti import save_volume
+
+    folder = write_brats_case(tmp_path, "brats2021", 1, skip=("t2",))
+    save_volume(folder / "BraTS2021_00001_T2w.nii.gz", modality_volume("t2", SHAPE), AFFINE)
+    result = _invoke(tmp_path, "--quick")
+    assert result.exit_code == 1
+    out = " ".join(result.output.split())
+    assert "problem BraTS2021_00001: missing modality t2" in out
+    assert ("warning BraTS2021_00001: unrecognised files in the case folder: "
+            "BraTS2021_00001_T2w.nii.gz") in out
+
+
 def test_msd_and_brats2023_folders(tmp_path):
     task = tmp_path / "Task01_BrainTumour"
     # MSD file labels 1 edema x3, 2 non-enhancing x5, 3 enhancing x7

@@ -164,6 +164,30 @@ def test_both_extensions_present_is_a_warning(tmp_path):
                for w in case.warnings)
 
 
+def test_unrecognised_files_in_a_case_folder_are_named(tmp_path):
+    """A misspelt sequence, another case's file and a stray copy of the segmentation are
+    named in a warning; the case's own files (both extensions of one) are not."""
+    a = write_brats_case(tmp_path, "brats2021", 1, skip=("t2",))
+    save_volume(a / "BraTS2021_00001_T2w.nii.gz", np.zeros(SHAPE), AFFINE)
+    b = write_brats_case(tmp_path, "brats2021", 2, ext=".nii")
+    save_volume(b / "BraTS2021_00002_t1.nii.gz", np.zeros(SHAPE), AFFINE)
+    save_volume(b / "BraTS2021_00009_flair.nii.gz", np.zeros(SHAPE), AFFINE)
+    save_volume(b / "BraTS2021_00002_seg_old.nii.gz", np.zeros(SHAPE), AFFINE)
+    (b / "notes.txt").write_text("not an image")
+    (b / "._BraTS2021_00002_t2.nii").write_bytes(b"macOS fork")
+    c = write_brats_case(tmp_path, "brats2023", 3)
+    three, one, two = discover(tmp_path)  # BraTS-GLI-... sorts first
+    assert one.unrecognised == ("BraTS2021_00001_T2w.nii.gz",)
+    assert "t2" in one.missing
+    assert ("BraTS2021_00001: unrecognised files in the case folder: "
+            "BraTS2021_00001_T2w.nii.gz (expected BraTS2021_00001_{t1,t1ce,t2,flair,seg}"
+            ".nii.gz); rename or remove them") in one.warnings
+    assert two.unrecognised == ("BraTS2021_00002_seg_old.nii.gz", "BraTS2021_00009_flair.nii.gz")
+    assert sum("unrecognised" in w for w in two.warnings) == 1
+    assert three.case_id == c.name and three.unrecognised == () and three.warnings == ()
+    assert set(two.warnings) <= set(examine_case(two, read_voxels=False).warnings)
+
+
 def test_loose_files_get_a_hint(tmp_path):
     save_volume(tmp_path / "BraTS2021_00000_t1.nii.gz", np.zeros(SHAPE), AFFINE)
     with pytest.raises(CaseError, match="1 NIfTI files lie directly in it"):

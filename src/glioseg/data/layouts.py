@@ -93,6 +93,9 @@ class Case:
         seg: segmentation file, or None (validation/test cases).
         warnings: things a user should know that do not stop the case being used.
         directory: the case folder (MSD: the task folder); None means the folder of its files.
+        unrecognised: names of the NIfTI files in a BraTS case folder that are none of the
+            case's files (a misspelt sequence, another case's file, a stray copy); each case
+            with some also carries a warning naming them.
     """
 
     case_id: str
@@ -101,6 +104,7 @@ class Case:
     seg: Path | None = None
     warnings: tuple[str, ...] = ()
     directory: Path | None = None
+    unrecognised: tuple[str, ...] = ()
 
     @property
     def label_scheme(self) -> str:
@@ -167,7 +171,25 @@ def _brats_case(folder: Path, layout: Layout) -> Case:
             if len(odd) > 1:
                 warnings.append(f"{cid}: several candidate segmentation files "
                                 f"{[p.name for p in odd]}; used {seg.name}")
-    return Case(cid, layout.name, images, seg, tuple(warnings), folder)
+    unrecognised = _unrecognised(folder, layout, {p.name for p in images.values()}
+                                 | ({seg.name} if seg is not None else set()))
+    if unrecognised:
+        names = ",".join([*layout.suffixes.values(), SEG_SUFFIX])
+        warnings.append(f"{cid}: unrecognised files in the case folder: "
+                        f"{', '.join(unrecognised)} (expected {cid}{layout.sep}{{{names}}}"
+                        ".nii.gz); rename or remove them")
+    return Case(cid, layout.name, images, seg, tuple(warnings), folder, tuple(unrecognised))
+
+
+def _unrecognised(folder: Path, layout: Layout, used: set[str]) -> list[str]:
+    """NIfTI files in a BraTS case folder that are none of its files (sorted names)."""
+    cid = folder.name
+    known = {f"{cid}{layout.sep}{suffix}{ext}" for suffix in [*layout.suffixes.values(),
+                                                               SEG_SUFFIX]
+             for ext in NIFTI_EXTS}  # both extensions of one file: warned by _find_nifti
+    return sorted(p.name for p in folder.iterdir()
+                  if p.name.endswith(NIFTI_EXTS) and not _is_junk(p) and p.is_file()
+                  and p.name not in used and p.name not in known)
 
 
 MSD_SPLITS: dict[str, str | None] = {"imagesTr": "labelsTr", "imagesTs": None}
