@@ -81,6 +81,17 @@ def test_choice_removes_exactly_the_specks():
     assert result.chosen_on == [c.case_id for c in cases]
 
 
+def test_a_choice_at_the_top_of_the_range_is_warned():
+    cases = [_case(0), _case(1)]
+    result = choose_min_sizes(cases, candidates=(0, 4, 16, 64))
+    assert result.min_size_mm3["TC"] == 64.0 and result.at_top() == ["TC"]
+    warning = result.table().splitlines()[-1]
+    assert warning.startswith("warning: TC: 64 mm^3 is the largest size tried (0, 4, 16, 64 "
+                              "mm^3)")
+    wide = choose_min_sizes(cases, candidates=(0, 4, 16, 64, 4000))
+    assert wide.at_top() == [] and "warning" not in wide.table()
+
+
 def test_nothing_is_removed_without_a_gain():
     case = _case(0)
     clean = np.stack([np.isin(case.reference, (1, 2, 3)), np.isin(case.reference, (1, 3)),

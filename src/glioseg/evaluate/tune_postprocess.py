@@ -77,8 +77,15 @@ class TuneResult:
                 "chosen_on": self.chosen_on, "data": source, "candidates_mm3": self.candidates,
                 "before": self.before, "after": self.after}
 
+    def at_top(self) -> list[str]:
+        """Regions whose chosen size is the largest size tried (above 0): the best size may
+        lie beyond the search range."""
+        top = max(self.candidates, default=0.0)
+        return [r for r in REGIONS if top > 0 and self.min_size_mm3[r] >= top]
+
     def table(self) -> str:
-        """Before/after lines per region, as ``glioseg tune-postprocess`` prints them."""
+        """Before/after lines per region, as ``glioseg tune-postprocess`` prints them, and a
+        warning when a choice is the top of the search range."""
         lines = [f"post-processing chosen on {len(self.chosen_on)} cases: smallest component "
                  + ", ".join(f"{r} {self.min_size_mm3[r]:g} mm^3" for r in REGIONS),
                  "region  lesion-wise Dice before -> after   Dice before -> after   "
@@ -88,6 +95,13 @@ class TuneResult:
             lines.append(f"{r:<7} {b['lesion_dice'][r]:.3f} -> {a['lesion_dice'][r]:.3f}"
                          f"{'':17}{b['dice'][r]:.3f} -> {a['dice'][r]:.3f}{'':12}"
                          f"{b['lesion_fp'][r]:.1f} -> {a['lesion_fp'][r]:.1f}")
+        top = self.at_top()
+        if top:
+            lines.append(
+                f"warning: {', '.join(top)}: {max(self.candidates):g} mm^3 is the largest size "
+                f"tried ({', '.join(f'{c:g}' for c in self.candidates)} mm^3), so the best may "
+                "be larger, and components this big are often real tumour: look at the "
+                "predictions of these cases before relying on it")
         return "\n".join(lines)
 
 
