@@ -149,6 +149,16 @@ def test_unrecognised_files_are_a_warning(tmp_path):
             "BraTS2021_00001_T2w.nii.gz") in out
 
 
+def test_et_as_3_in_brats2021_cases_gets_a_hint(tmp_path):
+    seg = example_seg("brats2021")
+    write_brats_case(tmp_path, "brats2021", 1, seg=np.where(seg == 4, 3, seg).astype(np.uint8))
+    result = _invoke(tmp_path)
+    assert result.exit_code == 1
+    out = " ".join(result.output.split())
+    assert "unexpected label values [3] for the brats2021 scheme" in out
+    assert "hint: 3 is ET in the BraTS 2023 / nnU-Net scheme" in out
+
+
 def test_msd_and_brats2023_folders(tmp_path):
     task = tmp_path / "Task01_BrainTumour"
     # MSD file labels 1 edema x3, 2 non-enhancing x5, 3 enhancing x7

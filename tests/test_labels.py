@@ -92,3 +92,14 @@ def test_integer_labels_refuses_what_labels_cannot_be():
             assert words in str(exc), (words, str(exc))
         else:
             raise AssertionError(f"{bad} accepted")
+
+
+def test_a_3_in_brats2021_files_hints_at_the_2023_scheme():
+    with pytest.raises(L.LabelError, match=r"labels \[3\] are not allowed in the brats2021 "
+                                           r"scheme .*3 is ET in the BraTS 2023 / nnU-Net "
+                                           r"scheme.*relabel 3 as 4"):
+        L.to_internal(np.array([0, 1, 2, 3]), "brats2021")
+    with pytest.raises(L.LabelError) as other:  # a 5 is no known scheme's: no such hint
+        L.to_internal(np.array([0, 3, 5]), "brats2020")
+    assert "nnU-Net" not in str(other.value)
+    assert L.scheme_hint([4], "brats2023") == ""

@@ -11,6 +11,7 @@ required and checked; the table lists a present but unused sequence in parenthes
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -132,6 +133,9 @@ def report(summaries: list[CaseSummary], console: Console, read_voxels: bool = T
     if modalities is None and any(s.case.lacks(L.MODALITIES) and s.case.images
                                   for s in summaries):
         console.print(MISSING_HINT, soft_wrap=True)
+    if any(re.search(r"label values \[3\] (for|are not allowed in) the brats20(20|21) scheme", p)
+           for p in problems):
+        console.print(f"hint: {L.ET_AS_3_HINT}", soft_wrap=True)
     return n_bad
 
 

@@ -123,12 +123,24 @@ def unexpected_values(labels: np.ndarray, scheme: str) -> list[int]:
     return sorted(int(v) for v in present if int(v) not in allowed or v != int(v))
 
 
+ET_AS_3_HINT = ("3 is ET in the BraTS 2023 / nnU-Net scheme (0/1/2/3), so these labels were "
+                "probably converted: relabel 3 as 4 in the segmentations (BraTS 2020/2021 file "
+                "names mean labels 0/1/2/4)")
+
+
+def scheme_hint(bad: Sequence[int], scheme: str) -> str:
+    """Why file labels ``bad`` outside ``scheme`` may be there and what to do, or ``""``: a 3
+    in BraTS 2020/2021-named files is the ET of the 2023 / nnU-Net scheme."""
+    return ET_AS_3_HINT if scheme in ("brats2020", "brats2021") and list(bad) == [3] else ""
+
+
 def _lookup(mapping: dict[int, int], labels: np.ndarray, scheme: str, what: str) -> np.ndarray:
     bad = sorted(int(v) for v in np.unique(labels) if int(v) not in mapping)
     if bad:
+        hint = scheme_hint(bad, scheme) if what == "file" else ""
         raise LabelError(
             f"{what} labels {bad} are not allowed in the {scheme} scheme "
-            f"(allowed: {sorted(mapping)})"
+            f"(allowed: {sorted(mapping)})" + (f"; {hint}" if hint else "")
         )
     table = np.zeros(max(mapping) + 1, dtype=np.uint8)
     for src, dst in mapping.items():
