@@ -339,3 +339,7 @@ def test_a_site_with_fewer_sequences_is_compared_on_those(tmp_path: Path) -> Non
     assert set(doc["cases"]["target"][0]["mean"]) == {"t2", "flair"}
     assert analysis.source[0].sample.shape[0] == 2
     assert all(f["feature"].split("_")[0] in ("t2", "flair") for f in doc["feature_shifts"])
+    from glioseg.report.shift_figures import draw_shift_figures
+
+    names = draw_shift_figures(analysis, tmp_path / "figs")  # histograms of those two only
+    assert (tmp_path / "figs" / "shift_histograms.png").stat().st_size > 0 and names

@@ -13,7 +13,6 @@ import numpy as np
 
 from glioseg.analysis.features import stack
 from glioseg.analysis.shift_run import ShiftAnalysis
-from glioseg.data.labels import MODALITIES
 from glioseg.report.savefig import save_figure
 
 SITE_COLOURS = {"source": "#1f77b4", "target": "#d62728"}
@@ -192,7 +191,7 @@ def draw_shift_figures(analysis: ShiftAnalysis, out_dir: str | Path) -> list[str
         views["encoder features"] = (stack(src, "encoder"), stack(tgt, "encoder"))
     plot_embeddings(views, out_dir / "shift_pca.png", "pca", seed)
     plot_embeddings(views, out_dir / "shift_tsne.png", "tsne", seed)
-    plot_histograms([f.sample for f in src], [f.sample for f in tgt], MODALITIES,
+    plot_histograms([f.sample for f in src], [f.sample for f in tgt], analysis.sequences,
                     out_dir / "shift_histograms.png")
     bars = {f"z {k}": v for k, v in tests["zscored"].items()}
     bars["raw overall"] = tests["raw"]["overall"]
