@@ -186,6 +186,10 @@ def test_unrecognised_files_in_a_case_folder_are_named(tmp_path):
     assert sum("unrecognised" in w for w in two.warnings) == 1
     assert three.case_id == c.name and three.unrecognised == () and three.warnings == ()
     assert set(two.warnings) <= set(examine_case(two, read_voxels=False).warnings)
+    # the missing sequence's problem names what was found instead
+    assert any(p.startswith("BraTS2021_00001: missing modality t2 (") and
+               p.endswith("; unrecognised: BraTS2021_00001_T2w.nii.gz)")
+               for p in examine_case(one, read_voxels=False).problems)
 
 
 def test_loose_files_get_a_hint(tmp_path):

@@ -182,8 +182,9 @@ def _check_seg_voxels(case: Case, path: Path, data: np.ndarray, summary: CaseSum
 
 
 def _missing_problems(case: Case, modalities: Sequence[str]) -> list[str]:
-    return [f"{case.case_id}: missing modality {m} (no {case.expected_file(m)} in {case.folder})"
-            for m in case.lacks(modalities)]
+    extra = f"; unrecognised: {', '.join(case.unrecognised)}" if case.unrecognised else ""
+    return [f"{case.case_id}: missing modality {m} (no {case.expected_file(m)} in "
+            f"{case.folder}{extra})" for m in case.lacks(modalities)]
 
 
 def examine_case(case: Case, read_voxels: bool = True,
