@@ -578,3 +578,127 @@ def test_a_card_without_orientation_uses_cases_as_stored(ckpt: Path) -> None:
     got = predict_case(net, image, card=oriented, scheme="brats2021",
                        affine=np.diag([-1.0, 1.0, 1.0, 1.0]) @ np.eye(4)[[1, 0, 2, 3]])
     np.testing.assert_array_equal(got, expected)
+
+
+def _run_folder(root: Path) -> Path:
+    """A training run folder as ``glioseg train`` leaves it: checkpoints, metrics, best/."""
+    run = root / "run"
+    save_pointwise(run / "best")
+    save_pointwise(run / "last")
+    (run / "last.pt").write_bytes(b"checkpoint")
+    (run / "metrics.jsonl").write_text("{}\n")
+    return run
+
+
+@pytest.mark.parametrize("given, expected", [
+    ("run", "{run} is a training run folder, not a model; pass {run}/best or {run}/last"),
+    ("run/last.pt", "{run}/last.pt: a training checkpoint (what --resume reads), not a model; "
+     "pass {run}/best or {run}/last"),
+    ("model.onnx", "{root}/model.onnx: an exported network is not read back as a model; pass "
+     "the model folder it was exported from (predict runs it in ONNX Runtime or OpenVINO "
+     "itself: -m MODEL_DIR --engine onnxruntime, or --engine openvino)"),
+])
+def test_a_run_folder_checkpoint_or_export_given_as_the_model_says_what_to_pass(
+        tmp_path: Path, given: str, expected: str) -> None:
+    from glioseg.cli import app
+
+    run = _run_folder(tmp_path)
+    (tmp_path / "model.onnx").write_bytes(b"onnx")
+    _cohort(tmp_path / "data", n=1)
+    result = CliRunner().invoke(app, ["predict", "-m", str(tmp_path / given), "-i",
+                                      str(tmp_path / "data"), "-o", str(tmp_path / "out"),
+                                      "--engine", "onnxruntime"])
+    assert result.exit_code == 1
+    assert result.stderr.strip() == expected.format(run=run, root=tmp_path), result.stderr
+    assert not (tmp_path / "out").exists()
+    export = CliRunner().invoke(app, ["export", "-m", str(tmp_path / given), "-o",
+                                      str(tmp_path / "x.onnx")])
+    assert export.exit_code == 1 and export.stderr.strip() == expected.format(
+        run=run, root=tmp_path)
+
+
+def test_a_run_folder_before_its_first_model_is_named_as_such(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "metrics.jsonl").write_text("{}\n")
+    with pytest.raises(PredictError, match="training run folder with no saved model yet"):
+        load_model(run)
+
+
+def test_an_ensemble_of_models_with_other_inputs_names_both_and_the_difference(
+        ckpt: Path, tmp_path: Path) -> None:
+    other = save_pointwise(tmp_path / "other", preprocessing={"spacing": [2.0, 2.0, 2.0]})
+    _cohort(tmp_path / "data", n=1)
+    with pytest.raises(PredictError) as info:
+        predict_dir([ckpt, other], tmp_path / "data", tmp_path / "out", progress=False)
+    assert str(info.value) == (
+        f"{ckpt} and {other} were trained on different inputs (spacing original grid vs "
+        "2x2x2 mm); an ensemble needs the same inputs: predict with each model on its own")
+    assert not (tmp_path / "out").exists()  # refused before predict.json is written
+
+
+def test_an_input_that_is_a_file_names_the_folder_to_give(ckpt: Path, tmp_path: Path) -> None:
+    ids = _cohort(tmp_path / "data", n=1)
+    nifti = tmp_path / "data" / ids[0] / f"{ids[0]}_t1.nii.gz"
+    with pytest.raises(PredictError, match=f"{nifti} is a file; --input takes a data folder "
+                       f"or one case folder \\(e.g. {tmp_path / 'data' / ids[0]}"):
+        predict_dir([ckpt], nifti, tmp_path / "out", progress=False)
+
+
+def test_a_failed_case_is_named_once(ckpt: Path, tmp_path: Path) -> None:
+    from glioseg.cli import app
+
+    ids = _cohort(tmp_path / "data", n=2)
+    (tmp_path / "data" / ids[0] / f"{ids[0]}_t2.nii.gz").unlink()
+    result = CliRunner().invoke(app, ["predict", "-m", str(ckpt), "-i", str(tmp_path / "data"),
+                                      "-o", str(tmp_path / "out")])
+    assert result.exit_code == 1
+    failed = [line for line in result.stderr.splitlines() if line.startswith("FAILED")]
+    assert failed == [f"FAILED {ids[0]}: missing sequence t2 (no {ids[0]}_t2.nii[.gz] in "
+                      f"{tmp_path / 'data' / ids[0]}); the model needs t1, t1ce, t2, flair "
+                      "and its card does not allow a missing sequence"], result.stderr
+
+
+def test_a_rerun_that_skips_every_case_keeps_the_record_of_what_was_predicted(
+        ckpt: Path, tmp_path: Path) -> None:
+    ids = _cohort(tmp_path / "data", n=3)
+    out = tmp_path / "out"
+    predict_dir([ckpt], tmp_path / "data", out, progress=False)
+    (out / f"{ids[1]}.nii.gz").unlink()
+    predict_dir([ckpt], tmp_path / "data", out, progress=False)  # predicts ids[1] only
+    record = json.loads((out / "predict.json").read_text())
+    assert record["predicted"] == [ids[0], ids[2], ids[1]] and set(record["seconds"]) == set(ids)
+    again = predict_dir([ckpt], tmp_path / "data", out, progress=False)
+    assert again.predicted == [] and again.skipped == ids
+    record = json.loads((out / "predict.json").read_text())
+    assert record["predicted"] == [ids[0], ids[2], ids[1]] and record["skipped"] == ids
+    assert set(record["seconds"]) == set(ids)
+
+
+def test_ctrl_c_records_the_cases_written_and_says_how_to_go_on(ckpt: Path, tmp_path: Path,
+                                                                monkeypatch) -> None:
+    from glioseg.cli import app
+    from glioseg.infer.predict import CasePredictor
+
+    ids = _cohort(tmp_path / "data", n=3)
+    out = tmp_path / "out"
+    run, calls = CasePredictor.run, []
+
+    def interrupted_at_the_second_case(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return run(self, *args, **kwargs)
+
+    monkeypatch.setattr(CasePredictor, "run", interrupted_at_the_second_case)
+    result = CliRunner().invoke(app, ["predict", "-m", str(ckpt), "-i", str(tmp_path / "data"),
+                                      "-o", str(out)])
+    assert result.exit_code == 130
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"interrupted: 1 case(s) predicted in {out} (its predict.json lists them); run the "
+        "same command again to go on (finished cases are skipped)")
+    assert sorted(p.name for p in out.glob("*.nii.gz")) == [f"{ids[0]}.nii.gz"]
+    assert json.loads((out / "predict.json").read_text())["predicted"] == [ids[0]]
+    monkeypatch.setattr(CasePredictor, "run", run)
+    again = predict_dir([ckpt], tmp_path / "data", out, progress=False)
+    assert again.skipped == [ids[0]] and again.predicted == ids[1:]

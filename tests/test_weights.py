@@ -156,3 +156,15 @@ def test_load_pretrained_from_a_saved_model(tmp_path):
     x = torch.randn(1, 4, 8, 8, 8)
     with torch.no_grad():
         torch.testing.assert_close(dst(x), src(x), rtol=0, atol=0)
+
+
+def test_load_pretrained_from_a_run_folder_names_its_model_folders(tmp_path):
+    """``finetune --from RUN`` (``train.init_from``): the run's best/ is what to pass."""
+    from glioseg.model.card import CardError
+
+    src = source_model()
+    save_model(tmp_path / "run" / "best", src, card_of(src))
+    (tmp_path / "run" / "last.pt").write_bytes(b"checkpoint")
+    with pytest.raises(CardError, match=f"^{tmp_path / 'run'} is a training run folder, not a "
+                       f"model; pass {tmp_path / 'run' / 'best'}$"):
+        load_pretrained(build_model(tiny()), tmp_path / "run")

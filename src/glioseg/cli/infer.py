@@ -95,15 +95,35 @@ def predict(
                           scheme=scheme,
                           probabilities=probabilities, overwrite=overwrite, threads=threads,
                           prefetch=prefetch)
-    summary = predict_dir(model, input, output, opts)
+    try:
+        summary = predict_dir(model, input, output, opts)
+    except KeyboardInterrupt:
+        typer.secho(_interrupted(output), fg=typer.colors.YELLOW, err=True)
+        raise typer.Exit(130) from None
     rate = summary.cases_per_minute
     typer.echo(f"predicted {len(summary.predicted)}, skipped {len(summary.skipped)} (already "
                f"done), failed {len(summary.failed)}; outputs in {output}"
                + (f"; {rate:.1f} cases per minute" if rate else ""))
     for case_id, message in summary.failed.items():
-        typer.secho(f"FAILED {case_id}: {message}", fg=typer.colors.RED, err=True)
+        # the message names the case, mostly first: "FAILED <id>: <id>: ..." said it twice
+        line = message if message.startswith(f"{case_id}:") else f"{case_id}: {message}"
+        typer.secho(f"FAILED {line}", fg=typer.colors.RED, err=True)
     if summary.failed:
         raise typer.Exit(1)
+
+
+def _interrupted(output: Path) -> str:
+    """The line after Ctrl-C: how many cases OUTPUT holds and how to go on."""
+    import json
+
+    try:
+        done = len(json.loads((output / "predict.json").read_text()).get("predicted", []))
+    except (OSError, ValueError, AttributeError):
+        done = 0
+    held = (f"{done} case(s) predicted in {output} (its predict.json lists them)" if done
+            else "no case predicted yet")
+    return (f"interrupted: {held}; run the same command again to go on (finished cases are "
+            "skipped)")
 
 
 @app.command("tune-postprocess")

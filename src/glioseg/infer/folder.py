@@ -25,7 +25,7 @@ import numpy as np
 
 from glioseg.data.labels import MODALITIES
 from glioseg.infer.cards import PredictError, card_allows_missing
-from glioseg.infer.predict import CasePredictor, PredictOptions
+from glioseg.infer.predict import CasePredictor, PredictOptions, check_cards, check_model_path
 from glioseg.io_atomic import remove_leftover_temporaries, write_json
 
 
@@ -175,6 +175,38 @@ def probabilities_for_file(probabilities: np.ndarray) -> np.ndarray:
 
 
 
+def _check_input(input_path: str | Path) -> None:
+    """A file given for ``-i`` (a case's NIfTI file): say what to give instead."""
+    path = Path(input_path)
+    if path.is_file():
+        raise PredictError(f"{path} is a file; --input takes a data folder or one case folder"
+                           f" (e.g. {path.parent}, the folder holding it)")
+
+
+def _earlier_record(out_dir: Path) -> dict[str, Any]:
+    """The ``predict.json`` of an earlier run with the same settings (checked before), or
+    an empty dict."""
+    try:
+        record = json.loads((out_dir / "predict.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    return record if isinstance(record, dict) else {}
+
+
+def _with_earlier(earlier: dict[str, Any], summary: PredictSummary, out_dir: Path
+                  ) -> tuple[list[str], dict[str, float]]:
+    """Cases predicted with these settings so far, and their seconds: the earlier runs'
+    (whose outputs are still there and were not predicted again or failed now), then this
+    run's. A re-run that skips every case keeps the earlier record."""
+    now = set(summary.predicted) | set(summary.failed)
+    before = [c for c in earlier.get("predicted", []) if isinstance(c, str) and c not in now
+              and output_paths(out_dir, c)[0].is_file()]
+    old_seconds = earlier.get("seconds", {}) if isinstance(earlier.get("seconds"), dict) else {}
+    seconds = {c: old_seconds[c] for c in before if c in old_seconds}
+    seconds.update(summary.seconds)
+    return before + summary.predicted, seconds
+
+
 def _split_done(cases: list, out_dir: Path, opts: PredictOptions, summary: PredictSummary) -> list:
     """The cases still to predict; the others go to ``summary.skipped``."""
     todo = []
@@ -267,12 +299,20 @@ def predict_dir(
             ``<case_id>_probabilities.nii.gz`` (``(X, Y, Z, 3)`` WT, TC, ET; see
             ``probabilities_for_file``), and
             ``predict.json`` (options with ``dtype`` resolved, checkpoints as absolute paths,
-            per-case status), ``timings.json`` and ``hardware.json`` (``glioseg.runinfo``:
+            per-case status: ``predicted`` every case predicted with these settings so far,
+            earlier runs' included, so a re-run that skips every case keeps the list;
+            ``skipped`` and ``failed`` this run's; written again after Ctrl-C, so it lists
+            every file on disk), ``timings.json`` and ``hardware.json`` (``glioseg.runinfo``:
             this call's wall seconds, cases per minute, the machine).
         progress: a progress bar over cases, and a last line with cases per minute.
 
     Returns:
         ``PredictSummary``; a case that fails is recorded with its message, the others go on.
+
+    Raises:
+        PredictError: a model path that is a training run folder, a checkpoint or an exported
+            network (saying what to pass), an input that is a file, models of an ensemble
+            trained on different inputs (naming both and the difference).
     """
     from glioseg.data.cases import discover
     from glioseg.model.card import load_model_and_digest
@@ -281,32 +321,42 @@ def predict_dir(
     started = time.perf_counter()
     opts = (options or PredictOptions()).resolved()
     out_dir = Path(output_dir)
+    _check_input(input_path)
     cases = discover(input_path)
+    for path in model_paths:
+        check_model_path(path)
     loaded = [load_model_and_digest(p) for p in model_paths]  # the resume key: what was read
     models = [(m.eval(), c) for m, c, _ in loaded]
     digests = [d for _, _, d in loaded]
+    names = [str(p) for p in model_paths]
+    check_cards(models, names)
     if not opts.overwrite:
         _check_same_settings(out_dir, model_paths, opts, digests)
+    earlier = {} if opts.overwrite else _earlier_record(out_dir)
     summary = PredictSummary()
     remove_leftover_temporaries(out_dir)  # outputs half-written by a killed run
     todo = _split_done(cases, out_dir, opts, summary)
 
     def record() -> None:
         out_dir.mkdir(parents=True, exist_ok=True)
+        predicted, seconds = _with_earlier(earlier, summary, out_dir)
         write_json(out_dir / "predict.json", {
             "models": resolved_paths(model_paths), "model_digests": digests,
             "input": str(input_path), "options": opts.to_dict(),
-            "predicted": summary.predicted, "skipped": summary.skipped,
-            "failed": summary.failed, "seconds": summary.seconds,
+            "predicted": predicted, "skipped": summary.skipped,
+            "failed": summary.failed, "seconds": seconds,
         }, indent=2)
 
     if todo:
         if opts.overwrite:
             _remove_old_outputs(out_dir, todo)
         record()  # the settings on disk before the first file, for a resume after a kill
-        predictor = CasePredictor(models, opts)
+        predictor = CasePredictor(models, opts, names)
         try:
             _predict_cases(predictor, todo, out_dir, opts, summary, progress)
+        except KeyboardInterrupt:
+            record()  # what is on disk, for the re-run that goes on
+            raise
         finally:
             predictor.close()
     record()

@@ -12,8 +12,8 @@ files; only the timing differs (tested byte for byte).
 A step that raises fails its item only (``on_done(item, exception, seconds)``), and the later
 steps of that item are skipped; the others go on. Items are reported in order, each once its
 write has finished, so a summary lists what is on disk. ``KeyboardInterrupt`` stops the loop:
-the write in flight is finished (each file is written atomically anyway) and reads not yet
-started are cancelled.
+the write in flight is finished (each file is written atomically anyway) and reported, as
+every item written before it, and reads not yet started are cancelled.
 """
 
 from __future__ import annotations
@@ -113,5 +113,9 @@ def run_overlapped(
         while reads:
             run.step(*reads.popleft())
         run.finish()
+    except KeyboardInterrupt:
+        run.close()  # the write in flight ends (reads not started are cancelled) ...
+        run.finish()  # ... and its item is reported: a summary lists every file on disk
+        raise
     finally:
         run.close()

@@ -190,25 +190,54 @@ def _check_options(options: PredictOptions) -> None:
         raise PredictError("--roi sets the windows of --mode sliding; --mode whole has none")
 
 
-def _check_cards(models: Sequence[tuple[torch.nn.Module, Any]]) -> None:
-    """Every checkpoint outputs WT/TC/ET and takes the first one's inputs."""
-    for i, (_, c) in enumerate(models, start=1):
+def check_cards(models: Sequence[tuple[torch.nn.Module, Any]],
+                names: Sequence[str] | None = None) -> None:
+    """Every checkpoint outputs WT/TC/ET and takes the first one's inputs (modalities, spacing,
+    orientation); a difference names both checkpoints (``names``: their paths; default
+    ``checkpoint 1``, ``checkpoint 2``...) and what differs."""
+    labels = [str(n) for n in names] if names else [f"checkpoint {i}"
+                                                     for i in range(1, len(models) + 1)]
+    for label, (_, c) in zip(labels, models, strict=True):
         regions = tuple(getattr(c, "regions", REGIONS))
         if regions != tuple(REGIONS):
             raise PredictError(
-                f"checkpoint {i} outputs {', '.join(regions)}, not the {'/'.join(REGIONS)} "
+                f"{label} outputs {', '.join(regions)}, not the {'/'.join(REGIONS)} "
                 "region probabilities prediction thresholds (a self-supervised or other-task "
                 "model?); fine-tune it first: glioseg finetune --from MODEL ...")
     first, card = models[0]
     mods, spacing = card_modalities(card, model_in_channels(first)), card_spacing(card)
-    for i, (m, c) in enumerate(models[1:], start=2):
-        if card_modalities(c, model_in_channels(m)) != mods or card_spacing(c) != spacing:
-            raise PredictError(f"checkpoint {i} was trained on other modalities or spacing "
-                               f"than checkpoint 1; an ensemble needs the same inputs")
+    for label, (m, c) in zip(labels[1:], models[1:], strict=True):
+        diffs = []
+        other = card_modalities(c, model_in_channels(m))
+        if other != mods:
+            diffs.append(f"modalities {','.join(mods)} vs {','.join(other)}")
+        if card_spacing(c) != spacing:
+            diffs.append(f"spacing {_mm(spacing)} vs {_mm(card_spacing(c))}")
         if card_orientation(c) != card_orientation(card):
-            raise PredictError(f"checkpoint {i} was trained on arrays in orientation "
-                               f"{card_orientation(c)}, checkpoint 1 in "
-                               f"{card_orientation(card)}; an ensemble needs the same inputs")
+            diffs.append(f"orientation {_axes(card_orientation(card))} vs "
+                         f"{_axes(card_orientation(c))}")
+        if diffs:
+            raise PredictError(f"{labels[0]} and {label} were trained on different inputs "
+                               f"({'; '.join(diffs)}); an ensemble needs the same inputs: "
+                               "predict with each model on its own")
+
+
+def _mm(spacing: Sequence[float] | None) -> str:
+    return "original grid" if spacing is None else "x".join(f"{s:g}" for s in spacing) + " mm"
+
+
+def _axes(codes: Sequence[str] | None) -> str:
+    return "".join(codes) if codes else "not recorded"
+
+
+def check_model_path(path: str | Path) -> None:
+    """Raise :class:`PredictError` saying what to pass instead when ``path`` is a training
+    run folder, a training checkpoint or an exported network (``not_a_model``)."""
+    from glioseg.model.state_dict import not_a_model
+
+    problem = not_a_model(path)
+    if problem is not None:
+        raise PredictError(problem)
 
 
 class CasePredictor:
@@ -217,13 +246,15 @@ class CasePredictor:
     Args:
         models: ``(nn.Module, card)`` pairs; the cards must agree on modalities and spacing.
         options: how to predict (``dtype`` ``auto`` is resolved here: ``self.options``).
+        names: what the models' errors call them (their paths); default ``checkpoint N``.
     """
 
-    def __init__(self, models: Sequence[tuple[torch.nn.Module, Any]], options: PredictOptions):
+    def __init__(self, models: Sequence[tuple[torch.nn.Module, Any]], options: PredictOptions,
+                 names: Sequence[str] | None = None):
         if not models:
             raise PredictError("no model given")
         _check_options(options)
-        _check_cards(models)
+        check_cards(models, names)
         self.options = options = options.resolved()
         first_model, self.card = models[0]
         self.modalities = card_modalities(self.card, model_in_channels(first_model))
@@ -417,6 +448,7 @@ def load_model(path: str | Path) -> tuple[torch.nn.Module, Any]:
     """``(nn.Module in eval mode, model card)`` of a checkpoint (folder or .safetensors)."""
     from glioseg.model.card import load_model as _load
 
+    check_model_path(path)
     model, card = _load(path)
     return model.eval(), card
 

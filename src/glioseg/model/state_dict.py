@@ -61,6 +61,44 @@ def save_state_dict(path: Path, state_dict: Mapping[str, torch.Tensor],
         save_file(tensors, str(tmp), metadata=metadata or {})
 
 
+_RUN_MARKERS = ("last.pt", "best.pt", "previous.pt", "metrics.jsonl", "best", "last")
+"""What a training run folder holds (checkpoints, metrics, model folders), never a model
+folder."""
+_EXPORTED = (".onnx", ".xml", ".bin")
+
+
+def not_a_model(path: str | os.PathLike[str]) -> str | None:
+    """What to pass instead, when ``path`` is something users give for a model but is not
+    one: a training run folder (its ``best/`` and ``last/`` are), a training checkpoint
+    (``.pt``) or an exported network (ONNX, OpenVINO IR); None otherwise. One line naming the
+    path, for the callers' own error."""
+    path = Path(path)
+    if path.is_dir():
+        if (path / "model.safetensors").exists() or (path / "card.json").exists():
+            return None
+        if not any((path / m).exists() for m in _RUN_MARKERS):
+            return None
+        models = [str(path / name) for name in ("best", "last")
+                  if (path / name / "card.json").is_file()]
+        if not models:
+            return (f"{path} is a training run folder with no saved model yet (no best/ or "
+                    "last/ in it); pass a model folder")
+        return f"{path} is a training run folder, not a model; pass {' or '.join(models)}"
+    if not path.is_file():
+        return None
+    suffix = path.suffix.lower()
+    if suffix in _EXPORTED:
+        return (f"{path}: an exported network is not read back as a model; pass the model "
+                "folder it was exported from (predict runs it in ONNX Runtime or OpenVINO "
+                "itself: -m MODEL_DIR --engine onnxruntime, or --engine openvino)")
+    if suffix == ".pt":
+        models = [str(path.parent / name) for name in ("best", "last")
+                  if (path.parent / name / "card.json").is_file()]
+        instead = " or ".join(models) if models else "a model folder (a run's best/ or last/)"
+        return f"{path}: a training checkpoint (what --resume reads), not a model; pass {instead}"
+    return None
+
+
 def load_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
     """The tensors of a safetensors file (on the CPU)."""
     from safetensors import SafetensorError
