@@ -269,3 +269,19 @@ def test_card_records_the_training_orientation_of_the_cache(tmp_path):
     assert cache_orientation(tmp_path / "no-cache") is None
 
 
+
+
+def test_a_run_folder_given_as_a_model_names_its_models(tmp_path):
+    """``glioseg card RUN`` / ``finetune --from RUN`` / ``load_card(RUN)``: a training run
+    folder is not a model; the error names its best/ and last/."""
+    model = build_model(tiny())
+    run = tmp_path / "run"
+    save_model(run / "best", model, make_card(model))
+    (run / "metrics.jsonl").write_text("")
+    with pytest.raises(CardError, match=r"run is a training run folder, not a model; pass .*"
+                                         r"run/best$"):
+        load_card(run)
+    (run / "last.pt").write_bytes(b"")
+    with pytest.raises(CardError, match=r"last\.pt: a training checkpoint"):
+        load_model(run / "last.pt")
+    load_card(run / "best")  # the model itself still loads

@@ -45,6 +45,7 @@ from glioseg.model.registry import ModelConfig, build_model
 from glioseg.model.state_dict import (
     WeightsMismatchError,
     check_state_dict,
+    not_a_model,
     save_state_dict,
     strip_wrapper_prefixes,
     unwrap_model,
@@ -315,6 +316,9 @@ def resolve_paths(path: str | os.PathLike[str]) -> tuple[Path, Path]:
     path = Path(path)
     if not path.exists():
         raise CardError(f"{path}: no such model folder or file")
+    problem = not_a_model(path)  # a run folder, a checkpoint, an exported network
+    if problem is not None:
+        raise CardError(problem)
     if path.is_dir():
         weights, card = path / WEIGHTS_NAME, path / CARD_NAME
     elif path.suffix == ".safetensors":
@@ -326,7 +330,8 @@ def resolve_paths(path: str | os.PathLike[str]) -> tuple[Path, Path]:
                         "card.json")
     if not card.is_file():
         raise CardError(f"{weights}: no model card {card.name} beside the weights; a model "
-                        "needs its card (write both with glioseg.model.card.save_model)")
+                        "needs its card (train, finetune and pretrain write both into "
+                        "RUN/best and RUN/last)")
     if not weights.is_file():
         raise CardError(f"{card}: no weights file {weights.name} beside the card")
     return weights, card
