@@ -138,6 +138,10 @@ def test_empty_and_missing_folders(tmp_path):
         discover(tmp_path)
     with pytest.raises(CaseError, match="no such folder"):
         discover(tmp_path / "absent")
+    (tmp_path / "notes" / "t1.nii.gz").write_bytes(b"")
+    with pytest.raises(CaseError, match=r"t1\.nii\.gz is a file; give the data folder or one "
+                                        r"case folder \(e\.g\. .*notes\)"):
+        discover(tmp_path / "notes" / "t1.nii.gz")
 
 
 def test_duplicate_case_ids_are_an_error(tmp_path):

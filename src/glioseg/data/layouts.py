@@ -261,6 +261,9 @@ def discover(data_dir: str | Path) -> list[Case]:
             cases with the same id.
     """
     root = Path(data_dir)
+    if root.is_file():
+        raise CaseError(f"{root} is a file; give the data folder or one case folder (e.g. "
+                        f"{root.parent})")
     if not root.is_dir():
         raise CaseError(f"{root}: no such folder")
     cases = _find_cases(root)
