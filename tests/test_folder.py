@@ -55,9 +55,13 @@ def test_cases_per_minute_printed_and_recorded(ckpt: Path, tmp_path: Path, capsy
     assert rate == pytest.approx(60 * len(ids) / summary.wall_seconds)
     printed = capsys.readouterr().out  # the line under the bar
     assert f"{len(ids)} cases in " in printed and f": {rate:.1f} cases per minute" in printed
-    timings = json.loads((tmp_path / "out" / "timings.json").read_text())
-    assert json.dumps(timings).count("cases per minute") == 1
+    timings = (tmp_path / "out" / "timings.json").read_text()
+    assert timings.count("cases per minute") == 1
     assert PredictSummary().cases_per_minute is None
+    # a re-run with every case done predicts nothing and keeps the records of the real run
+    again = predict_dir([ckpt], tmp_path / "data", tmp_path / "out", progress=False)
+    assert again.skipped == ids and not again.predicted
+    assert (tmp_path / "out" / "timings.json").read_text() == timings
 
 
 def test_auto_precision_is_recorded_resolved(ckpt: Path, tmp_path: Path) -> None:

@@ -366,7 +366,10 @@ def predict_dir(
 
 
 def _report(out_dir: Path, summary: PredictSummary, progress: bool, record_run) -> None:
-    """``timings.json`` / ``hardware.json``, and the cases-per-minute line under the bar."""
+    """``timings.json`` / ``hardware.json``, and the cases-per-minute line under the bar; a
+    re-run that predicted nothing (every case done) keeps the run's earlier records."""
+    if not summary.predicted and not summary.failed:
+        return
     seconds = list(summary.seconds.values())
     rate = summary.cases_per_minute
     record_run(out_dir, "predict", summary.wall_seconds,
