@@ -100,3 +100,26 @@ def test_dump_config_takes_a_temporary_name_of_its_own(tmp_path: Path):
     assert theirs.read_text() == "half of another writer's file"
     assert C.load_config(tmp_path / "launch.yaml") == cfg
     assert sorted(p.name for p in tmp_path.iterdir()) == [".launch.yaml.tmp", "launch.yaml"]
+
+
+@pytest.mark.parametrize("override, problem", [
+    ("train.stepz=20", "unknown key train.stepz"),
+    ("train.steps=abc", "train.steps: expected an integer"),
+    ("optim.name=adam", "optim.name: 'adam' is not one of"),
+    ("data.batch_size=0", "data.batch_size: must be >= 1"),
+])
+def test_an_override_error_names_the_override_not_the_preset(override, problem):
+    with pytest.raises(C.ConfigError) as err:
+        C.load_config("small", ["train.steps=5", override, "train.seed=2"],
+                      overrides_from="--set")
+    assert str(err.value).startswith(f"--set {override}: {problem}"), str(err.value)
+    assert "small.yaml" not in str(err.value)
+
+
+def test_a_file_error_still_names_the_file_whatever_the_overrides(tmp_path: Path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train:\n  steps: many\n")
+    with pytest.raises(C.ConfigError, match=r"^\S*bad\.yaml: train\.steps: expected an integer"):
+        C.load_config(bad, ["train.seed=2"], overrides_from="--set")
+    # an override that mends the file is taken, as before
+    assert C.load_config(bad, ["train.steps=3"]).train.steps == 3

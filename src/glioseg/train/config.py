@@ -21,6 +21,7 @@ synthetic) and ``full`` (BraTS at 1 mm on a GPU).
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import types
 import typing
@@ -222,25 +223,27 @@ def config_from_dict(values: Mapping[str, Any]) -> Config:
     return _build(Config, values, "")
 
 
-def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
+def _set_dotted(tree: dict[str, Any], dotted: str, value: Any,
+                overrides_from: str = "override") -> None:
     parts = dotted.split(".")
     node = tree
     for p in parts[:-1]:
         child = node.setdefault(p, {})
         if not isinstance(child, dict):
-            raise ConfigError(f"override {dotted}: {p} is a value, not a section")
+            raise ConfigError(f"{overrides_from} {dotted}: {p} is a value, not a section")
         node = child
     node[parts[-1]] = value
 
 
-def parse_override(text: str) -> tuple[str, Any]:
+def parse_override(text: str, overrides_from: str = "override") -> tuple[str, Any]:
     """``"a.b=v"`` -> ``("a.b", v)`` with ``v`` read as YAML (``[64,64,64]``, ``true``, ``3``)."""
     if "=" not in text:
-        raise ConfigError(f"override {text!r}: expected key=value, e.g. train.steps=200")
+        raise ConfigError(f"{overrides_from} {text!r}: expected key=value, e.g. "
+                          "train.steps=200")
     key, raw = text.split("=", 1)
     key = key.strip()
     if not key or any(not p for p in key.split(".")):
-        raise ConfigError(f"override {text!r}: bad key {key!r}")
+        raise ConfigError(f"{overrides_from} {text!r}: bad key {key!r}")
     try:
         value = yaml.safe_load(raw) if raw.strip() else ""
     except yaml.YAMLError:
@@ -276,16 +279,20 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
 
 
 def load_config(
-    path_or_preset: str | Path | None = None, overrides: Sequence[str] = ()
+    path_or_preset: str | Path | None = None, overrides: Sequence[str] = (),
+    overrides_from: str = "override",
 ) -> Config:
     """Defaults, updated by a YAML file (or preset name), then by ``key=value`` overrides.
 
     Args:
         path_or_preset: a YAML file, a preset name (``small``, ``full``) or None (defaults).
         overrides: ``"section.key=value"`` strings, applied in order; values are YAML.
+        overrides_from: how an error names where an override came from (``--set`` for the
+            command line): ``"--set train.stepz=20: unknown key train.stepz; ..."``.
 
     Raises:
-        ConfigError: naming the file or key for unknown keys and unconvertible values.
+        ConfigError: naming the file for unknown keys and unconvertible values in it, or the
+            override that brings them.
     """
     values: dict[str, Any] = {}
     source = "config"
@@ -293,13 +300,32 @@ def load_config(
         path = resolve_config_path(path_or_preset)
         values = read_yaml(path)
         source = str(path)
+    base = copy.deepcopy(values)
     for text in overrides:
-        key, value = parse_override(text)
-        _set_dotted(values, key, value)
+        key, value = parse_override(text, overrides_from)
+        _set_dotted(values, key, value, overrides_from)
     try:
         return config_from_dict(values)
     except ConfigError as exc:
-        raise ConfigError(f"{source}: {exc}") from None
+        error = exc
+    raise _blame(base, overrides, source, overrides_from, error) from None
+
+
+def _blame(base: dict[str, Any], overrides: Sequence[str], source: str, overrides_from: str,
+           error: ConfigError) -> ConfigError:
+    """The error of a config that does not build, naming what brings it: the file when it
+    fails alone, else the first override after which it fails."""
+    values = copy.deepcopy(base)
+    for text in [None, *overrides]:
+        if text is not None:
+            key, value = parse_override(text, overrides_from)
+            _set_dotted(values, key, value, overrides_from)
+        try:
+            config_from_dict(values)
+        except ConfigError as exc:
+            where = source if text is None else f"{overrides_from} {text}"
+            return ConfigError(f"{where}: {exc}")
+    return ConfigError(f"{source}: {error}")
 
 
 def dump_config(cfg: Config, path: str | Path | None = None) -> str:
