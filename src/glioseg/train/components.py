@@ -161,21 +161,59 @@ def build_components(cfg: C.Config, info: D.DistInfo, *, fresh: bool = True) -> 
 
 def wrap(comp: Components, cfg: C.Config, info: D.DistInfo) -> None:
     """DDP-wrap (when distributed) and compile (when asked) ``comp.model`` into ``comp.net``;
-    call after restoring a checkpoint so every rank starts from the same weights."""
+    call after restoring a checkpoint so every rank starts from the same weights.
+
+    DDP waits for a gradient of every parameter that requires one, but some never get one
+    from the run's loss: with deep supervision the coarsest head (loss weight 0, left out of
+    the loss as nnU-Net does), without it (Models Genesis pretraining) every head but the
+    full-resolution one. Those (``gradient_free_parameters``) are set not to require a
+    gradient, which changes nothing (they had none, so the optimiser never moved them) and
+    leaves DDP's ``find_unused_parameters`` off: no search of the autograd graph at every
+    step, and no warning that it found nothing (it could not: the coarsest head's output is
+    among the model's outputs, only the loss leaves it out)."""
     net: torch.nn.Module = comp.model
     if info.distributed:
         from torch.nn.parallel import DistributedDataParallel as DDP
 
+        for _, p in gradient_free_parameters(comp, cfg, info.device):
+            p.requires_grad_(False)
         ids = [info.device.index] if info.device.type == "cuda" else None
-        # Some heads never get a gradient: with deep supervision the coarsest (loss weight 0,
-        # left out of the loss as nnU-Net does), without it (Models Genesis pretraining) all but
-        # the full-resolution one; DDP must be told or it waits for them (both cases tested).
-        # (DDP may still warn that it found no unused parameters: the two-rank tests of both
-        # cases fail without the flag.)
-        net = DDP(net, device_ids=ids, find_unused_parameters=True)
+        net = DDP(net, device_ids=ids, find_unused_parameters=False)
     if cfg.train.compile:
         net = torch.compile(net)  # type: ignore[assignment]
     comp.net = net
+
+
+def gradient_free_parameters(comp: Components, cfg: C.Config,
+                             device: torch.device) -> list[tuple[str, torch.nn.Parameter]]:
+    """The parameters of ``comp.model`` that require a gradient but get none from the run's
+    loss: found with one forward and backward of a random patch of ``data.patch_size`` in
+    training mode (float32), which leaves the model's weights, buffers and ``.grad`` and the
+    random generators as they were."""
+    model = comp.model
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    if not named:
+        return []
+    in_channels = int(getattr(getattr(model, "config", None), "in_channels",
+                              len(cfg.data.modalities)))
+    buffers = {n: b.detach().clone() for n, b in model.named_buffers()}
+    was_training = model.training
+    forked = [device] if device.type == "cuda" else []
+    try:
+        with torch.random.fork_rng(devices=forked):
+            model.train()
+            x = torch.randn(1, in_channels, *cfg.patch_size, device=device)
+            x = x.contiguous(memory_format=train_loop.memory_format(cfg.train.channels_last))
+            out = model(x)
+            full = out[0] if isinstance(out, list | tuple) else out
+            loss = comp.loss_fn(out, torch.zeros_like(full))
+            grads = torch.autograd.grad(loss, [p for _, p in named], allow_unused=True)
+    finally:
+        model.train(was_training)
+        with torch.no_grad():
+            for n, b in model.named_buffers():
+                b.copy_(buffers[n])
+    return [(n, p) for (n, p), g in zip(named, grads, strict=True) if g is None]
 
 
 def apply_lr(comp: Components, fresh_base_lrs: Sequence[float]) -> None:
