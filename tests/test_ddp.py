@@ -301,11 +301,12 @@ def test_torchrun_restart_after_a_killed_worker_resumes_training(tmp_path: Path)
     # only rank 0 wrote: the expected files and nothing else; TensorBoard files from rank-0
     # processes only, one per worker generation
     # (hardware.json and timings.json: glioseg.runinfo's record of the run, where present;
-    # device_choice.json: what train.amp / channels_last / compile resolved to)
+    # device_choice.json: what train.amp / channels_last / compile resolved to; split.json:
+    # the training and validation cases)
     names = {p.name for p in run.iterdir() if not re.match(r"\..*\.tmp", p.name)}
     assert names - {"hardware.json", "timings.json"} == {
         "config.yaml", "launch.yaml", "metrics.jsonl", "tb", "last.pt", "previous.pt",
-        "best.pt", "last", "best", "device_choice.json"}, names
+        "best.pt", "last", "best", "device_choice.json", "split.json"}, names
     rank0 = {p for p, (rank, _) in seen.items() if rank == 0}
     events = list((run / "tb").glob("events.out.tfevents.*"))
     assert len(events) == 2 and {int(e.name.split(".")[-2]) for e in events} <= rank0, events

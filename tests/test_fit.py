@@ -428,3 +428,136 @@ def test_resume_removes_a_checkpoint_half_written_by_a_killed_run(tmp_path: Path
                    resume=True)
     assert summary["step"] == 3 and not half.exists()
     assert not [p.name for p in run.iterdir() if ".tmp" in p.name]
+
+
+# --------------------------------------------------------------------------- what a run says and keeps
+
+def _files(run: Path) -> dict[str, tuple[bytes, int]]:
+    """Every file under ``run``: its bytes and modification time (ns)."""
+    return {str(p.relative_to(run)): (p.read_bytes(), p.stat().st_mtime_ns)
+            for p in sorted(run.rglob("*")) if p.is_file()}
+
+
+def test_the_split_is_printed_kept_in_split_json_and_on_the_cards(tmp_path: Path, capsys):
+    cache = _tiny_cache(tmp_path / "cache", n=3)
+    run = tmp_path / "run"
+    _fit(cache, run, "train.steps=2", "train.val_every=2", "data.n_val=4")
+    out = capsys.readouterr().out
+    split = json.loads((run / "split.json").read_text())
+    val, train = split["validation"], split["train"]
+    assert len(val) == 2 and len(train) == 1 and sorted(val + train) == [
+        "CASE_000", "CASE_001", "CASE_002"]
+    assert split["validation_source"] == "hold-out" and split["seed"] == 0
+    assert (f"training on 1 case, validating on 2 (held out at random, train.seed 0): "
+            f"{', '.join(val)} (all listed in {run}/split.json)") in out
+    # fewer validation cases than data.n_val asks for: said, with why
+    assert "data.n_val 4 reduced to 2: the run has 3 cases with labels" in out
+    for sub in ("best", "last"):
+        card = json.loads((run / sub / "card.json").read_text())
+        assert card["training"]["validation_cases"] == val
+
+
+def test_split_lines_shorten_a_long_list_and_say_no_validation(tmp_path: Path):
+    from types import SimpleNamespace
+
+    from glioseg.train import config as C
+    from glioseg.train.cases import split_lines
+
+    cases = [SimpleNamespace(case_id=f"C{i:02d}") for i in range(30)]
+    cfg = C.load_config("small", ["data.n_val=12"])
+    first = split_lines(cfg, cases[:18], cases[18:], tmp_path)[0]
+    assert first.endswith(f"C18, C19, C20, C21, C22, C23, C24, C25, C26, C27, ... (+2 more) "
+                          f"(all listed in {tmp_path}/split.json)")
+    none = split_lines(C.load_config("small", ["data.n_val=0"]), cases, [])
+    assert none == ["training on 30 cases, no validation (data.n_val 0)"]
+    genesis = C.load_config("small", ["train.task=genesis"])
+    assert split_lines(genesis, cases, []) == ["pretraining on 30 cases (no validation)"]
+
+
+def test_a_finished_run_is_reported_and_left_as_it_is(tmp_path: Path, capsys):
+    import shutil
+
+    cache = _tiny_cache(tmp_path / "cache", n=2)
+    run = tmp_path / "run"
+    _fit(cache, run, "train.steps=2", "train.val_every=2")
+    kept = _files(run)
+    assert "timings.json" in kept and "config.yaml" in kept and "split.json" in kept
+    capsys.readouterr()
+    again = _fit(cache, run, "train.steps=2", "train.val_every=2")
+    assert again["finished"] and again["step"] == 2 and again["changed"] == []
+    # another data source on a finished run: reported, nothing trained or rewritten
+    other = shutil.copytree(cache, tmp_path / "other")
+    moved = _fit(other, run, "train.steps=2", "train.val_every=2")
+    assert moved["finished"] and moved["changed"] == ["data.cache_dir"]
+    assert _files(run) == kept
+    assert "resuming" not in capsys.readouterr().out
+    # the line the command prints
+    from glioseg.train.launch import summary_lines
+
+    (line,) = summary_lines(moved, run)
+    assert line.startswith(f"{run}: the run is already finished at step 2 (train.steps 2): "
+                           "nothing was trained or rewritten; the options that differ from its "
+                           "checkpoint (data.cache_dir) were not applied")
+    assert f"glioseg train --out {run} --resume --set train.steps=N (N > 2)" in line
+    # another experiment in the folder is still refused
+    with pytest.raises(F.TrainError, match="train.seed"):
+        _fit(cache, run, "train.steps=2", "train.seed=3")
+    # more steps: the run goes on from its checkpoint
+    assert _fit(cache, run, "train.steps=3", "train.val_every=3", resume=True)["step"] == 3
+
+
+def test_a_run_that_cannot_start_leaves_no_folder(tmp_path: Path):
+    from glioseg.errors import GliosegError
+
+    cache = _tiny_cache(tmp_path / "cache", n=2)
+    run = tmp_path / "run"
+    with pytest.raises(GliosegError, match="patch_size"):
+        _fit(cache, run, "data.patch_size=[15,15,15]")  # not a multiple of the divisor
+    assert not run.exists()
+
+
+def _interrupt_at(monkeypatch, calls: set[int], times: int = 1) -> None:
+    """SIGINT (``times`` of them) to this process during the training steps ``calls``."""
+    from glioseg.train import loop as L
+
+    real, seen = L.train_step, []
+
+    def step(*args, **kwargs):
+        seen.append(1)
+        if len(seen) in calls:
+            for _ in range(times):
+                os.kill(os.getpid(), signal.SIGINT)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(L, "train_step", step)
+
+
+def test_ctrl_c_saves_the_step_and_the_run_resumes_from_it(tmp_path: Path, monkeypatch, capsys):
+    cache = _tiny_cache(tmp_path / "cache", n=2)
+    run = tmp_path / "run"
+    _interrupt_at(monkeypatch, {3})
+    with pytest.raises(KeyboardInterrupt) as err:
+        _fit(cache, run, "train.steps=6", "train.ckpt_every=100", "train.val_every=100")
+    assert str(err.value) == (f"interrupted at step 3; last checkpoint: step 3 "
+                              f"({run / 'last.pt'}); continue with: glioseg train --out {run} "
+                              "--resume")
+    assert "stopping after the step in progress" in capsys.readouterr().err
+    assert torch.load(run / "last.pt", weights_only=True)["step"] == 3
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # put back
+    monkeypatch.undo()
+    summary = _fit(cache, run, "train.steps=6", "train.ckpt_every=100", "train.val_every=100",
+                   resume=True)
+    assert summary["step"] == 6
+    records = _records(run)
+    assert [r["step"] for r in records if r["split"] == "resume"] == [3]
+    assert [r["step"] for r in records if r["split"] == "train"] == list(range(1, 7))
+
+
+def test_a_second_ctrl_c_stops_at_once_without_saving(tmp_path: Path, monkeypatch):
+    cache = _tiny_cache(tmp_path / "cache", n=2)
+    run = tmp_path / "run"
+    _interrupt_at(monkeypatch, {2}, times=2)
+    with pytest.raises(KeyboardInterrupt) as err:
+        _fit(cache, run, "train.steps=6", "train.ckpt_every=100", "train.val_every=100")
+    assert not (run / "last.pt").exists()
+    assert str(err.value).startswith("interrupted at step 1; last checkpoint: none yet")

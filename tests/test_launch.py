@@ -202,3 +202,70 @@ def test_summary_lines_with_and_without_validation(tmp_path: Path):
     assert lines == [f"step 4: validation Dice WT 0.500 TC 0.250 ET 0.125; best mean 0.400 at "
                      f"step 2; run in {tmp_path}",
                      "validated with: whole volume (as glioseg predict does by default)"]
+
+
+def test_ctrl_c_of_the_launcher_names_the_last_checkpoint(
+        cache: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    from test_fit import _fit
+
+    def torchrun(cmd, **kw):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(subprocess, "run", torchrun)
+    cfg = C.load_config("small", [f"data.cache_dir={cache}"])
+    run = tmp_path / "run"
+    with pytest.raises(KeyboardInterrupt) as err:
+        LA.relaunch(cfg, run, nproc=2)
+    assert str(err.value) == ("interrupted; last checkpoint: none yet (nothing to resume: the "
+                              "same command starts the run afresh)")
+    _fit(cache, run, "train.steps=2", "data.n_val=0")
+    with pytest.raises(KeyboardInterrupt) as err:
+        LA.relaunch(cfg, run, nproc=2)
+    assert str(err.value) == (f"interrupted; last checkpoint: step 2 ({run / 'last.pt'}); "
+                              f"continue with: glioseg train --out {run} --resume")
+
+
+def test_resume_of_a_folder_without_a_run_says_so(cache: Path, tmp_path: Path):
+    with pytest.raises(TrainError, match=r"nope: no run to resume \(no such folder\)"):
+        LA.resolve_config(tmp_path / "nope", None, None, [], resume=True)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(TrainError, match=r"empty: no run to resume \(no config.yaml or "
+                                         r"checkpoint in it\)"):
+        LA.resolve_config(tmp_path / "empty", None, None, [], resume=True)
+
+
+def test_resume_with_another_config_keeps_the_runs_data(cache: Path, tmp_path: Path):
+    out = tmp_path / "run"
+    out.mkdir()
+    C.dump_config(LA.resolve_config(out, cache, None, []), out / "config.yaml")
+    cfg = LA.resolve_config(out, None, "full", [], resume=True)
+    assert cfg.data.cache_dir == str(cache.resolve()) and cfg.data.n_val == 25  # full's
+
+
+def test_set_errors_name_the_override(cache: Path, tmp_path: Path):
+    with pytest.raises(C.ConfigError, match=r"^--set train\.stepz=20: unknown key train\.stepz"):
+        LA.resolve_config(tmp_path / "run", cache, None, ["train.stepz=20"])
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_finished_run_is_not_relaunched(cache: Path, tmp_path: Path,
+                                          monkeypatch: pytest.MonkeyPatch):
+    from test_fit import TINY, _files, _fit
+
+    run = tmp_path / "run"
+    _fit(cache, run, "train.steps=1", "data.n_val=0")
+    kept = _files(run)
+    monkeypatch.setattr(subprocess, "run", None)  # torchrun is not started
+    lines = []
+    code = LA.launch_training(run, cache, "small", [*TINY, "train.steps=1", "data.n_val=0"],
+                              nproc=2, log=lines.append)
+    assert code == 0 and "already finished at step 1" in lines[0]
+    assert "train.amp" not in lines[0]  # ``auto`` (made concrete by fit) is no change
+    assert _files(run) == kept and not (run / "launch.yaml").exists()
+
+
+def test_summary_of_a_pretraining_names_its_loss_and_model(tmp_path: Path):
+    (line,) = LA.summary_lines({"step": 10, "task": "genesis", "last_loss": 0.25}, tmp_path)
+    assert line == (f"pretraining finished at step 10, restoration loss 0.2500; model in "
+                    f"{tmp_path / 'last'} (fine-tune it: glioseg finetune --from "
+                    f"{tmp_path / 'last'} --data LABELLED_DATA --out RUN)")

@@ -60,3 +60,17 @@ def test_card_scores_scheme_and_provenance(tmp_path: Path):
     pre = model_card(genesis, build_model(genesis.model), 1, {}, cases)
     assert pre.provenance["source"] == "self-supervised"
     assert pre.regions == ("restore_t1", "restore_t1ce", "restore_t2", "restore_flair")
+
+
+def test_card_names_the_validation_cases(tmp_path: Path):
+    from glioseg.model.card import ModelCard
+    from glioseg.preprocess.cache import open_cache
+
+    cache = _tiny_cache(tmp_path / "cache", n=1)
+    cfg = _cfg(cache)
+    net = build_model(cfg.model)
+    card = model_card(cfg, net, 3, {}, open_cache(cache), val_ids=["CASE_007", "CASE_002"])
+    assert card.training["validation_cases"] == ["CASE_007", "CASE_002"]
+    assert ModelCard.from_json(card.to_json()).training["validation_cases"] == [
+        "CASE_007", "CASE_002"]
+    assert "validation_cases" not in model_card(cfg, net, 3, {}, []).training  # as before

@@ -54,10 +54,15 @@ def train(
 def _launch(out: Path, data: Path | None, config: str | None, sets: list[str],
             **kwargs: object) -> None:
     """``glioseg.train.launch.launch_training``, printing through typer; exits with torchrun's
-    status when the run was relaunched under it."""
+    status when the run was relaunched under it, and with 130 after Ctrl-C, saying where the
+    run stopped and how to continue it."""
     from glioseg.train.launch import launch_training
 
-    code = launch_training(out, data, config, sets, log=typer.echo, **kwargs)  # type: ignore[arg-type]
+    try:
+        code = launch_training(out, data, config, sets, log=typer.echo, **kwargs)  # type: ignore[arg-type]
+    except KeyboardInterrupt as exc:
+        typer.echo(str(exc) or "interrupted", err=True)
+        raise typer.Exit(130) from None
     if code is not None:
         raise typer.Exit(code)
 

@@ -114,6 +114,64 @@ def select_cases(cfg: C.Config, cases: Sequence[Any],
     return train, [CaseView(c, channels) for c in val]
 
 
+SPLIT_NAME = "split.json"
+"""File of a run folder naming its training and validation cases (``split_record``)."""
+
+SHOWN_IDS = 10
+"""Validation case ids printed at the start of a run; all are in ``RUN_DIR/split.json``."""
+
+
+def split_record(cfg: C.Config, train: Sequence[Any], val: Sequence[Any]) -> dict[str, Any]:
+    """What ``RUN_DIR/split.json`` holds: the training and validation case ids, and where the
+    validation cases came from (a ``data.n_val`` hold-out seeded by ``train.seed``, every
+    labelled case of ``data.val_cache``, or none for pretraining)."""
+    if cfg.train.task == "genesis":
+        source = "none (pretraining)"
+    elif cfg.data.val_cache:
+        source = "data.val_cache"
+    else:
+        source = "hold-out"
+    return {"cache_dir": cfg.data.cache_dir, "val_cache": cfg.data.val_cache or None,
+            "validation_source": source, "n_val": cfg.data.n_val, "seed": cfg.train.seed,
+            "train": [c.case_id for c in train], "validation": [c.case_id for c in val]}
+
+
+def split_lines(cfg: C.Config, train: Sequence[Any], val: Sequence[Any],
+                run_dir: Any = None) -> list[str]:
+    """What a run prints at its start: ``training on N cases, validating on M: ids`` (the first
+    ``SHOWN_IDS``; all in ``RUN_DIR/split.json``), and why there are fewer validation cases
+    than ``data.n_val`` asks for."""
+    def cases(n: int) -> str:
+        return f"{n} case{'s' if n != 1 else ''}"
+
+    if cfg.train.task == "genesis":
+        return [f"pretraining on {cases(len(train))} (no validation)"]
+    ids = [c.case_id for c in val]
+    shown = ", ".join(ids[:SHOWN_IDS])
+    if len(ids) > SHOWN_IDS:
+        shown += f", ... (+{len(ids) - SHOWN_IDS} more)"
+    where = f" (all listed in {run_dir}/{SPLIT_NAME})" if run_dir is not None else ""
+    if cfg.data.val_cache:
+        source = f" (the labelled cases of data.val_cache {cfg.data.val_cache})"
+    else:
+        source = f" (held out at random, train.seed {cfg.train.seed})"
+    if ids:
+        lines = [f"training on {cases(len(train))}, validating on {len(ids)}{source}: "
+                 f"{shown}{where}"]
+    else:
+        lines = [f"training on {cases(len(train))}, no validation"
+                 + (" (data.n_val 0)" if cfg.data.n_val == 0 else "")]
+    if not cfg.data.val_cache and len(ids) < cfg.data.n_val:
+        n = len(train) + len(ids)
+        lines.append(f"note: data.n_val {cfg.data.n_val} reduced to {len(ids)}: the run has "
+                     f"{cases(n)} with labels and at least one must train (add cases or "
+                     "pass a validation cache with --set data.val_cache=CACHE)")
+    if ids:
+        lines.append("evaluate the model on the validation cases or on other data, not on "
+                     "the training cases")
+    return lines
+
+
 def split_cases(cases: Sequence[Any], n_val: int, seed: int) -> tuple[list[Any], list[Any]]:
     """(training cases, validation cases) among the labelled cases: ``n_val`` held out at random
     by ``glioseg.train.data.case_split`` (same ids and seed, same split); at least one case is

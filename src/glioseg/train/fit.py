@@ -26,6 +26,7 @@ cases, the patch stream), ``components`` (model, optimiser, schedule, loss), ``c
 from __future__ import annotations
 
 import math
+import os
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -35,7 +36,7 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from glioseg.io_atomic import remove_leftover_temporaries
+from glioseg.io_atomic import remove_leftover_temporaries, write_json
 from glioseg.metrics_log import METRICS_NAME, MetricsLog
 from glioseg.records import RecordsError
 from glioseg.runinfo import record_training
@@ -43,7 +44,15 @@ from glioseg.train import checkpoint as ckpt
 from glioseg.train import config as C
 from glioseg.train import distributed as D
 from glioseg.train import loop as train_loop
-from glioseg.train.cases import channel_indices, forever, make_train_loader, select_cases
+from glioseg.train.cases import (
+    SPLIT_NAME,
+    channel_indices,
+    forever,
+    make_train_loader,
+    select_cases,
+    split_lines,
+    split_record,
+)
 from glioseg.train.components import (
     Components,
     apply_lr,
@@ -54,7 +63,7 @@ from glioseg.train.components import (
 from glioseg.train.config_diff import config_differences, resume_changes
 from glioseg.train.device_policy import choose_for_run, write_record
 from glioseg.train.device_step import StatsRead, StepStats
-from glioseg.train.errors import TrainError
+from glioseg.train.errors import TrainError, interrupted
 from glioseg.train.run_card import model_card
 
 MAX_SKIPS_IN_A_ROW = 50
@@ -108,10 +117,13 @@ class RunState:
     best_metric: float = -math.inf
     best_step: int = 0
     elapsed_s: float = 0.0
+    saved: tuple[int, str] | None = None
+    """The step and file name of the run's last checkpoint (None before the first)."""
 
 
 def _save(run_dir: Path, cfg: C.Config, comp: Components, info: D.DistInfo, rs: RunState,
-          best: bool, metrics: Mapping[str, Any], cases: Sequence[Any]) -> None:
+          best: bool, metrics: Mapping[str, Any], cases: Sequence[Any],
+          val_cases: Sequence[Any] = ()) -> None:
     """Gather every rank's RNG state; rank 0 writes last.pt (and best.pt) and model cards."""
     rngs = D.all_gather_objects(ckpt.rng_state())
     if not info.is_main:
@@ -122,7 +134,8 @@ def _save(run_dir: Path, cfg: C.Config, comp: Components, info: D.DistInfo, rs: 
         best={"metric": rs.best_metric, "step": rs.best_step},
         extra={"elapsed_s": rs.elapsed_s},
     )
-    card = model_card(cfg, comp.model, rs.step, metrics, cases)
+    card = model_card(cfg, comp.model, rs.step, metrics, cases,
+                      val_ids=[c.case_id for c in val_cases])
     if best:
         ckpt.save_best(run_dir, state)
         ckpt.save_model_card(run_dir / "best", comp.model, card)
@@ -196,7 +209,14 @@ def fit(cfg: C.Config, run_dir: str | Path, *, resume: bool = False) -> dict[str
 
     Runs as one process or as one rank of a torchrun job (``glioseg.train.distributed``).
     Resumes from ``run_dir``'s checkpoint when there is one with a matching config;
-    ``resume=True`` makes a missing checkpoint an error.
+    ``resume=True`` makes a missing checkpoint an error. A run whose checkpoint is already at
+    ``train.steps`` is left as it is: nothing is trained or written, and the summary has
+    ``"finished": True``.
+
+    Raises:
+        KeyboardInterrupt: Ctrl-C, with a message saying where the run stopped and how to go
+            on (``errors.interrupted``); on a single process the first one stops the run at
+            the end of the step in progress, saved as ``last.pt``.
     """
     run_dir = Path(run_dir)
     started = time.perf_counter()
@@ -205,7 +225,7 @@ def fit(cfg: C.Config, run_dir: str | Path, *, resume: bool = False) -> dict[str
     ok = False
     try:
         summary = _run(cfg, run_dir, info, resume, live)
-        if info.is_main:  # hardware.json, timings.json (glioseg.runinfo)
+        if info.is_main and not summary.get("finished"):  # hardware.json, timings.json
             record_training(run_dir, cfg, time.perf_counter() - started, summary)
         ok = True
         return summary
@@ -215,26 +235,41 @@ def fit(cfg: C.Config, run_dir: str | Path, *, resume: bool = False) -> dict[str
 
 def _run(cfg: C.Config, run_dir: Path, info: D.DistInfo, resume: bool,
          live: dict[str, Any]) -> dict[str, Any]:
+    """The run: cases, device choice, resume point and components are settled before anything
+    is written, so a run that cannot start leaves a new folder as it was (absent), and a
+    finished run (no step left) is reported and left untouched."""
     from glioseg.preprocess.cache import open_cache
 
-    if info.is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        remove_leftover_temporaries(run_dir)  # a checkpoint half-written by a killed run
-    D.barrier()
     cases = open_cache(cfg.data.cache_dir)
     val_pool = open_cache(cfg.data.val_cache) if cfg.data.val_cache else None
     train_cases, val_cases = select_cases(cfg, cases, val_pool)
     # amp / channels_last / compile ``auto`` made concrete for this device (a probe on a GPU)
+    said: list[str] = []  # printed once the run goes on
     cfg, choice = choose_for_run(cfg, info.device, run_dir, main=info.is_main,
-                                 share=D.broadcast_object, say=tqdm.write, write=False)
+                                 share=D.broadcast_object, say=said.append, write=False)
     state = _resume_point(run_dir, cfg, resume, info)
-    if info.is_main:
-        write_record(run_dir, choice)
     resumed = state.pop("resume") if state is not None else None
-    if resumed is not None and info.is_main:
-        _say_resume(run_dir, state["step"], resumed)
-
+    if state is not None and state["step"] >= cfg.train.steps:  # nothing to train
+        best = state.get("best") or {}
+        return {"step": int(state["step"]), "finished": True, "steps": cfg.train.steps,
+                "changed": sorted(set(resumed["changed"]) - {"train.steps"}) if resumed else [],
+                "rank": info.rank,
+                "best_metric": float(best.get("metric", -math.inf)),
+                "best_step": int(best.get("step", 0))}
     comp = build_components(cfg, info, fresh=state is None)
+
+    if info.is_main:
+        for line in said:
+            tqdm.write(line)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        remove_leftover_temporaries(run_dir)  # a checkpoint half-written by a killed run
+        write_record(run_dir, choice)
+        if resumed is not None:
+            _say_resume(run_dir, state["step"], resumed)
+        for line in split_lines(cfg, train_cases, val_cases, run_dir):
+            tqdm.write(line)
+        write_json(run_dir / SPLIT_NAME, split_record(cfg, train_cases, val_cases))
+    D.barrier()
     if comp.load_report is not None and info.is_main:
         write_load_report(run_dir, cfg, comp)
     rs = RunState()
@@ -257,7 +292,8 @@ def _run(cfg: C.Config, run_dir: Path, info: D.DistInfo, resume: bool,
     finally:
         logger.close()
     return {"step": rs.step, "best_metric": rs.best_metric, "best_step": rs.best_step,
-            "rank": info.rank, "val_pipeline": validation_pipeline(cfg), **last_val}
+            "rank": info.rank, "val_pipeline": validation_pipeline(cfg),
+            "task": cfg.train.task, **last_val}
 
 
 def _say_resume(run_dir: Path, step: int, resumed: Mapping[str, Any]) -> None:
@@ -281,7 +317,8 @@ def _restore(state: dict[str, Any], resumed: Mapping[str, Any] | None, comp: Com
         apply_lr(comp, fresh_base_lrs)
     return RunState(step=step, best_metric=float(state["best"].get("metric", -math.inf)),
                     best_step=int(state["best"].get("step", 0)),
-                    elapsed_s=float(state["extra"].get("elapsed_s", 0.0)))
+                    elapsed_s=float(state["extra"].get("elapsed_s", 0.0)),
+                    saved=(step, resumed["checkpoint"] if resumed else ckpt.LAST))
 
 
 def validation_pipeline(cfg: C.Config) -> str:
@@ -324,36 +361,104 @@ def _train(cfg: C.Config, run_dir: Path, info: D.DistInfo, comp: Components, rs:
     last_val: dict[str, Any] = {}
     t_start = time.perf_counter()
     elapsed0 = rs.elapsed_s
-    while rs.step < t.steps:
-        t0 = time.perf_counter()
-        micro = batches(rs.step)
-        window["wait"] += time.perf_counter() - t0
-        res = train_loop.train_step(comp.net, micro, comp.loss_fn, comp.optimizer, comp.scaler,
-                                    t.amp, cfg.optim.grad_clip)
-        stats.add(res)  # a skipped step leaves the weights unchanged; it still counts
-        comp.scheduler.step()
-        rs.step += 1
-        rs.elapsed_s = elapsed0 + time.perf_counter() - t_start
-        window["patches"] += res.patches
-        bar.update(1)
-        if rs.step % t.log_every == 0 or rs.step == t.steps:
-            read = stats.read()  # the loop's one host read, once per log
-            window.update(loss=read.loss_sum, n=read.finite_steps, skipped=read.skipped)
-            _skipped(read, rs.step - logged, rs.step, run_dir, info, comp, bar)
-            logged = rs.step
-            rec = _train_record(window, rs, comp, info)
-            bar.set_postfix(loss=f"{rec['loss']:.4f}", pps=f"{rec['patches_per_s']:.2f}")
-            logger.log(rec)
-            window = _new_window()
-        best = False
-        t_pause = time.perf_counter()
-        if val_cases and (rs.step % t.val_every == 0 or rs.step == t.steps):
-            last_val, best = _validate(cfg, comp, info, rs, val_cases, logger, bar)
-        if best or rs.step % t.ckpt_every == 0 or rs.step == t.steps:
-            _save(run_dir, cfg, comp, info, rs, best, last_val, train_cases)
-        window["t0"] += time.perf_counter() - t_pause  # not in the throughput window
-    bar.close()
+
+    def save(best: bool) -> None:
+        _save(run_dir, cfg, comp, info, rs, best, last_val, train_cases, val_cases)
+        rs.saved = (rs.step, ckpt.LAST)
+
+    stop = StopRequest(enabled=not info.distributed)
+    try:
+        with stop:
+            while rs.step < t.steps:
+                t0 = time.perf_counter()
+                try:
+                    micro = batches(rs.step)
+                except Exception:
+                    if not stop.requested:  # a loader worker ended by the same Ctrl-C
+                        raise
+                    break
+                window["wait"] += time.perf_counter() - t0
+                res = train_loop.train_step(comp.net, micro, comp.loss_fn, comp.optimizer,
+                                            comp.scaler, t.amp, cfg.optim.grad_clip)
+                stats.add(res)  # a skipped step leaves the weights unchanged; it still counts
+                comp.scheduler.step()
+                rs.step += 1
+                rs.elapsed_s = elapsed0 + time.perf_counter() - t_start
+                window["patches"] += res.patches
+                bar.update(1)
+                if rs.step % t.log_every == 0 or rs.step == t.steps:
+                    read = stats.read()  # the loop's one host read, once per log
+                    window.update(loss=read.loss_sum, n=read.finite_steps, skipped=read.skipped)
+                    _skipped(read, rs.step - logged, rs.step, run_dir, info, comp, bar)
+                    logged = rs.step
+                    rec = _train_record(window, rs, comp, info)
+                    bar.set_postfix(loss=f"{rec['loss']:.4f}", pps=f"{rec['patches_per_s']:.2f}")
+                    logger.log(rec)
+                    last_val["last_loss"] = rec["loss"]
+                    window = _new_window()
+                best = False
+                t_pause = time.perf_counter()
+                if val_cases and (rs.step % t.val_every == 0 or rs.step == t.steps):
+                    scores, best = _validate(cfg, comp, info, rs, val_cases, logger, bar)
+                    last_val = {**scores, "last_loss": last_val.get("last_loss")}
+                if best or rs.step % t.ckpt_every == 0 or rs.step == t.steps:
+                    save(best)
+                window["t0"] += time.perf_counter() - t_pause  # not in the throughput window
+                if stop.requested:
+                    break
+            if stop.requested and rs.step < t.steps:  # between two steps: whole
+                if rs.saved is None or rs.saved[0] != rs.step:
+                    save(False)
+                raise interrupted(run_dir, rs.step, rs.saved)
+    except KeyboardInterrupt as exc:
+        if exc.args or info.distributed:  # ours (said where it stopped), or under torchrun
+            raise
+        # a second Ctrl-C: the step in progress may be half applied, so nothing is saved
+        raise interrupted(run_dir, rs.step, rs.saved) from None
+    finally:
+        bar.close()
     return last_val
+
+
+class StopRequest:
+    """Ctrl-C during a single-process run (in the main thread, with Python's own SIGINT
+    handler): the first SIGINT asks the loop to stop at the end of the step in progress
+    (``requested``), where the run is saved whole; a second one interrupts at once
+    (``KeyboardInterrupt``). Elsewhere (under torchrun) SIGINT is left as it is."""
+
+    def __init__(self, enabled: bool = True) -> None:
+        self.enabled = enabled
+        self.requested = False
+        self._previous: Any = None
+        self._pid = 0
+
+    def __enter__(self) -> StopRequest:
+        import signal
+        import threading
+
+        self.enabled = (self.enabled and threading.current_thread() is threading.main_thread()
+                        and signal.getsignal(signal.SIGINT) is signal.default_int_handler)
+        if self.enabled:
+            self._pid = os.getpid()
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        import signal
+        import sys
+
+        if os.getpid() != self._pid:  # a loader worker forked meanwhile: the run stops it
+            return
+        self.requested = True
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        sys.stderr.write("\ninterrupt: stopping after the step in progress (Ctrl-C again to "
+                         "stop at once, without saving it)\n")
+
+    def __exit__(self, *exc: object) -> None:
+        if self.enabled:
+            import signal
+
+            signal.signal(signal.SIGINT, self._previous)
 
 
 def _new_window() -> dict[str, float]:

@@ -9,13 +9,14 @@ commands only turn their options into its arguments.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from glioseg.train.errors import TrainError
+from glioseg.train.errors import TrainError, interrupted
 
 Log = Callable[[str], None]
 
@@ -27,23 +28,42 @@ def resolve_config(out: Path, data: Path | None, config: str | None, sets: Seque
     overrides ``sets``, reading the cache that ``data`` is or is preprocessed into
     (``prepare_data``).
 
+    On ``--resume`` with another ``--config`` and no ``data``, the run's saved data
+    (``OUT/config.yaml``'s ``data.cache_dir``) is kept.
+
     Raises:
-        TrainError: no data given and none in the config.
+        TrainError: ``--resume`` of a folder that holds no run; no data given and none in the
+            config.
+        ConfigError: a bad config file (naming it) or ``--set`` override (naming it).
     """
     from glioseg.train import config as C
 
+    saved = out / "config.yaml"
+    if resume and not saved.is_file() and not _has_checkpoint(out):
+        what = "no such folder" if not out.exists() else "no config.yaml or checkpoint in it"
+        raise TrainError(f"{out}: no run to resume ({what}); start one without --resume "
+                         "(--data CACHE_OR_DATA_DIR)")
     base = config
     if base is None:
-        saved = out / "config.yaml"
         base = str(saved) if resume and saved.is_file() else "small"
     sets = list(sets)
     if data is not None:
         cache = prepare_data(data, out, spacing=spacing, modalities=modalities)
         sets.append(f"data.cache_dir={cache.resolve()}")
-    cfg = C.load_config(base, sets)
+    cfg = C.load_config(base, sets, overrides_from="--set")
+    if not cfg.data.cache_dir and resume and saved.is_file():
+        kept = C.load_config(saved).data.cache_dir
+        if kept:
+            cfg = C.replace(cfg, data=dataclasses.replace(cfg.data, cache_dir=kept))
     if not cfg.data.cache_dir:
         raise TrainError("no data: pass --data CACHE_OR_DATA_DIR (or --resume a run that has one)")
     return cfg
+
+
+def _has_checkpoint(out: Path) -> bool:
+    from glioseg.train.checkpoint import LAST, PREVIOUS
+
+    return any((out / name).exists() for name in (LAST, PREVIOUS))
 
 
 def relaunch(cfg: Any, out: Path, *, resume: bool = False, nproc: int = 1, nnodes: int = 1,
@@ -67,7 +87,22 @@ def relaunch(cfg: Any, out: Path, *, resume: bool = False, nproc: int = 1, nnode
     cmd = torchrun_command(args, nproc=nproc, nnodes=nnodes, node_rank=node_rank,
                            rdzv_endpoint=rdzv_endpoint, max_restarts=max_restarts,
                            run_id=out.resolve().name)
-    return subprocess.run(cmd, env=torchrun_env(nnodes)).returncode
+    try:
+        return subprocess.run(cmd, env=torchrun_env(nnodes)).returncode
+    except KeyboardInterrupt:  # Ctrl-C reached torchrun and its workers too
+        raise interrupted(out, None, last_checkpoint(out)) from None
+
+
+def last_checkpoint(run_dir: Path) -> tuple[int, str] | None:
+    """(step, file name) of the checkpoint a resume of ``run_dir`` would take; None when there
+    is none that can be read."""
+    from glioseg.train.checkpoint import CheckpointError, choose_resume
+
+    try:
+        choice = choose_resume(run_dir)
+    except CheckpointError:
+        return None
+    return None if choice is None else (choice.step, choice.path.name)
 
 
 def launch_training(out: Path, data: Path | None, config: str | None, sets: Sequence[str], *,
@@ -87,6 +122,11 @@ def launch_training(out: Path, data: Path | None, config: str | None, sets: Sequ
     cfg = resolve_config(out, data, config, sets, resume=resume, spacing=spacing,
                          modalities=modalities)
     if nproc > 1 or nnodes > 1:
+        done = finished_run(cfg, out) if nnodes == 1 and not profile else None
+        if done is not None:  # nothing to train: no workers, nothing written
+            for line in summary_lines(done, out):
+                log(line)
+            return 0
         return relaunch(cfg, out, resume=resume, nproc=nproc, nnodes=nnodes,
                         node_rank=node_rank, rdzv_endpoint=rdzv_endpoint,
                         max_restarts=max_restarts, profile=profile, profile_steps=profile_steps)
@@ -104,9 +144,40 @@ def launch_training(out: Path, data: Path | None, config: str | None, sets: Sequ
     return None
 
 
+def finished_run(cfg: Any, out: Path) -> dict[str, Any] | None:
+    """The summary of the run in ``out`` when its checkpoint is already at ``train.steps``
+    (as ``fit`` returns it: ``"finished": True``), else None. Refuses another config as
+    ``fit`` does."""
+    from glioseg.train.fit import _resume_point
+
+    state = _resume_point(out, cfg, False)
+    if state is None or state["step"] < cfg.train.steps:
+        return None
+    changed = {k for k, (_, new) in state["resume"]["changed"].items()
+               if k != "train.steps" and new != "auto"}  # ``auto`` is made concrete by fit
+    return {"step": int(state["step"]), "finished": True, "steps": cfg.train.steps,
+            "changed": sorted(changed)}
+
+
 def summary_lines(summary: Mapping[str, Any], out: Path) -> list[str]:
     """What a finished run prints: the last validation Dice, the best and how validation
-    predicted (how ``glioseg predict`` repeats it), or the step alone without validation."""
+    predicted (how ``glioseg predict`` repeats it); for a pretraining its last loss and the
+    model to fine-tune; the step alone otherwise. A run that was already finished says so
+    and how to train it longer."""
+    if summary.get("finished"):
+        changed = summary.get("changed") or []
+        ignored = (f"; the options that differ from its checkpoint ({', '.join(changed)}) "
+                   "were not applied") if changed else ""
+        return [f"{out}: the run is already finished at step {summary['step']} (train.steps "
+                f"{summary['steps']}): nothing was trained or rewritten{ignored}; to train it "
+                f"longer: glioseg train --out {out} --resume --set train.steps=N (N > "
+                f"{summary['step']}); for a new run, use another --out"]
+    if summary.get("task") == "genesis":
+        loss = summary.get("last_loss")
+        loss_text = f", restoration loss {loss:.4f}" if loss is not None else ""
+        return [f"pretraining finished at step {summary['step']}{loss_text}; model in "
+                f"{out / 'last'} (fine-tune it: glioseg finetune --from {out / 'last'} "
+                "--data LABELLED_DATA --out RUN)"]
     if not summary.get("n_cases"):
         return [f"step {summary['step']}; run in {out}"]
     pipeline = summary.get("val_pipeline", "")

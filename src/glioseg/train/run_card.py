@@ -12,11 +12,13 @@ from glioseg.train import config as C
 
 
 def model_card(cfg: C.Config, model: Any, step: int, metrics: Mapping[str, Any],
-               cases: Sequence[Any]) -> Any:
+               cases: Sequence[Any], val_ids: Sequence[str] | None = None) -> Any:
     """The model card (``glioseg.model.card.ModelCard``) of ``model`` saved at ``step``:
     architecture, the sequences and label scheme it was trained on, the cache's spacing and
     orientation, the config, the validation Dice in ``metrics`` and its provenance (trained,
-    fine-tuned from ``transfer.init_from`` or self-supervised)."""
+    fine-tuned from ``transfer.init_from`` or self-supervised). ``val_ids``: the run's validation
+    cases, kept as ``training.validation_cases`` (the cases to evaluate it on, never its
+    training cases)."""
     from glioseg.data.labels import SCHEMES
     from glioseg.model.card import ModelCard, cache_orientation
 
@@ -40,6 +42,7 @@ def model_card(cfg: C.Config, model: Any, step: int, metrics: Mapping[str, Any],
                        "normalisation": "zscore-brain",
                        "orientation": cache_orientation(cfg.data.cache_dir)},
         training={"steps": step, "data": cfg.data.cache_dir, "seed": cfg.train.seed,
+                  **({"validation_cases": list(val_ids)} if val_ids is not None else {}),
                   "config": C.config_to_dict(cfg)},
         metrics={"dice": dice, "step": metrics.get("step", step)} if dice else {},
         provenance=provenance,
