@@ -246,6 +246,11 @@ def test_set_errors_name_the_override(cache: Path, tmp_path: Path):
     with pytest.raises(C.ConfigError, match=r"^--set train\.stepz=20: unknown key train\.stepz"):
         LA.resolve_config(tmp_path / "run", cache, None, ["train.stepz=20"])
     assert not (tmp_path / "run").exists()
+    # raw data: the override fails before the data is preprocessed into RUN/cache
+    raw = _two_sequence_site(tmp_path / "raw")
+    with pytest.raises(C.ConfigError, match=r"^--set train\.stepz=20"):
+        LA.resolve_config(tmp_path / "run2", raw, None, ["train.stepz=20"])
+    assert not (tmp_path / "run2").exists()
 
 
 def test_a_finished_run_is_not_relaunched(cache: Path, tmp_path: Path,

@@ -48,6 +48,7 @@ def resolve_config(out: Path, data: Path | None, config: str | None, sets: Seque
         base = str(saved) if resume and saved.is_file() else "small"
     sets = list(sets)
     if data is not None:
+        C.load_config(base, sets, overrides_from="--set")  # a bad --set fails before the data
         cache = prepare_data(data, out, spacing=spacing, modalities=modalities)
         sets.append(f"data.cache_dir={cache.resolve()}")
     cfg = C.load_config(base, sets, overrides_from="--set")
