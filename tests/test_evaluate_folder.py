@@ -370,3 +370,42 @@ def test_hidden_temporaries_are_not_predictions(legacy_data, tmp_path):
     summary = evaluate_folder(pred_dir, ref_dir, tmp_path / "out", progress=False).summary
     assert summary["unmatched_predictions"] == []
     assert summary["missing_predictions"] == ["BraTS2021_00003"]
+
+
+def test_references_declared_in_the_2023_scheme(legacy_data, tmp_path):
+    """BraTS 2021 names, references and predictions in nnU-Net's 0/1/2/3: refused with the
+    --ref-labels hint (the reference named, not the prediction); declared, the scores equal
+    those of the same files in 0/1/2/4, and predictions follow the references' scheme."""
+    from glioseg.cli import app
+
+    ref_dir, pred_dir, segs, preds = legacy_data
+    ref23, pred23 = tmp_path / "ref23", tmp_path / "pred23"
+    for i, seg in segs.items():
+        write_brats_case(ref23, "brats2021", i, shape=SHAPE,
+                         seg=np.where(seg == 4, 3, seg).astype(np.uint8))
+    for i, p in preds.items():
+        save_volume(pred23 / f"BraTS2021_{i:05d}.nii.gz", np.where(p == 4, 3, p), AFFINE,
+                    np.uint8)
+    runner = CliRunner()
+    args = ["evaluate", "--pred", str(pred23), "--ref", str(ref23)]
+    refused = runner.invoke(app, [*args, "-o", str(tmp_path / "a")])
+    out = " ".join(refused.output.split())
+    assert refused.exit_code == 1
+    assert "BraTS2021_00001: reference BraTS2021_00001_seg.nii.gz: labels [3]" in out
+    assert "declare the scheme: --ref-labels brats2023" in out
+    res = runner.invoke(app, [*args, "-o", str(tmp_path / "b"), "--ref-labels", "brats2023"])
+    assert res.exit_code == 0, res.output
+    same = evaluate_folder(pred_dir, ref_dir, tmp_path / "c", progress=False)
+    assert read_rows(tmp_path / "b" / "per_case.csv") == read_rows(same.paths["per_case"])
+    summary = json.loads((tmp_path / "b" / "summary.json").read_text())
+    assert summary["label_schemes"] == ["brats2023"] and summary["scheme"] == "brats2020"
+    result = evaluate_folder(pred23, ref23, tmp_path / "d", progress=False,
+                             ref_label_scheme="brats2023")
+    assert result.rows == same.rows and result.ref_label_scheme == "brats2023"
+    figs = runner.invoke(app, [*args, "-o", str(tmp_path / "e"), "--ref-labels", "brats2023",
+                               "--figures"])
+    assert figs.exit_code == 0, figs.output
+    assert "no figures: the overlays cannot read references" in " ".join(figs.output.split())
+    unknown = runner.invoke(app, [*args, "-o", str(tmp_path / "f"), "--ref-labels", "nnunet"])
+    assert unknown.exit_code == 1
+    assert "--ref-labels nnunet: unknown label scheme" in unknown.output

@@ -210,3 +210,31 @@ def test_an_unexpected_error_stays_with_its_case(tmp_path, monkeypatch):
     assert _lines_naming(result.output, "problem", "BraTS2021_00002", "MemoryError")
     for cid in ("BraTS2021_00001", "BraTS2021_00003"):
         assert "ok" in _lines_naming(result.output, "│ " + cid)[0]
+
+
+def test_labels_declared_in_the_2023_scheme(tmp_path):
+    """BraTS 2021 names with nnU-Net's 0/1/2/3 labels: refused with a hint naming --labels;
+    declared with --labels brats2023, every case is ok with the counts of the 0/1/2/4 files."""
+    seg = _seg_with_counts((1, 2, 4))
+    for i in (1, 2):
+        write_brats_case(tmp_path / "nn", "brats2021", i,
+                         seg=np.where(seg == 4, 3, seg).astype(np.uint8))
+    write_brats_case(tmp_path / "std", "brats2021", 1, seg=seg)
+    refused = _invoke(tmp_path / "nn")
+    assert refused.exit_code == 1
+    assert "or declare the scheme: --labels brats2023" in " ".join(refused.output.split())
+    declared = _invoke(tmp_path / "nn", "--labels", "brats2023")
+    assert declared.exit_code == 0, declared.output
+    rows = _lines_naming(declared.output, "BraTS2021_00001")
+    assert len(rows) == 1 and "NCR 3 ED 5 ET 7" in rows[0] and "ok" in rows[0]
+    assert "2 cases (brats2021; labels read as brats2023): 2 usable" in declared.output
+    assert "hint" not in declared.output
+    std = _lines_naming(_invoke(tmp_path / "std").output, "BraTS2021_00001")
+    assert std == rows
+    wrong = _invoke(tmp_path / "std", "--labels", "brats2023")  # a 4 is no 2023 label
+    assert wrong.exit_code == 1
+    assert _lines_naming(wrong.output, "problem", "unexpected label values [4] for the "
+                         "brats2023 scheme")
+    unknown = _invoke(tmp_path / "nn", "--labels", "nnunet")
+    assert unknown.exit_code == 1
+    assert "--labels nnunet: unknown label scheme; known: brats2020" in unknown.output

@@ -103,3 +103,12 @@ def test_a_3_in_brats2021_files_hints_at_the_2023_scheme():
         L.to_internal(np.array([0, 3, 5]), "brats2020")
     assert "nnU-Net" not in str(other.value)
     assert L.scheme_hint([4], "brats2023") == ""
+    assert L.scheme_hint([3], "brats2020").endswith("or declare the scheme: --labels brats2023")
+    assert L.scheme_hint([3], "brats2021", "--ref-labels").endswith("--ref-labels brats2023")
+
+
+def test_declared_scheme_names_the_option():
+    assert L.declared_scheme(None) is None and L.declared_scheme("msd") == "msd"
+    with pytest.raises(L.LabelError, match=r"^--ref-labels 2023: unknown label scheme; known: "
+                                           r"brats2020, brats2021, brats2023, msd$"):
+        L.declared_scheme("2023", "--ref-labels")

@@ -221,3 +221,15 @@ def test_case_ids_and_file_names_as_published(layout, index, site, cid):
 def test_case_id_of_an_unknown_layout_is_an_error():
     with pytest.raises(CaseError, match="unknown layout 'msd'"):
         case_id_for("msd", 1)
+
+
+def test_a_declared_label_scheme_overrides_the_layouts(tmp_path):
+    write_brats_case(tmp_path / "d", "brats2021", 1)
+    write_brats_case(tmp_path / "d", "brats2021", 2)
+    (plain,) = {c.label_scheme for c in discover(tmp_path / "d")}
+    assert plain == "brats2021"
+    cases = discover(tmp_path / "d", label_scheme="brats2023")
+    assert [(c.layout, c.label_scheme, c.declared_labels) for c in cases] == [
+        ("brats2021", "brats2023", "brats2023")] * 2
+    with pytest.raises(L.LabelError, match="unknown label scheme 'nnunet'"):
+        discover(tmp_path / "nowhere", label_scheme="nnunet")  # before the folder is read

@@ -336,3 +336,63 @@ def test_cache_round_trip_to_the_original_files(synth_cohort: list[Path], tmp_pa
         mean, std = meta["zscore"][c]
         undone = np.where(brain, restored[c].astype(np.float64) * std + mean, 0.0)
         np.testing.assert_allclose(undone, vol, atol=1e-3 * std)
+
+
+def test_declared_labels_give_the_cache_of_the_0124_files(two_cases: Path, tmp_path: Path):
+    """The same volumes with the 2021 names and nnU-Net's 0/1/2/3 labels: refused with a hint
+    naming --labels (nothing cached, so the same output may be re-run); with --labels brats2023
+    the cache equals that of the 0/1/2/4 files; a re-run with another --labels is refused, as
+    is one without."""
+    from typer.testing import CliRunner
+
+    from glioseg.cli import app
+    from glioseg.data.nifti import load_volume
+
+    nn = tmp_path / "nn"
+    for src in sorted(two_cases.iterdir()):
+        seg_name = case_file_name(LAYOUT, src.name, "seg")
+        for f in src.iterdir():
+            (nn / src.name).mkdir(parents=True, exist_ok=True)
+            (nn / src.name / f.name).write_bytes(f.read_bytes())
+        seg, header = load_volume(src / seg_name, dtype=None)
+        save_volume(nn / src.name / seg_name, np.where(seg == 4, 3, seg), header.affine,
+                    np.uint8)
+    std, out = tmp_path / "std", tmp_path / "cache"
+    preprocess_dir(two_cases, std)
+    with pytest.raises(PreprocessFailed, match=r"labels \[3\] are not allowed in the brats2021 "
+                                               r"scheme.*or declare the scheme: --labels "
+                                               r"brats2023"):
+        preprocess_dir(nn, out)
+    runner = CliRunner()
+    res = runner.invoke(app, ["preprocess", str(nn), "-o", str(out), "--labels", "brats2023"])
+    assert res.exit_code == 0, res.output
+    for cid in ("BraTS2021_00000", "BraTS2021_00001"):
+        for name in ("labels.npy", "image.npy"):
+            assert (out / cid / name).read_bytes() == (std / cid / name).read_bytes(), name
+        meta = json.loads((out / cid / "meta.json").read_text())
+        assert meta["layout"] == "brats2021" and meta["label_scheme"] == "brats2023"
+    assert json.loads((out / "dataset.json").read_text())["labels"] == "brats2023"
+    assert json.loads((out / "preprocess.json").read_text())["labels"] == "brats2023"
+    assert json.loads((std / "dataset.json").read_text())["labels"] is None
+    other = runner.invoke(app, ["preprocess", str(nn), "-o", str(out), "--labels", "brats2021"])
+    assert other.exit_code == 1
+    assert (f"{out}: cache was built with --labels brats2023, not with --labels brats2021; "
+            "pass the same --labels") in " ".join(other.output.split())
+    with pytest.raises(C.CacheError, match="built with --labels brats2023, not without "
+                                           "--labels"):
+        preprocess_dir(nn, out)
+    assert len(preprocess_dir(nn, out, label_scheme="brats2023")) == 2  # the same: a re-run
+
+
+def test_a_cache_written_before_labels_were_recorded_reruns_without_them(two_cases: Path,
+                                                                         tmp_path: Path):
+    out = tmp_path / "cache"
+    preprocess_dir(two_cases, out)
+    for name in ("dataset.json", "preprocess.json"):
+        doc = json.loads((out / name).read_text())
+        del doc["labels"]
+        (out / name).write_text(json.dumps(doc))
+    assert len(preprocess_dir(two_cases, out)) == 2
+    with pytest.raises(C.CacheError, match="built without --labels .*, not with --labels "
+                                           "brats2023"):
+        preprocess_dir(two_cases, out, label_scheme="brats2023")

@@ -9,6 +9,9 @@ import typer
 
 from glioseg.cli.common import app, user_errors
 
+LABELS_HELP = ("Label scheme of the segmentation files: brats2020/brats2021 (0/1/2/4), "
+               "brats2023 (0/1/2/3, also nnU-Net's conversion) or msd (default: the one of "
+               "each case's layout).")
 
 @app.command()
 @user_errors
@@ -38,11 +41,14 @@ def inspect(
     modalities: Annotated[str | None, typer.Option(help="The sequences to use, e.g. t2,t1: a "
                                                    "case needs only those (default: all "
                                                    "four).")] = None,
+    labels: Annotated[str | None, typer.Option(help=LABELS_HELP)] = None,
 ) -> None:
     """Discover and validate cases; print a table; exit non-zero if any case is bad."""
     from glioseg.data.inspect import inspect_dir
+    from glioseg.data.labels import declared_scheme
 
-    n_bad = inspect_dir(data_dir, read_voxels=not quick, modalities=modalities)
+    n_bad = inspect_dir(data_dir, read_voxels=not quick, modalities=modalities,
+                        label_scheme=declared_scheme(labels))
     if n_bad:
         raise typer.Exit(1)
 
@@ -78,12 +84,15 @@ def preprocess(
                                                    "(default: all four).")] = None,
     add: Annotated[bool, typer.Option("--add", help="Add these cases to a cache built from "
                                       "another data folder (default: refuse).")] = False,
+    labels: Annotated[str | None, typer.Option(help=LABELS_HELP + " Recorded in the cache: a "
+                                               "re-run with another value is refused.")] = None,
 ) -> None:
     """Crop to the brain, z-score per modality, optionally resample; write a memory-mappable cache."""
+    from glioseg.data.labels import declared_scheme
     from glioseg.preprocess.run import preprocess_dir
 
     ids = preprocess_dir(data_dir, output, spacing=spacing, workers=workers,
-                         modalities=modalities, add=add)
+                         modalities=modalities, add=add, label_scheme=declared_scheme(labels))
     typer.echo(f"{len(ids)} cases in {output}")
 
 

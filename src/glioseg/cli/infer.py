@@ -184,6 +184,11 @@ def evaluate(
     pred_labels: Annotated[str | None, typer.Option(help="Label scheme of the predictions "
                                                     "(default: the one PRED/predict.json "
                                                     "records, else the reference's).")] = None,
+    ref_labels: Annotated[str | None, typer.Option(help="Label scheme of the reference "
+                                                   "segmentations: brats2020/brats2021 "
+                                                   "(0/1/2/4), brats2023 (0/1/2/3, also "
+                                                   "nnU-Net's conversion) or msd (default: "
+                                                   "the one of each case's layout).")] = None,
     workers: Annotated[int, typer.Option(help="Parallel processes.")] = 1,
     figures: Annotated[bool, typer.Option("--figures", help="Box plots and best/median/worst "
                                           "slice overlays.")] = False,
@@ -192,10 +197,12 @@ def evaluate(
     (and timings.json, hardware.json)."""
     import time
 
+    from glioseg.data.labels import declared_scheme
     from glioseg.evaluate.folder import evaluate_folder
     from glioseg.runinfo import record_run
 
     started = time.perf_counter()
+    declared_scheme(ref_labels, "--ref-labels")
     if pred_labels is None:
         from glioseg.evaluate.folder import recorded_label_scheme
 
@@ -204,8 +211,12 @@ def evaluate(
             typer.echo(f"reading the predictions in the {pred_labels} label scheme, as "
                        f"{pred / 'predict.json'} records (--pred-labels overrides)", err=True)
     result = evaluate_folder(pred, ref, output, scheme=scheme, spacing_mm=spacing_mm,
-                             workers=workers, pred_label_scheme=pred_labels)
-    if figures:
+                             workers=workers, pred_label_scheme=pred_labels,
+                             ref_label_scheme=ref_labels)
+    if figures and ref_labels is not None:  # the overlays read the cases in their layout's
+        typer.secho("no figures: the overlays cannot read references in a scheme declared "
+                    "with --ref-labels", fg=typer.colors.YELLOW, err=True)
+    elif figures:
         from glioseg.report.eval_figures import draw_evaluation_figures
 
         draw_evaluation_figures(result, output)

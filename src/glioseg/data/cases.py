@@ -194,7 +194,8 @@ def examine_case(case: Case, read_voxels: bool = True,
     ``modalities`` (default all four) are the sequences to use: only those must exist and
     only their files are checked. Checks: missing modality, unreadable or truncated files, 4D where 3D is expected (MSD: 4D
     with 4 channels), shapes or affines that disagree between modalities and segmentation,
-    NaN/inf voxels, label values outside the layout's scheme. Every check runs on every file,
+    NaN/inf voxels, label values outside the case's label scheme (its layout's, or the one
+    declared: ``discover(..., label_scheme=)``). Every check runs on every file,
     so one problem never hides another. With ``read_voxels=False`` only headers are read
     (fast, but truncated data, NaN and label values go unnoticed).
     """
@@ -310,7 +311,7 @@ def load_case(case: Case, with_labels: bool = True,
     Raises:
         CaseError: naming the case and file, for a missing modality, an unreadable file, a
             wrong dimensionality, shapes or affines that disagree, NaN/inf voxels, or label
-            values outside the layout's scheme.
+            values outside the case's label scheme (``Case.label_scheme``).
     """
     chosen = selected_modalities(modalities)
     if case.lacks(chosen):

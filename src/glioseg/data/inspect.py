@@ -7,6 +7,10 @@ examined, whatever happened to the ones before it.
 
 With ``modalities`` (``glioseg inspect DIR --modalities t2,t1``) only those sequences are
 required and checked; the table lists a present but unused sequence in parentheses.
+
+With ``label_scheme`` (``glioseg inspect DIR --labels brats2023``) the segmentations are read in
+that scheme instead of their layout's (e.g. BraTS 2021 cases whose labels nnU-Net converted to
+0/1/2/3).
 """
 
 from __future__ import annotations
@@ -111,7 +115,10 @@ MISSING_HINT = ("hint: to use cases that have only some sequences, name the ones
 
 def report(summaries: list[CaseSummary], console: Console, read_voxels: bool = True,
            modalities: str | Sequence[str] | None = None) -> int:
-    """Print the table, the problems, the warnings and a summary line; returns the bad count."""
+    """Print the table, the problems, the warnings and a summary line; returns the bad count.
+
+    The summary line names the label scheme declared for the segmentations, if any.
+    """
     console.print(summary_table(summaries, read_voxels, modalities))
     problems = [p for s in summaries for p in s.problems]
     warnings = [w for s in summaries for w in s.warnings]
@@ -123,6 +130,9 @@ def report(summaries: list[CaseSummary], console: Console, read_voxels: bool = T
     n_bad = sum(1 for s in summaries if s.problems)
     n_warn = sum(1 for s in summaries if s.warnings and not s.problems)
     layouts = sorted({s.case.layout for s in summaries})
+    declared = sorted({s.case.declared_labels for s in summaries if s.case.declared_labels})
+    if declared:
+        layouts[-1] += f"; labels read as {', '.join(declared)}"
     colour = "red" if n_bad else "green"
     mode = "" if read_voxels else " (headers only: --quick)"
     console.print(
@@ -141,7 +151,8 @@ def report(summaries: list[CaseSummary], console: Console, read_voxels: bool = T
 
 def inspect_dir(data_dir: str | Path, read_voxels: bool = True,
                 console: Console | None = None,
-                modalities: str | Sequence[str] | None = None) -> int:
+                modalities: str | Sequence[str] | None = None,
+                label_scheme: str | None = None) -> int:
     """Discover, validate and print every case of ``data_dir``; returns the number of bad cases.
 
     Args:
@@ -150,15 +161,18 @@ def inspect_dir(data_dir: str | Path, read_voxels: bool = True,
         console: where to print (default: standard output).
         modalities: the sequences to use (e.g. ``"t2,t1"``); a case needs only those. Default:
             all four.
+        label_scheme: the label scheme of the segmentations (``brats2020``, ``brats2021``,
+            ``brats2023``, ``msd``), overriding each layout's; None: the layout's.
 
     Raises:
-        CaseError: if ``data_dir`` does not exist or holds no case.
+        CaseError: if ``data_dir`` does not exist or holds no case. LabelError: an unknown
+            ``label_scheme`` or modality.
     """
     if console is None:
         console = Console()
         if not console.is_terminal:  # a file or a pipe: do not squeeze the table to 80 columns
             console = Console(width=max(console.width, 180))
     selected_modalities(modalities)  # an unknown name fails before any case is read
-    cases = discover(data_dir)
+    cases = discover(data_dir, label_scheme)
     summaries = examine_all(cases, read_voxels=read_voxels, modalities=modalities)
     return report(summaries, console, read_voxels, modalities)

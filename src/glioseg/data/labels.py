@@ -90,6 +90,17 @@ def get_scheme(name: str) -> LabelScheme:
         raise LabelError(f"unknown label scheme {name!r}; known: {', '.join(SCHEMES)}") from None
 
 
+def declared_scheme(name: str | None, option: str = "--labels") -> str | None:
+    """``name``, the label scheme given with ``option`` (None: none given), once checked.
+
+    Raises:
+        LabelError: naming ``option`` for an unknown scheme.
+    """
+    if name is not None and name not in SCHEMES:
+        raise LabelError(f"{option} {name}: unknown label scheme; known: {', '.join(SCHEMES)}")
+    return name
+
+
 def integer_labels(labels: np.ndarray) -> np.ndarray:
     """Label values as read from a file -> an integer array, refusing what labels cannot be.
 
@@ -123,15 +134,25 @@ def unexpected_values(labels: np.ndarray, scheme: str) -> list[int]:
     return sorted(int(v) for v in present if int(v) not in allowed or v != int(v))
 
 
-ET_AS_3_HINT = ("3 is ET in the BraTS 2023 / nnU-Net scheme (0/1/2/3), so these labels were "
-                "probably converted: relabel 3 as 4 in the segmentations (BraTS 2020/2021 file "
-                "names mean labels 0/1/2/4)")
+def et_as_3_hint(option: str = "--labels") -> str:
+    """The hint for a 3 in BraTS 2020/2021-named segmentations; ``option`` is the command's
+    option that declares their label scheme (``--labels``; ``glioseg evaluate``:
+    ``--ref-labels``)."""
+    return ("3 is ET in the BraTS 2023 / nnU-Net scheme (0/1/2/3), so these labels were "
+            "probably converted: relabel 3 as 4 in the segmentations (BraTS 2020/2021 file "
+            f"names mean labels 0/1/2/4) or declare the scheme: {option} brats2023")
 
 
-def scheme_hint(bad: Sequence[int], scheme: str) -> str:
+ET_AS_3_HINT = et_as_3_hint()
+
+
+def scheme_hint(bad: Sequence[int], scheme: str, option: str = "--labels") -> str:
     """Why file labels ``bad`` outside ``scheme`` may be there and what to do, or ``""``: a 3
-    in BraTS 2020/2021-named files is the ET of the 2023 / nnU-Net scheme."""
-    return ET_AS_3_HINT if scheme in ("brats2020", "brats2021") and list(bad) == [3] else ""
+    in BraTS 2020/2021-named files is the ET of the 2023 / nnU-Net scheme (``option``: see
+    ``et_as_3_hint``)."""
+    if scheme in ("brats2020", "brats2021") and list(bad) == [3]:
+        return et_as_3_hint(option)
+    return ""
 
 
 def _lookup(mapping: dict[int, int], labels: np.ndarray, scheme: str, what: str) -> np.ndarray:

@@ -14,13 +14,17 @@ Layouts (detected automatically, see ``LAYOUTS``):
 
 ``discover`` finds the cases (``Case``: the files of one case) under a folder; reading and
 checking them is ``glioseg.data.cases``, which also re-exports the names here.
+
+A case's label scheme is its layout's, unless the segmentations of the folder are declared to
+use another (``discover(root, label_scheme="brats2023")``, the CLI's ``--labels``): BraTS 2021
+cases converted by nnU-Net keep their file names but hold ET as 3, not 4.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from glioseg.data import labels as L
@@ -96,6 +100,8 @@ class Case:
         unrecognised: names of the NIfTI files in a BraTS case folder that are none of the
             case's files (a misspelt sequence, another case's file, a stray copy); each case
             with some also carries a warning naming them.
+        declared_labels: the label scheme its segmentation was declared to use (``--labels``),
+            overriding the layout's; None: the layout's.
     """
 
     case_id: str
@@ -105,10 +111,12 @@ class Case:
     warnings: tuple[str, ...] = ()
     directory: Path | None = None
     unrecognised: tuple[str, ...] = ()
+    declared_labels: str | None = None
 
     @property
     def label_scheme(self) -> str:
-        return self.layout
+        """Label scheme of the segmentation file: the declared one, else the layout's."""
+        return self.declared_labels or self.layout
 
     @property
     def missing(self) -> tuple[str, ...]:
@@ -249,17 +257,23 @@ def _find_cases(root: Path) -> list[Case]:
     return []
 
 
-def discover(data_dir: str | Path) -> list[Case]:
+def discover(data_dir: str | Path, label_scheme: str | None = None) -> list[Case]:
     """All cases under ``data_dir``, sorted by id; the layout is detected automatically.
 
     ``data_dir`` may be one case folder, a folder of case folders, a folder holding such a
     folder (as the BraTS archives unpack), or an MSD task folder (``imagesTr``), or a folder
-    holding one.
+    holding one. ``label_scheme`` (``brats2020``, ``brats2021``, ``brats2023``, ``msd``)
+    declares the label scheme of every segmentation found, overriding the layouts' (e.g.
+    BraTS 2021 file names with nnU-Net's 0/1/2/3 labels: ``brats2023``); None: each case's
+    layout's.
 
     Raises:
         CaseError: if the folder does not exist, holds no case of a known layout, or holds two
             cases with the same id.
+        LabelError: for an unknown ``label_scheme``.
     """
+    if label_scheme is not None:
+        L.get_scheme(label_scheme)  # an unknown name fails before any folder is read
     root = Path(data_dir)
     if root.is_file():
         raise CaseError(f"{root} is a file; give the data folder or one case folder (e.g. "
@@ -282,6 +296,8 @@ def discover(data_dir: str | Path) -> list[Case]:
             raise CaseError(f"{root}: case id {c.case_id} found twice: {seen[c.case_id].folder} "
                             f"and {c.folder}; keep one copy")
         seen[c.case_id] = c
+    if label_scheme is not None:
+        cases = [replace(c, declared_labels=label_scheme) for c in cases]
     return sorted(cases, key=lambda c: c.case_id)
 
 

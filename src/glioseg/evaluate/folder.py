@@ -21,7 +21,9 @@ threshold, and lesion HD95 is in mm. On BraTS's 1 mm grid both readings agree; o
 grid (2 mm synthetic cohorts, anisotropic data) only this one matches the challenge's scores.
 
 The scoring scheme is independent of the label convention: labels are read in the reference
-layout's file convention (2020/2021: ET = 4; 2023: ET = 3; MSD), and predictions in the
+layout's file convention (2020/2021: ET = 4; 2023: ET = 3; MSD), or in the one
+``ref_label_scheme`` declares (``--ref-labels``: e.g. BraTS 2021 cases whose labels nnU-Net
+converted to 0/1/2/3), and predictions in the
 convention ``pred_label_scheme`` names, else the one ``glioseg predict --scheme`` recorded in the
 prediction folder's ``predict.json``, else the reference's. The default scheme follows the layout:
 brats2023 layouts are scored lesion-wise, all others with the legacy scheme.
@@ -32,6 +34,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from contextlib import ExitStack
@@ -128,11 +131,12 @@ def score_labels(
     box = union_bbox([pred != 0, ref != 0], margin=max(dilation, DILATION) + 1)
     if box is None:
         box = tuple(slice(0, 1) for _ in ref.shape)
-    # C order: NIfTI arrays come in Fortran order, which slows every reduction 1.5-3x.
-    pred_regions = regions_from_labels(np.ascontiguousarray(pred[box]),
-                                       pred_label_scheme or label_scheme, case_id, sources[0])
+    # C order: NIfTI arrays come in Fortran order, which slows every reduction 1.5-3x. The
+    # reference first: its scheme is the predictions' default, so its error is the one to fix.
     ref_regions = regions_from_labels(np.ascontiguousarray(ref[box]), label_scheme, case_id,
                                       sources[1])
+    pred_regions = regions_from_labels(np.ascontiguousarray(pred[box]),
+                                       pred_label_scheme or label_scheme, case_id, sources[0])
     outside = int(ref.size - pred_regions[0].size)
     scores: dict[str, float] = {}
     for i, region in enumerate(REGION_NAMES):
@@ -244,6 +248,8 @@ class EvaluationResult:
         pred_label_scheme: label scheme of the predictions when it is not the reference's.
         pred_label_recorded: whether ``pred_label_scheme`` was read from the prediction
             folder's ``predict.json`` (``recorded_label_scheme``), not passed.
+        ref_label_scheme: label scheme declared for the references (``--ref-labels``), or
+            None (each case's layout's); the case folders are read in it.
     """
 
     rows: list[dict]
@@ -253,6 +259,7 @@ class EvaluationResult:
     predictions: dict[str, Path | None] = field(default_factory=dict)
     pred_label_scheme: str | None = None
     pred_label_recorded: bool = False
+    ref_label_scheme: str | None = None
 
 
 def summarise(rows: Sequence[dict], scheme: str) -> dict[str, dict[str, dict[str, float | None]]]:
@@ -337,13 +344,13 @@ def _csv_text(rows: Sequence[dict], columns: list[str]) -> str:
 
 def _plan(
     pred_dir: Path, ref_dir: Path, scheme: str | None, spacing_mm: bool,
-    pred_label_scheme: str | None,
+    pred_label_scheme: str | None, ref_label_scheme: str | None = None,
 ) -> tuple[list[_Task], str, list, dict[str, list[str]]]:
     from glioseg.data.cases import discover
 
     if not pred_dir.is_dir():
         raise EvaluationError(f"{pred_dir}: no such prediction folder")
-    cases = discover(ref_dir)
+    cases = discover(ref_dir, ref_label_scheme)
     layouts = sorted({c.layout for c in cases})
     if scheme is None:
         schemes = {scoring_scheme_for(lay) for lay in layouts}
@@ -412,6 +419,12 @@ def _score_tasks(tasks: list[_Task], workers: int, progress: bool) -> dict[str, 
 
             hint = ("\nif the predictions are written in another label scheme, name it with "
                     f"--pred-labels ({', '.join(SCHEMES)})")
+        ref_3 = re.compile(r": reference .*labels \[3\] are not allowed in the "
+                           r"(brats2020|brats2021) scheme")
+        if any(ref_3.search(p) for p in problems):
+            from glioseg.data.labels import et_as_3_hint
+
+            hint += f"\nreferences: {et_as_3_hint('--ref-labels')}"
         raise EvaluationError(f"{len(problems)} case(s) could not be scored:\n"
                               + "\n".join(sorted(problems)) + hint)
     return results
@@ -443,7 +456,7 @@ def _write_tables(out_dir: Path, tasks: list[_Task], rows: list[dict], scheme: s
 def evaluate_folder(
     pred_dir: str | Path, ref_dir: str | Path, out_dir: str | Path, scheme: str | None = None,
     spacing_mm: bool = False, workers: int = 1, pred_label_scheme: str | None = None,
-    progress: bool = True,
+    progress: bool = True, ref_label_scheme: str | None = None,
 ) -> EvaluationResult:
     """Score every reference case that has a segmentation; write the tables.
 
@@ -459,6 +472,9 @@ def evaluate_folder(
             ``pred_dir/predict.json`` records (``glioseg predict --scheme``), else the
             reference's.
         progress: show a progress bar.
+        ref_label_scheme: label scheme of the reference segmentations (``brats2020``,
+            ``brats2021``, ``brats2023``, ``msd``), overriding their layout's; None: the
+            layout's. The scoring scheme still follows the layout.
 
     Raises:
         EvaluationError: if any case cannot be scored (all problems listed, each naming the
@@ -469,7 +485,8 @@ def evaluate_folder(
     if recorded:
         pred_label_scheme = recorded_label_scheme(pred_dir)
         recorded = pred_label_scheme is not None
-    tasks, scheme, cases, lists = _plan(pred_dir, ref_dir, scheme, spacing_mm, pred_label_scheme)
+    tasks, scheme, cases, lists = _plan(pred_dir, ref_dir, scheme, spacing_mm, pred_label_scheme,
+                                        ref_label_scheme)
     remove_leftover_temporaries(out_dir)  # tables half-written by a killed run
     results = _score_tasks(tasks, workers, progress)
     missing = set(lists["missing_predictions"])
@@ -477,4 +494,5 @@ def evaluate_folder(
              **results[t.case_id]} for t in tasks]
     summary, paths = _write_tables(out_dir, tasks, rows, scheme, spacing_mm, lists)
     return EvaluationResult(rows, summary, paths, {c.case_id: c.folder for c in cases},
-                            {t.case_id: t.pred for t in tasks}, pred_label_scheme, recorded)
+                            {t.case_id: t.pred for t in tasks}, pred_label_scheme, recorded,
+                            ref_label_scheme)

@@ -3,14 +3,17 @@
 Layout (format ``glioseg-cache/1``)::
 
     CACHE/dataset.json            {"format", "modalities" (channel order, always MODALITIES),
-                                   "selected_modalities", "spacing" (list or null), "cases",
-                                   "source" (the data folder), "sources" (every data folder
-                                   of a cache built with ``preprocess --add``; first = source)}
+                                   "selected_modalities", "spacing" (list or null),
+                                   "labels" (the label scheme declared with ``preprocess
+                                   --labels``, or null), "cases", "source" (the data folder),
+                                   "sources" (every data folder of a cache built with
+                                   ``preprocess --add``; first = source)}
     CACHE/<case_id>/image.npy     (4, X, Y, Z) float32 C-order, cropped, z-scored, 0 outside brain
     CACHE/<case_id>/labels.npy    (X, Y, Z) uint8 internal labels 0..3 (absent without a seg)
     CACHE/<case_id>/locations.npz keys "1", "2", "3": (N, 3) int32 voxel coords, N <= 10,000
-    CACHE/<case_id>/meta.json     case_id, layout, original_affine, modalities (the channels
-                                  holding data), source (its data folder) and the geometry of
+    CACHE/<case_id>/meta.json     case_id, layout, label_scheme (of its segmentation file),
+                                  original_affine, modalities (the channels holding data),
+                                  source (its data folder) and the geometry of
                                   ``glioseg.preprocess.pure.preprocess_arrays``
 
 A case folder is written under ``.<case_id>.tmp-*`` and renamed into place, so a case folder

@@ -8,6 +8,13 @@ reported and the others go on; ``dataset.json`` is written last.
 ``modalities`` (``glioseg preprocess DIR -o CACHE --modalities t2,t1``) builds the cache of a
 site with fewer sequences: only those are required and read; the other channels are zeros and
 each case's ``meta.json`` lists the channels that hold data (see ``glioseg.preprocess.cache``).
+
+``label_scheme`` (``--labels brats2023``) declares the label scheme of the segmentations,
+overriding their layout's (BraTS 2021 file names with nnU-Net's 0/1/2/3 labels); the cache holds
+internal labels either way. It is a setting of the cache like the spacing: recorded in
+``preprocess.json`` and ``dataset.json`` (``"labels"``, null when not declared), and a re-run
+with another value is refused. Each case's ``meta.json`` records the scheme its labels were
+read in (``label_scheme``).
 """
 
 from __future__ import annotations
@@ -51,6 +58,7 @@ def preprocess_case(case: Case, cache_dir: Path, spacing: float | None,
     meta = {
         "case_id": case.case_id,
         "layout": case.layout,
+        "label_scheme": case.label_scheme,
         "original_affine": data.header.affine.tolist(),
         "modalities": list(data.modalities),
         **({"source": source} if source else {}),
@@ -97,9 +105,10 @@ def _sources(doc: dict | None) -> list[str]:
 
 
 def _check_existing(cache_dir: Path, spacing: float | None, modalities: Sequence[str],
-                    source: str, case_ids: Sequence[str], add: bool = False) -> dict[str, str]:
-    """Refuse to add cases at another spacing, with other sequences or (unless ``add``) from
-    another source folder to an existing cache (one that holds no finished case yet, e.g. after
+                    source: str, case_ids: Sequence[str], add: bool = False,
+                    label_scheme: str | None = None) -> dict[str, str]:
+    """Refuse to add cases at another spacing, with other sequences, another declared label
+    scheme or (unless ``add``) from another source folder to an existing cache (one that holds no finished case yet, e.g. after
     a run whose every case failed, may change), and cases whose ids the cache holds from
     another folder; then record this run's settings in ``SETTINGS``.
 
@@ -108,7 +117,7 @@ def _check_existing(cache_dir: Path, spacing: float | None, modalities: Sequence
         id -> source folder.
     """
     want = {"spacing": None if spacing is None else [float(spacing)] * 3,
-            "selected_modalities": list(modalities)}
+            "selected_modalities": list(modalities), "labels": label_scheme}
     has_cases = any(cache_io.case_is_complete(d) for d in cache_dir.iterdir() if d.is_dir())
     recorded, sources = None, []
     if has_cases:
@@ -127,6 +136,11 @@ def _check_existing(cache_dir: Path, spacing: float | None, modalities: Sequence
             raise cache_io.CacheError(f"{cache_dir}: cache was built with the sequences "
                                f"{','.join(had)}, not {','.join(modalities)}; use another "
                                "output folder")
+        if recorded.get("labels") != label_scheme:
+            raise cache_io.CacheError(
+                f"{cache_dir}: cache was built {_labels_text(recorded.get('labels'))}, not "
+                f"{_labels_text(label_scheme)}; pass the same --labels, or use another output "
+                "folder")
     if sources and source not in sources and not add:
         raise cache_io.CacheError(
             f"{cache_dir}: cache was built from {', '.join(sources)}, not {source}; write to "
@@ -148,6 +162,13 @@ def _check_existing(cache_dir: Path, spacing: float | None, modalities: Sequence
     return {cid: src for cid, src in kept.items() if src not in (None, source)}
 
 
+def _labels_text(label_scheme: object) -> str:
+    """How a refusal names a cache's declared label scheme (``--labels``)."""
+    if label_scheme is None:
+        return "without --labels (each layout's label scheme)"
+    return f"with --labels {label_scheme}"
+
+
 def _case_source(folder: Path, default: str | None) -> str | None:
     """The source folder ``meta.json`` records for a cached case (``default`` when older)."""
     meta = _read_json(folder / "meta.json") or {}
@@ -157,6 +178,7 @@ def _case_source(folder: Path, default: str | None) -> str | None:
 def preprocess_dir(
     data_dir: str | Path, output: str | Path, spacing: float | None = None, workers: int = 1,
     modalities: str | Sequence[str] | None = None, add: bool = False,
+    label_scheme: str | None = None,
 ) -> list[str]:
     """Preprocess every case of ``data_dir`` into the cache folder ``output``.
 
@@ -170,22 +192,27 @@ def preprocess_dir(
         add: add the cases of ``data_dir`` to a cache built from other folders (each case's
             ``meta.json`` records its source; ``dataset.json`` lists them all, ``"sources"``
             the folders). Without it, a cache built from another folder is refused.
+        label_scheme: the label scheme of the segmentation files (``brats2020``,
+            ``brats2021``, ``brats2023``, ``msd``), overriding their layout's; None: the
+            layout's. A cache built with another value is refused.
 
     Returns:
         The case ids in the cache.
 
     Raises:
-        CaseError: no cases found. CacheError: a cache built with other settings, from another
+        CaseError: no cases found. LabelError: an unknown ``label_scheme``.
+        CacheError: a cache built with other settings (spacing, sequences, labels), from another
         folder (without ``add``), or holding a case of the same id from another folder.
         PreprocessFailed: after writing the others and ``dataset.json`` (which lists only the
         good cases), if any case failed.
     """
     data_dir, output = Path(data_dir), Path(output)
     chosen = selected_modalities(modalities)
-    cases = discover(data_dir)
+    cases = discover(data_dir, label_scheme)
     output.mkdir(parents=True, exist_ok=True)
     source = str(data_dir.resolve())
-    kept = _check_existing(output, spacing, chosen, source, [c.case_id for c in cases], add)
+    kept = _check_existing(output, spacing, chosen, source, [c.case_id for c in cases], add,
+                           label_scheme)
     listed_sources = _sources(_read_json(output / "dataset.json"))
     remove_leftover_temporaries(output)
     todo = [c for c in cases if not cache_io.case_is_complete(output / c.case_id)]
@@ -217,6 +244,7 @@ def preprocess_dir(
         "modalities": list(MODALITIES),
         "selected_modalities": list(chosen),
         "spacing": None if spacing is None else [float(spacing)] * 3,
+        "labels": label_scheme,
         "cases": listed,
         "source": sources[0],
         "sources": sources,
