@@ -127,3 +127,25 @@ def test_the_card_records_the_choice_and_predict_applies_it(tmp_path):
         override.close()
     assert (cleaned == _case(0).reference).all()
     assert (raw != _case(0).reference).any()
+
+
+def test_cases_read_in_a_declared_label_scheme(tmp_path):
+    """BraTS 2021 names with nnU-Net's 0/1/2/3 labels: refused in the layout's scheme, read as
+    the internal labels once declared brats2023."""
+    from datafiles import example_seg, write_brats_case
+
+    from glioseg.data.layouts import CaseError
+    from glioseg.evaluate.tune_postprocess import predicted_cases
+    from glioseg.model.card import ModelCard, save_model
+    from glioseg.model.registry import ModelConfig, build_model
+
+    cfg = ModelConfig(base_width=4, n_stages=2, max_width=8, patch_size=(16, 16, 16))
+    model_dir = save_model(tmp_path / "m", build_model(cfg), ModelCard.for_model(cfg))
+    seg = example_seg("brats2021", (16, 16, 16))
+    write_brats_case(tmp_path / "d", "brats2021", 1, shape=(16, 16, 16),
+                     seg=np.where(seg == 4, 3, seg).astype(np.uint8))
+    with pytest.raises(CaseError, match=r"labels \[3\].*--labels brats2023"):
+        predicted_cases(model_dir, tmp_path / "d", progress=False)
+    (case,) = predicted_cases(model_dir, tmp_path / "d", progress=False,
+                              label_scheme="brats2023")
+    assert (case.reference == np.where(seg == 4, 3, seg)).all()

@@ -181,10 +181,11 @@ def choose_min_sizes(
 
 
 def predicted_cases(model_path: str | Path, data: str | Path, *, progress: bool = True,
-                    options: Any = None) -> list[TuneCase]:
+                    options: Any = None, label_scheme: str | None = None) -> list[TuneCase]:
     """Predict every labelled case under ``data`` (a raw BraTS folder) with the model, as
     ``glioseg predict`` would, without size thresholds; cases without a segmentation are
-    refused (they cannot choose anything)."""
+    refused (they cannot choose anything). ``label_scheme``: that of the segmentations when
+    it is not their layout's (``glioseg.data.layouts.discover``)."""
     import dataclasses
 
     from tqdm import tqdm
@@ -192,7 +193,7 @@ def predicted_cases(model_path: str | Path, data: str | Path, *, progress: bool 
     from glioseg.data.cases import discover, load_case
     from glioseg.infer.predict import CasePredictor, PredictOptions, load_model
 
-    cases = discover(data)
+    cases = discover(data, label_scheme)
     unlabelled = [c.case_id for c in cases if c.seg is None]
     if unlabelled:
         raise TuneError(f"{data}: cases without a segmentation cannot choose post-processing: "
@@ -213,15 +214,16 @@ def predicted_cases(model_path: str | Path, data: str | Path, *, progress: bool 
 
 
 def tune_postprocess(model_path: str | Path, data: str | Path, *, write: bool = True,
-                     progress: bool = True, candidates: Sequence[float] = CANDIDATES_MM3
-                     ) -> TuneResult:
+                     progress: bool = True, candidates: Sequence[float] = CANDIDATES_MM3,
+                     label_scheme: str | None = None) -> TuneResult:
     """Choose per-region size thresholds for a model on the labelled cases in ``data`` and,
-    with ``write``, record them in the model folder's card (``predict`` then applies them)."""
+    with ``write``, record them in the model folder's card (``predict`` then applies them).
+    ``label_scheme``: that of the segmentations when it is not their layout's."""
     from glioseg.infer.predict import ET_MIN_VOXELS_DEFAULT, card_et_min_voxels
     from glioseg.model.card import CARD_NAME, load_card, resolve_paths, save_card
 
     card = load_card(model_path)
-    cases = predicted_cases(model_path, data, progress=progress)
+    cases = predicted_cases(model_path, data, progress=progress, label_scheme=label_scheme)
     say = (lambda line: print(f"  {line}")) if progress else None
     result = choose_min_sizes(cases, et_min_voxels=card_et_min_voxels(card)
                               or ET_MIN_VOXELS_DEFAULT, candidates=candidates, progress=say)
