@@ -74,3 +74,17 @@ def test_card_names_the_validation_cases(tmp_path: Path):
     assert ModelCard.from_json(card.to_json()).training["validation_cases"] == [
         "CASE_007", "CASE_002"]
     assert "validation_cases" not in model_card(cfg, net, 3, {}, []).training  # as before
+
+
+def test_card_scheme_is_the_declared_one(tmp_path: Path):
+    """A cache preprocessed with ``--labels brats2023`` from BraTS 2021-named cases: the card
+    says the segmentations were read as brats2023 (its meta's ``label_scheme``), not the
+    layout's brats2021; without a declaration the layout's."""
+    from types import SimpleNamespace
+
+    cfg = _cfg(_tiny_cache(tmp_path / "cache", n=1))
+    net = build_model(cfg.model)
+    declared = SimpleNamespace(meta={"layout": "brats2021", "label_scheme": "brats2023"})
+    plain = SimpleNamespace(meta={"layout": "brats2021", "label_scheme": None})
+    assert model_card(cfg, net, 1, {}, [declared]).label_scheme == "brats2023"
+    assert model_card(cfg, net, 1, {}, [plain]).label_scheme == "brats2021"

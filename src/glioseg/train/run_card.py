@@ -22,7 +22,9 @@ def model_card(cfg: C.Config, model: Any, step: int, metrics: Mapping[str, Any],
     from glioseg.data.labels import SCHEMES
     from glioseg.model.card import ModelCard, cache_orientation
 
-    layout = cases[0].meta.get("layout") if cases else None
+    # the scheme the segmentations were read in: declared (preprocess --labels), else the
+    # layout's
+    layout = (cases[0].meta.get("label_scheme") or cases[0].meta.get("layout")) if cases else None
     dice = {r: metrics[f"dice_{r}"] for r in ("WT", "TC", "ET") if f"dice_{r}" in metrics}
     provenance: dict[str, Any] = {"source": "trained"}
     extra: dict[str, Any] = {}
