@@ -225,8 +225,19 @@ def test_finetune_and_pretrain_pass_max_restarts_to_torchrun(command: str, cache
     from glioseg.cli import app
 
     launched = []
-    monkeypatch.setattr(subprocess, "run", lambda cmd, *a, **k: launched.append(cmd)
-                        or subprocess.CompletedProcess(cmd, 0))
+    popen = subprocess.Popen
+
+    class Torchrun:  # subprocess.Popen of torchrun: recorded, exits with 0
+        def wait(self):
+            return 0
+
+    def start(cmd, *a, **k):  # other commands run as usual
+        if "torch.distributed.run" not in cmd:
+            return popen(cmd, *a, **k)
+        launched.append(cmd)
+        return Torchrun()
+
+    monkeypatch.setattr(subprocess, "Popen", start)
     extra = ["--from", str(source_run / "best")] if command == "finetune" else []
     out = tmp_path / "run"
     res = CliRunner().invoke(app, [command, *extra, "--data", str(cache), "--out", str(out),

@@ -3,6 +3,7 @@ overrides of a fine-tuning or pretraining, and the torchrun command and environm
 on several processes or nodes."""
 
 import dataclasses
+import signal
 import subprocess
 from pathlib import Path
 from types import SimpleNamespace
@@ -22,6 +23,37 @@ def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 # --------------------------------------------------------------------------- torchrun
+
+def fake_torchrun(monkeypatch: pytest.MonkeyPatch, code: int = 0,
+                  raise_signal: int | None = None) -> tuple[list, list]:
+    """``subprocess.Popen`` of torchrun replaced (other commands run as usual): each start is
+    recorded (command, keyword arguments); ``raise_signal``, when given, is sent to this
+    process while torchrun "runs" (Ctrl-C, a scheduler's SIGTERM); torchrun then exits with
+    ``code``. Returns the starts and the signals passed on to torchrun."""
+    launched: list = []
+    forwarded: list = []
+    popen = subprocess.Popen
+
+    class Torchrun:
+        def __init__(self, cmd, **kw):
+            launched.append((cmd, kw))
+            self.pid, self.returncode = 0, None
+
+        def send_signal(self, sig):
+            forwarded.append(sig)
+
+        def wait(self):
+            if raise_signal is not None:
+                signal.raise_signal(raise_signal)
+            self.returncode = code
+            return code
+
+    def start(cmd, *a, **kw):
+        return Torchrun(cmd, **kw) if "torch.distributed.run" in cmd else popen(cmd, *a, **kw)
+
+    monkeypatch.setattr(subprocess, "Popen", start)
+    return launched, forwarded
+
 
 def test_torchrun_command_single_and_multi_node():
     one = LA.torchrun_command(["--out", "r"], nproc=2, max_restarts=3)
@@ -58,9 +90,7 @@ def test_multi_node_launch_has_one_writer_of_launch_yaml(cache: Path, tmp_path: 
                                                          monkeypatch: pytest.MonkeyPatch):
     """``train --nnodes 2``: node 0's launcher writes OUT/launch.yaml (the config every
     worker reads); the launcher of node 1 does not write it, yet runs its workers on it."""
-    commands = []
-    monkeypatch.setattr(subprocess, "run",
-                        lambda cmd, **kw: commands.append(cmd) or subprocess.CompletedProcess(cmd, 0))
+    launched, _ = fake_torchrun(monkeypatch, 0)
     out = tmp_path / "out"
     for node in (1, 0):
         code = LA.launch_training(out, cache, "small", ["optim.lr=0.002"], nproc=2, nnodes=2,
@@ -69,6 +99,7 @@ def test_multi_node_launch_has_one_writer_of_launch_yaml(cache: Path, tmp_path: 
         if node == 1:
             assert not (out / "launch.yaml").exists()
     assert (out / "launch.yaml").is_file()
+    commands = [cmd for cmd, _ in launched]
     assert all(cmd[cmd.index("--config") + 1] == str(out / "launch.yaml") for cmd in commands)
     assert ["--node-rank=1" in cmd for cmd in commands] == [True, False]
     assert C.load_config(out / "launch.yaml").optim.lr == 0.002
@@ -76,20 +107,20 @@ def test_multi_node_launch_has_one_writer_of_launch_yaml(cache: Path, tmp_path: 
 
 def test_relaunch_passes_resume_and_profile_and_returns_torchrun_status(
         cache: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    commands = []
-    monkeypatch.setattr(subprocess, "run",
-                        lambda cmd, **kw: commands.append((cmd, kw["env"]))
-                        or subprocess.CompletedProcess(cmd, 3))
+    launched, forwarded = fake_torchrun(monkeypatch, 3)
     cfg = C.load_config("small", [f"data.cache_dir={cache}"])
     code = LA.relaunch(cfg, tmp_path / "run", resume=True, nproc=2, profile=True,
                        profile_steps=7, max_restarts=1)
-    assert code == 3
-    ((cmd, env),) = commands
+    assert code == 3 and forwarded == []  # a failed run is no interrupt
+    ((cmd, kw),) = launched
+    env = kw["env"]
     run = tmp_path / "run"
     assert cmd[-8:] == ["--out", str(run), "--config", str(run / "launch.yaml"), "--resume",
                         "--profile", "--profile-steps", "7"]
     assert "--max-restarts=1" in cmd and "--standalone" in cmd
     assert env == LA.torchrun_env(1)  # one node: the environment as it is
+    # a process group of its own: a terminal's Ctrl-C reaches torchrun once, passed on
+    assert kw["process_group"] == 0
 
 
 # --------------------------------------------------------------------------- config and data
@@ -204,25 +235,34 @@ def test_summary_lines_with_and_without_validation(tmp_path: Path):
                      "validated with: whole volume (as glioseg predict does by default)"]
 
 
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_ctrl_c_of_the_launcher_names_the_last_checkpoint(
-        cache: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+        sig: int, cache: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture):
+    """Ctrl-C or SIGTERM to the launcher alone is passed on to torchrun (which stops its
+    workers), and the launcher, once torchrun ended, says where to continue; its own handlers
+    are back afterwards. (Real processes: test_launch_signals.py.)"""
     from test_fit import _fit
 
-    def torchrun(cmd, **kw):
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(subprocess, "run", torchrun)
+    before = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    _, forwarded = fake_torchrun(monkeypatch, 1, raise_signal=sig)
     cfg = C.load_config("small", [f"data.cache_dir={cache}"])
     run = tmp_path / "run"
     with pytest.raises(KeyboardInterrupt) as err:
         LA.relaunch(cfg, run, nproc=2)
     assert str(err.value) == ("interrupted; last checkpoint: none yet (nothing to resume: the "
                               "same command starts the run afresh)")
+    assert forwarded == [sig]
+    assert f"{signal.Signals(sig).name}: stopping the workers" in capsys.readouterr().err
+    assert {s: signal.getsignal(s) for s in before} == before
     _fit(cache, run, "train.steps=2", "data.n_val=0")
     with pytest.raises(KeyboardInterrupt) as err:
         LA.relaunch(cfg, run, nproc=2)
     assert str(err.value) == (f"interrupted; last checkpoint: step 2 ({run / 'last.pt'}); "
                               f"continue with: glioseg train --out {run} --resume")
+    # torchrun ending well despite the signal (the last step was done): the run finished
+    _, forwarded = fake_torchrun(monkeypatch, 0, raise_signal=sig)
+    assert LA.relaunch(cfg, run, nproc=2) == 0 and forwarded == [sig]
 
 
 def test_resume_of_a_folder_without_a_run_says_so(cache: Path, tmp_path: Path):
@@ -260,7 +300,7 @@ def test_a_finished_run_is_not_relaunched(cache: Path, tmp_path: Path,
     run = tmp_path / "run"
     _fit(cache, run, "train.steps=1", "data.n_val=0")
     kept = _files(run)
-    monkeypatch.setattr(subprocess, "run", None)  # torchrun is not started
+    monkeypatch.setattr(subprocess, "Popen", None)  # torchrun is not started
     lines = []
     code = LA.launch_training(run, cache, "small", [*TINY, "train.steps=1", "data.n_val=0"],
                               nproc=2, log=lines.append)

@@ -73,9 +73,12 @@ def relaunch(cfg: Any, out: Path, *, resume: bool = False, nproc: int = 1, nnode
     """Run ``glioseg train`` on ``cfg`` as ``nproc`` torchrun workers on this node; returns
     torchrun's exit status. The workers read ``OUT/launch.yaml``, which one launcher writes:
     node 0's. The workers of every node start only once every node's agent joined the
-    rendezvous, node 0's after it wrote the file."""
-    import subprocess
+    rendezvous, node 0's after it wrote the file.
 
+    A signal that stops the launcher (Ctrl-C, a scheduler's SIGTERM) is passed on to torchrun,
+    which stops its workers and waits for them (``run_forwarding_signals``); the launcher then
+    raises ``KeyboardInterrupt`` naming the last checkpoint (``errors.interrupted``).
+    """
     from glioseg.train import config as C
 
     out.mkdir(parents=True, exist_ok=True)
@@ -88,10 +91,65 @@ def relaunch(cfg: Any, out: Path, *, resume: bool = False, nproc: int = 1, nnode
     cmd = torchrun_command(args, nproc=nproc, nnodes=nnodes, node_rank=node_rank,
                            rdzv_endpoint=rdzv_endpoint, max_restarts=max_restarts,
                            run_id=out.resolve().name)
+    code, signals = run_forwarding_signals(cmd, torchrun_env(nnodes))
+    if signals and code != 0:
+        raise interrupted(out, None, last_checkpoint(out))
+    return code
+
+
+FORWARDED_SIGNALS = ("SIGINT", "SIGTERM", "SIGHUP", "SIGQUIT")
+"""The signals the launcher passes on to torchrun: those its agent stops the workers on
+(``TORCHELASTIC_SIGNALS_TO_HANDLE``'s default)."""
+
+
+def run_forwarding_signals(cmd: Sequence[str], env: Mapping[str, str]) -> tuple[int, list[str]]:
+    """Run ``cmd`` (torchrun) and wait for it, passing on to it every ``FORWARDED_SIGNALS``
+    signal this process receives meanwhile; returns its exit status and the names of the
+    signals passed on. The previous handlers are restored before returning.
+
+    torchrun's agent stops its workers on such a signal: it sends it on to each worker's own
+    session, waits for them (``TORCH_ELASTIC_SHUTDOWN_TIMEOUT``, 30 s) and kills what is
+    left; a second signal cuts that wait short (it then stops the workers with SIGTERM). So
+    torchrun runs in a process group of its own: the terminal's Ctrl-C reaches it once, from
+    here, and not a second time from the terminal. The workers never got the terminal's
+    signals (torchrun starts each in a new session). Signals ignored here (``nohup``) stay
+    ignored; outside the main thread no handler can be set and torchrun is only waited for.
+    """
+    import signal
+    import subprocess
+    import sys
+    import threading
+
+    received: list[str] = []
+    pending: list[int] = []
+    proc: subprocess.Popen[bytes] | None = None
+
+    def forward(signum: int, frame: Any) -> None:
+        name = signal.Signals(signum).name
+        if not received:
+            sys.stderr.write(f"\n{name}: stopping the workers (torchrun waits for them to "
+                             "exit)\n")
+        received.append(name)
+        if proc is None:
+            pending.append(signum)
+        else:
+            proc.send_signal(signum)
+
+    previous: dict[int, Any] = {}
+    if threading.current_thread() is threading.main_thread():
+        for name in FORWARDED_SIGNALS:
+            sig = getattr(signal, name, None)
+            if sig is not None and signal.getsignal(sig) not in (signal.SIG_IGN, None):
+                previous[sig] = signal.signal(sig, forward)
     try:
-        return subprocess.run(cmd, env=torchrun_env(nnodes)).returncode
-    except KeyboardInterrupt:  # Ctrl-C reached torchrun and its workers too
-        raise interrupted(out, None, last_checkpoint(out)) from None
+        proc = subprocess.Popen(list(cmd), env=dict(env), process_group=0)
+        while pending:  # received before torchrun existed
+            proc.send_signal(pending.pop(0))
+        code = proc.wait()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    return code, received
 
 
 def last_checkpoint(run_dir: Path) -> tuple[int, str] | None:
