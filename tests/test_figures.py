@@ -124,6 +124,30 @@ def test_show_pred_in_the_other_scheme_is_an_error_unless_named(synth_cohort, tm
                     pred_labels="brats2019")
 
 
+def test_show_a_case_whose_labels_are_declared_in_another_scheme(synth_cohort, tmp_path):
+    """BraTS 2021 names, segmentation in nnU-Net's 0/1/2/3 (``show --labels brats2023``): the
+    same picture as the 0/1/2/4 original; without the declaration, an error naming the 3."""
+    from typer.testing import CliRunner
+
+    from glioseg.cli import app
+
+    case = synth_cohort[1]
+    seg, affine = _case_seg(case)
+    copy = tmp_path / "data" / case.name
+    shutil.copytree(case, copy)
+    save_volume(copy / f"{case.name}_seg.nii.gz", np.where(seg == 4, 3, seg).astype(np.uint8),
+                affine)
+    F.show_case(case, tmp_path / "orig.png")
+    F.show_case(copy, tmp_path / "declared.png", labels="brats2023")
+    assert (tmp_path / "orig.png").read_bytes() == (tmp_path / "declared.png").read_bytes()
+    with pytest.raises(ValueError, match=r"\[3\]"):
+        F.show_case(copy, tmp_path / "x.png")
+    res = CliRunner().invoke(app, ["show", str(copy), "-o", str(tmp_path / "cli.png"),
+                                   "--labels", "brats2023"])
+    assert res.exit_code == 0, res.output
+    assert (tmp_path / "cli.png").read_bytes() == (tmp_path / "orig.png").read_bytes()
+
+
 def test_show_pred_with_fractional_values_is_an_error(synth_cohort, tmp_path):
     """A float prediction holding 0.5 (probabilities, or a file resampled with interpolation)
     is refused, not rounded; a float file of whole label values is fine."""

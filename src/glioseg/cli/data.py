@@ -62,12 +62,14 @@ def show(
     views: Annotated[str, typer.Option(help="Comma list of axial, coronal, sagittal.")] = "axial",
     pred_labels: Annotated[str | None, typer.Option(help="Label scheme of --pred (default: the "
                                                     "case's; other values are an error).")] = None,
+    labels: Annotated[str | None, typer.Option(help=LABELS_HELP)] = None,
 ) -> None:
     """Draw the four contrasts and the segmentation overlay on the slice of largest tumour."""
+    from glioseg.data.labels import declared_scheme
     from glioseg.report.figures import show_case
 
     show_case(case_dir, output, pred=pred, views=tuple(v.strip() for v in views.split(",")),
-              pred_labels=pred_labels)
+              pred_labels=pred_labels, labels=declared_scheme(labels, "--labels"))
     typer.echo(f"wrote {output}")
 
 

@@ -213,10 +213,7 @@ def evaluate(
     result = evaluate_folder(pred, ref, output, scheme=scheme, spacing_mm=spacing_mm,
                              workers=workers, pred_label_scheme=pred_labels,
                              ref_label_scheme=ref_labels)
-    if figures and ref_labels is not None:  # the overlays read the cases in their layout's
-        typer.secho("no figures: the overlays cannot read references in a scheme declared "
-                    "with --ref-labels", fg=typer.colors.YELLOW, err=True)
-    elif figures:
+    if figures:
         from glioseg.report.eval_figures import draw_evaluation_figures
 
         draw_evaluation_figures(result, output)

@@ -113,6 +113,7 @@ def write_eval_figures(
     metrics: Sequence[str] = ("dice", "hd95"),
     distance_unit: str = "voxel",
     pred_labels: str | None = None,
+    ref_labels: str | None = None,
 ) -> dict[str, Path]:
     """The box plot and the best/median/worst overlays of an evaluation.
 
@@ -124,6 +125,7 @@ def write_eval_figures(
         metrics: box-plot panels.
         distance_unit: ``voxel`` or ``mm``, for the HD95 axes.
         pred_labels: label scheme of the predictions when it is not the cases' own.
+        ref_labels: label scheme declared for the references (``--ref-labels``), if any.
 
     Returns:
         name -> PNG path (``boxplot``, ``overlay_best``, ``overlay_median``, ``overlay_worst``).
@@ -136,7 +138,7 @@ def write_eval_figures(
     for which, case_id in pick_cases(rows).items():
         output = out_dir / f"overlay_{which}_{case_id}.png"
         show_case(case_folders[case_id], output, pred=predictions.get(case_id), views=("axial",),
-                  pred_labels=pred_labels)
+                  pred_labels=pred_labels, labels=ref_labels)
         paths[f"overlay_{which}"] = caption_png(output, overlay_caption(which, by_id[case_id]))
     return paths
 
@@ -148,6 +150,7 @@ def draw_evaluation_figures(result: EvaluationResult, out_dir: str | Path) -> di
     scheme = result.summary["scheme"]
     panels = ("dice", "hd95") + (LESION_METRICS if scheme == "brats2023" else ())
     paths = write_eval_figures(result.rows, out_dir, result.case_folders, result.predictions,
-                               panels, result.summary["distance_unit"], result.pred_label_scheme)
+                               panels, result.summary["distance_unit"], result.pred_label_scheme,
+                               result.ref_label_scheme)
     result.paths.update(paths)
     return paths

@@ -183,11 +183,12 @@ def _checked_views(views: tuple[str, ...]) -> tuple[str, ...]:
     return views
 
 
-def _read_case(case_dir: str | Path) -> tuple[Case, CaseData]:
-    """The one case in ``case_dir`` and its loaded data; any other number of cases is an error."""
+def _read_case(case_dir: str | Path, labels: str | None = None) -> tuple[Case, CaseData]:
+    """The one case in ``case_dir`` and its loaded data (its segmentation read in the declared
+    label scheme ``labels``, else its layout's); any other number of cases is an error."""
     from glioseg.data.cases import discover, load_case
 
-    cases = discover(case_dir)
+    cases = discover(case_dir, labels)
     if len(cases) != 1:
         raise FigureError(f"{case_dir}: expected one case folder, found {len(cases)} cases")
     case = cases[0]
@@ -301,6 +302,7 @@ def show_case(
     views: tuple[str, ...] = ("axial",),
     alpha: float = 0.45,
     pred_labels: str | None = None,
+    labels: str | None = None,
 ) -> Path:
     """Draw T1, T1ce, T2, FLAIR and the reference overlay (and the prediction's) to a PNG.
 
@@ -315,6 +317,8 @@ def show_case(
         views: any of ``axial``, ``coronal``, ``sagittal``.
         pred_labels: label scheme of ``pred`` when it is not the case's (``brats2020``,
             ``brats2021``, ``brats2023``, ``msd``).
+        labels: label scheme of the case's own segmentation when it is not its layout's
+            (``--labels``: e.g. BraTS 2021 names with nnU-Net's 0/1/2/3).
 
     Returns:
         The PNG path.
@@ -325,9 +329,9 @@ def show_case(
     import matplotlib.pyplot as plt
 
     views = _checked_views(views)
-    case, data = _read_case(case_dir)
-    image, labels, pred_internal = _ras_volumes(case, data, pred, pred_labels)
-    panels = _crop_to_brain(data, image, labels, pred_internal)
+    case, data = _read_case(case_dir, labels)
+    image, ref, pred_internal = _ras_volumes(case, data, pred, pred_labels)
+    panels = _crop_to_brain(data, image, ref, pred_internal)
 
     columns = list(L.MODALITIES) + ["reference"] + (["prediction"] if pred is not None else [])
     ncol = len(columns)
