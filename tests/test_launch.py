@@ -314,3 +314,34 @@ def test_summary_of_a_pretraining_names_its_loss_and_model(tmp_path: Path):
     assert line == (f"pretraining finished at step 10, restoration loss 0.2500; model in "
                     f"{tmp_path / 'last'} (fine-tune it: glioseg finetune --from "
                     f"{tmp_path / 'last'} --data LABELLED_DATA --out RUN)")
+
+
+def test_raw_data_with_declared_labels_is_preprocessed_in_that_scheme(tmp_path: Path):
+    """``train --data RAW --labels brats2023``: BraTS 2021 names over nnU-Net's 0/1/2/3 labels
+    give the cache of the same volumes in 0/1/2/4; a cache given with --labels, or an unknown
+    scheme, is refused naming the option."""
+    import nibabel as nib
+    import numpy as np
+    from datafiles import tiny_brats2021_case
+    from typer.testing import CliRunner
+
+    from glioseg.cli import app
+    from glioseg.preprocess.run import preprocess_dir
+
+    std, nn = tmp_path / "std", tmp_path / "nn"
+    for root in (std, nn):
+        folder = tiny_brats2021_case(root, "BraTS2021_00000", seed=0)
+        seg_path = folder / "BraTS2021_00000_seg.nii.gz"
+        seg = np.asarray(nib.load(seg_path).dataobj).copy()
+        seg[12:14, 12:14, 6:8] = 4 if root == std else 3  # an enhancing core
+        nib.save(nib.Nifti1Image(seg, np.eye(4)), seg_path)
+    preprocess_dir(std, tmp_path / "std_cache")
+    cache = LA.prepare_data(nn, tmp_path / "run", labels="brats2023")
+    assert (cache / "BraTS2021_00000" / "labels.npy").read_bytes() == (
+        tmp_path / "std_cache" / "BraTS2021_00000" / "labels.npy").read_bytes()
+    with pytest.raises(TrainError, match=r"--labels brats2023: --data .* is a preprocessed cache"):
+        LA.prepare_data(cache, tmp_path / "run2", labels="brats2023")
+    res = CliRunner().invoke(app, ["train", "--data", str(nn), "--out", str(tmp_path / "r3"),
+                                   "--labels", "nnunet"])
+    assert res.exit_code == 1 and "--labels nnunet: unknown label scheme" in res.output
+    assert not (tmp_path / "r3").exists()

@@ -24,6 +24,10 @@ NodeRankOpt = Annotated[int, typer.Option(help="This node's rank.")]
 RdzvOpt = Annotated[str | None, typer.Option(help="HOST:PORT every node reaches.")]
 MaxRestartsOpt = Annotated[int, typer.Option(help="torchrun restarts of crashed workers (they "
                                               "resume from the last checkpoint).")]
+LabelsOpt = Annotated[str | None, typer.Option(help="Label scheme of raw --data's segmentations "
+                                               "when not what the file names say (e.g. "
+                                               "brats2023 for BraTS 2021 names with 0/1/2/3 "
+                                               "labels); see glioseg preprocess --labels.")]
 
 
 @app.command()
@@ -44,11 +48,20 @@ def train(
                                                   "spacing (mm) when preprocessing.")] = None,
     profile: Annotated[bool, typer.Option(help="Profile a few steps instead of training.")] = False,
     profile_steps: Annotated[int, typer.Option(help="Steps to profile.")] = 4,
+    labels: LabelsOpt = None,
 ) -> None:
     """Train a segmentation model on one process, or many with --nproc / --nnodes (DDP)."""
     _launch(out, data, config, list(set_ or []), resume=resume, nproc=nproc, nnodes=nnodes,
             node_rank=node_rank, rdzv_endpoint=rdzv_endpoint, max_restarts=max_restarts,
-            spacing=spacing, profile=profile, profile_steps=profile_steps)
+            spacing=spacing, profile=profile, profile_steps=profile_steps,
+            labels=declared_labels(labels))
+
+
+def declared_labels(labels: str | None) -> str | None:
+    """``--labels``, checked (an unknown scheme is a one-line error naming the option)."""
+    from glioseg.data.labels import declared_scheme
+
+    return declared_scheme(labels, "--labels")
 
 
 def _launch(out: Path, data: Path | None, config: str | None, sets: list[str],
@@ -96,6 +109,7 @@ def finetune(
     max_restarts: MaxRestartsOpt = 0,
     spacing: Annotated[float | None, typer.Option(help="Resample raw --data to this isotropic "
                                                   "spacing (mm); default: the model card's.")] = None,
+    labels: LabelsOpt = None,
 ) -> None:
     """Fine-tune a pretrained model on a new site: loads what fits by name and shape, maps
     input sequences by name, prints the load report, trains with the chosen strategy."""
@@ -111,7 +125,7 @@ def finetune(
                                      resume=resume)
     _launch(out, data, config, sets, resume=resume, nproc=nproc, nnodes=nnodes,
             node_rank=node_rank, rdzv_endpoint=rdzv_endpoint, max_restarts=max_restarts,
-            spacing=spacing, modalities=mods)
+            spacing=spacing, modalities=mods, labels=declared_labels(labels))
 
 
 @app.command()
@@ -132,6 +146,7 @@ def pretrain(
     max_restarts: MaxRestartsOpt = 0,
     spacing: Annotated[float | None, typer.Option(help="Resample raw --data to this isotropic "
                                                   "spacing (mm) when preprocessing.")] = None,
+    labels: LabelsOpt = None,
 ) -> None:
     """Self-supervised pretraining on unlabelled scans (Models Genesis restoration with the
     segmentation network, so its encoder and decoder transfer to `glioseg finetune`)."""
@@ -140,7 +155,7 @@ def pretrain(
     sets, mods = pretrain_overrides(modalities, set_ or [])
     _launch(out, data, config, sets, resume=resume, nproc=nproc, nnodes=nnodes,
             node_rank=node_rank, rdzv_endpoint=rdzv_endpoint, max_restarts=max_restarts,
-            spacing=spacing, modalities=mods)
+            spacing=spacing, modalities=mods, labels=declared_labels(labels))
 
 
 @app.command()

@@ -22,11 +22,11 @@ Log = Callable[[str], None]
 
 def resolve_config(out: Path, data: Path | None, config: str | None, sets: Sequence[str], *,
                    resume: bool = False, spacing: float | None = None,
-                   modalities: Sequence[str] | None = None) -> Any:
+                   modalities: Sequence[str] | None = None, labels: str | None = None) -> Any:
     """The run's config (``glioseg.train.config.Config``): ``config`` (a preset or YAML file;
     default ``small``, or ``OUT/config.yaml`` on ``--resume`` when there is one) with the
     overrides ``sets``, reading the cache that ``data`` is or is preprocessed into
-    (``prepare_data``).
+    (``prepare_data``; ``labels``: the declared label scheme of raw data's segmentations).
 
     On ``--resume`` with another ``--config`` and no ``data``, the run's saved data
     (``OUT/config.yaml``'s ``data.cache_dir``) is kept.
@@ -49,7 +49,7 @@ def resolve_config(out: Path, data: Path | None, config: str | None, sets: Seque
     sets = list(sets)
     if data is not None:
         C.load_config(base, sets, overrides_from="--set")  # a bad --set fails before the data
-        cache = prepare_data(data, out, spacing=spacing, modalities=modalities)
+        cache = prepare_data(data, out, spacing=spacing, modalities=modalities, labels=labels)
         sets.append(f"data.cache_dir={cache.resolve()}")
     cfg = C.load_config(base, sets, overrides_from="--set")
     if not cfg.data.cache_dir and resume and saved.is_file():
@@ -169,7 +169,7 @@ def launch_training(out: Path, data: Path | None, config: str | None, sets: Sequ
                     rdzv_endpoint: str | None = None, max_restarts: int = 0,
                     spacing: float | None = None, profile: bool = False,
                     profile_steps: int = 4, modalities: Sequence[str] | None = None,
-                    log: Log = print) -> int | None:
+                    labels: str | None = None, log: Log = print) -> int | None:
     """What ``train``, ``finetune`` and ``pretrain`` share: resolve the config, prepare the
     data, then run here (``fit``, or ``profile_training`` with ``profile``) or, with several
     processes or nodes, relaunch as torchrun workers (``relaunch``).
@@ -179,7 +179,7 @@ def launch_training(out: Path, data: Path | None, config: str | None, sets: Sequ
         summary then goes to ``log`` on rank 0).
     """
     cfg = resolve_config(out, data, config, sets, resume=resume, spacing=spacing,
-                         modalities=modalities)
+                         modalities=modalities, labels=labels)
     if nproc > 1 or nnodes > 1:
         done = finished_run(cfg, out) if nnodes == 1 and not profile else None
         if done is not None:  # nothing to train: no workers, nothing written
@@ -257,16 +257,21 @@ def is_cache(path: str | Path) -> bool:
 
 def prepare_data(data: str | Path, run_dir: str | Path, spacing: float | None = None,
                  workers: int = 1, wait_s: float = 7200.0,
-                 modalities: Sequence[str] | None = None) -> Path:
+                 modalities: Sequence[str] | None = None, labels: str | None = None) -> Path:
     """The cache to train on: ``data`` itself when it is a cache, else ``RUN_DIR/cache``
     built from the raw data folder (``glioseg.preprocess.run.preprocess_dir``; resumable).
     ``modalities``: the sequences the cases must have (a site with fewer sequences); None
-    needs all four.
+    needs all four. ``labels``: the label scheme the segmentations are in when it is not what
+    their file names say (``preprocess --labels``; refused for a cache, which recorded its own).
 
     Under torchrun only rank 0 preprocesses; the other ranks wait for its ``dataset.json``.
     """
     data, run_dir = Path(data), Path(run_dir)
     if is_cache(data):
+        if labels is not None:
+            raise TrainError(f"--labels {labels}: --data {data} is a preprocessed cache; its "
+                             "label scheme was fixed when it was built (glioseg preprocess "
+                             "--labels)")
         return data
     if not data.exists():
         raise TrainError(f"--data {data}: no such folder")
@@ -278,7 +283,8 @@ def prepare_data(data: str | Path, run_dir: str | Path, spacing: float | None = 
         from glioseg.preprocess.run import preprocess_dir
 
         run_dir.mkdir(parents=True, exist_ok=True)
-        preprocess_dir(data, cache, spacing=spacing, workers=workers, modalities=modalities)
+        preprocess_dir(data, cache, spacing=spacing, workers=workers, modalities=modalities,
+                       label_scheme=labels)
         return cache
     t0 = time.monotonic()
     while not is_cache(cache):
