@@ -149,3 +149,12 @@ def test_cases_read_in_a_declared_label_scheme(tmp_path):
     (case,) = predicted_cases(model_dir, tmp_path / "d", progress=False,
                               label_scheme="brats2023")
     assert (case.reference == np.where(seg == 4, 3, seg)).all()
+    from typer.testing import CliRunner
+
+    from glioseg.cli import app
+
+    args = ["tune-postprocess", "-m", str(model_dir), "-i", str(tmp_path / "d"), "--dry-run"]
+    refused = CliRunner().invoke(app, args)
+    assert refused.exit_code == 1 and "--labels brats2023" in " ".join(refused.output.split())
+    res = CliRunner().invoke(app, [*args, "--labels", "brats2023"])
+    assert res.exit_code == 0 and "card unchanged (--dry-run)" in res.output, res.output

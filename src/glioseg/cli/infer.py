@@ -135,12 +135,18 @@ def tune_postprocess_cmd(
                                         "BraTS folder) that will never be scored afterwards.")],
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the choice; leave the card "
                                           "unchanged.")] = False,
+    labels: Annotated[str | None, typer.Option(help="Label scheme of the cases' segmentations "
+                                               "when not what the file names say (e.g. "
+                                               "brats2023 for BraTS 2021 names with 0/1/2/3 "
+                                               "labels).")] = None,
 ) -> None:
     """Choose per-region size thresholds (WT, TC, ET) on validation cases to maximise
     lesion-wise Dice, record them in the model card (predict applies them), print before/after."""
+    from glioseg.data.labels import declared_scheme
     from glioseg.evaluate.tune_postprocess import tune_postprocess
 
-    result = tune_postprocess(model, input, write=not dry_run)
+    result = tune_postprocess(model, input, write=not dry_run,
+                              label_scheme=declared_scheme(labels, "--labels"))
     typer.echo(result.table())
     typer.echo("card unchanged (--dry-run)" if dry_run else f"recorded in {model}'s card; "
                "glioseg predict applies it (--min-size overrides)")
