@@ -1,6 +1,8 @@
-"""Plain-data helpers every layer may use: reading JSON-lines files, flattening nested records.
+"""Plain-data helpers every layer may use: reading JSON-lines files and the JSON records a
+stage leaves in its folder, flattening nested records.
 
-``read_jsonl`` is the one parser of JSON-lines files, strict or lenient; ``metrics.jsonl``, the
+``read_jsonl`` is the one parser of JSON-lines files, strict or lenient; ``read_json_object``
+the lenient reader of one JSON object (``predict.json``, ``dataset.json``, ``timings.json``); ``metrics.jsonl``, the
 log of a training run, is written and read through ``glioseg.metrics_log``, which parses it
 here. Imports neither torch nor any pipeline module.
 """
@@ -43,6 +45,16 @@ def read_jsonl(path: str | Path, strict: bool = False) -> list[dict[str, Any]]:
         elif strict:
             raise RecordsError(f"{path}: line {i + 1} is not a JSON record")
     return records
+
+
+def read_json_object(path: str | Path) -> dict[str, Any] | None:
+    """The JSON object in ``path``; None when the file is missing or unreadable, is not JSON
+    or holds another JSON value (a record a stage may not have written yet, or whole)."""
+    try:
+        doc = json.loads(Path(path).read_text())
+    except (OSError, ValueError):  # ValueError: JSONDecodeError, UnicodeDecodeError
+        return None
+    return doc if isinstance(doc, dict) else None
 
 
 def flatten(obj: Any, prefix: str = "") -> dict[str, Any]:

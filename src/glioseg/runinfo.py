@@ -20,13 +20,13 @@ report in the pipeline, call it. Its ``/proc/cpuinfo`` and ``/proc/meminfo`` rea
 from __future__ import annotations
 
 import datetime as dt
-import json
 import os
 import platform
 from pathlib import Path
 from typing import Any
 
 from glioseg import io_atomic
+from glioseg.records import read_json_object
 
 TIMINGS = "timings.json"
 HARDWARE = "hardware.json"
@@ -108,12 +108,7 @@ def record_run(folder: str | Path, command: str, seconds: float, **extra: Any) -
         extra: more figures of the entry (cases, steps, ...), JSON values.
     """
     folder = Path(folder)
-    doc: dict[str, Any] = {}
-    try:
-        loaded = json.loads((folder / TIMINGS).read_text())
-        doc = loaded if isinstance(loaded, dict) else {}
-    except (OSError, ValueError):
-        pass
+    doc: dict[str, Any] = read_json_object(folder / TIMINGS) or {}
     doc[command] = {"wall seconds": round(float(seconds), 3),
                     "finished": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC"),
                     **extra}

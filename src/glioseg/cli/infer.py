@@ -114,12 +114,9 @@ def predict(
 
 def _interrupted(output: Path) -> str:
     """The line after Ctrl-C: how many cases OUTPUT holds and how to go on."""
-    import json
+    from glioseg.records import read_json_object
 
-    try:
-        done = len(json.loads((output / "predict.json").read_text()).get("predicted", []))
-    except (OSError, ValueError, AttributeError):
-        done = 0
+    done = len((read_json_object(output / "predict.json") or {}).get("predicted", []))
     held = (f"{done} case(s) predicted in {output} (its predict.json lists them)" if done
             else "no case predicted yet")
     return (f"interrupted: {held}; run the same command again to go on (finished cases are "

@@ -54,6 +54,7 @@ from glioseg.evaluate.metrics import (
     union_bbox,
 )
 from glioseg.io_atomic import remove_leftover_temporaries
+from glioseg.records import read_json_object
 
 SCORING_SCHEMES: tuple[str, ...] = ("brats2020", "brats2023")
 LEGACY_METRICS: tuple[str, ...] = ("dice", "hd95", "sensitivity", "specificity")
@@ -219,11 +220,8 @@ def recorded_label_scheme(pred_dir: str | Path) -> str | None:
     input case's scheme) or without a readable record."""
     from glioseg.data.labels import SCHEMES
 
-    try:
-        record = json.loads((Path(pred_dir) / "predict.json").read_text())
-        scheme = record["options"]["scheme"]
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
+    options = (read_json_object(Path(pred_dir) / "predict.json") or {}).get("options")
+    scheme = options.get("scheme") if isinstance(options, dict) else None
     return scheme if isinstance(scheme, str) and scheme in SCHEMES else None
 
 

@@ -27,6 +27,7 @@ from glioseg.data.labels import MODALITIES
 from glioseg.infer.cards import PredictError, card_allows_missing
 from glioseg.infer.predict import CasePredictor, PredictOptions, check_cards, check_model_path
 from glioseg.io_atomic import remove_leftover_temporaries, write_json
+from glioseg.records import read_json_object
 
 
 def resolved_paths(paths: Sequence[str | Path]) -> list[str]:
@@ -183,16 +184,6 @@ def _check_input(input_path: str | Path) -> None:
                            f" (e.g. {path.parent}, the folder holding it)")
 
 
-def _earlier_record(out_dir: Path) -> dict[str, Any]:
-    """The ``predict.json`` of an earlier run with the same settings (checked before), or
-    an empty dict."""
-    try:
-        record = json.loads((out_dir / "predict.json").read_text())
-    except (OSError, ValueError):
-        return {}
-    return record if isinstance(record, dict) else {}
-
-
 def _with_earlier(earlier: dict[str, Any], summary: PredictSummary, out_dir: Path
                   ) -> tuple[list[str], dict[str, float]]:
     """Cases predicted with these settings so far, and their seconds: the earlier runs'
@@ -332,7 +323,8 @@ def predict_dir(
     check_cards(models, names)
     if not opts.overwrite:
         _check_same_settings(out_dir, model_paths, opts, digests)
-    earlier = {} if opts.overwrite else _earlier_record(out_dir)
+    # the predict.json of an earlier run with the same settings (checked above)
+    earlier = {} if opts.overwrite else read_json_object(out_dir / "predict.json") or {}
     summary = PredictSummary()
     remove_leftover_temporaries(out_dir)  # outputs half-written by a killed run
     todo = _split_done(cases, out_dir, opts, summary)

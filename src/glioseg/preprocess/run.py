@@ -19,7 +19,6 @@ read in (``label_scheme``).
 
 from __future__ import annotations
 
-import json
 import sys
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -33,6 +32,7 @@ from glioseg.errors import GliosegError
 from glioseg.io_atomic import remove_leftover_temporaries, write_json
 from glioseg.preprocess import cache as cache_io
 from glioseg.preprocess.pure import PreprocessError, preprocess_arrays
+from glioseg.records import read_json_object
 
 
 class PreprocessFailed(GliosegError, ValueError):
@@ -87,14 +87,6 @@ source folders its cases come from, so a run killed before ``dataset.json`` stil
 resumed with other settings or from another folder."""
 
 
-def _read_json(path: Path) -> dict | None:
-    try:
-        doc = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    return doc if isinstance(doc, dict) else None
-
-
 def _sources(doc: dict | None) -> list[str]:
     """The source folders a ``dataset.json`` / ``SETTINGS`` records (older ones: one or none)."""
     if not doc:
@@ -121,7 +113,7 @@ def _check_existing(cache_dir: Path, spacing: float | None, modalities: Sequence
     has_cases = any(cache_io.case_is_complete(d) for d in cache_dir.iterdir() if d.is_dir())
     recorded, sources = None, []
     if has_cases:
-        settings = _read_json(cache_dir / SETTINGS) if (cache_dir / SETTINGS).is_file() else None
+        settings = read_json_object(cache_dir / SETTINGS) if (cache_dir / SETTINGS).is_file() else None
         dataset = (cache_io.read_dataset_json(cache_dir)
                    if (cache_dir / "dataset.json").is_file() else None)
         recorded = settings if settings is not None else dataset
@@ -146,7 +138,7 @@ def _check_existing(cache_dir: Path, spacing: float | None, modalities: Sequence
             f"{cache_dir}: cache was built from {', '.join(sources)}, not {source}; write to "
             f"another output folder (-o), delete {cache_dir} to rebuild it from {source}, or "
             f"add these cases to it with `glioseg preprocess {source} -o {cache_dir} --add`")
-    old = _read_json(cache_dir / "dataset.json") or {}
+    old = read_json_object(cache_dir / "dataset.json") or {}
     default = old.get("source") if len(_sources(old)) <= 1 else None  # written before "sources"
     clash = [cid for cid in case_ids if cache_io.case_is_complete(cache_dir / cid)
              and _case_source(cache_dir / cid, default) not in (None, source)]
@@ -171,7 +163,7 @@ def _labels_text(label_scheme: object) -> str:
 
 def _case_source(folder: Path, default: str | None) -> str | None:
     """The source folder ``meta.json`` records for a cached case (``default`` when older)."""
-    meta = _read_json(folder / "meta.json") or {}
+    meta = read_json_object(folder / "meta.json") or {}
     return str(meta["source"]) if meta.get("source") else default
 
 
@@ -213,7 +205,7 @@ def preprocess_dir(
     source = str(data_dir.resolve())
     kept = _check_existing(output, spacing, chosen, source, [c.case_id for c in cases], add,
                            label_scheme)
-    listed_sources = _sources(_read_json(output / "dataset.json"))
+    listed_sources = _sources(read_json_object(output / "dataset.json"))
     remove_leftover_temporaries(output)
     todo = [c for c in cases if not cache_io.case_is_complete(output / c.case_id)]
     done = {c.case_id for c in cases} - {c.case_id for c in todo}
