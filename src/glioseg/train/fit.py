@@ -61,6 +61,7 @@ from glioseg.train.components import (
     write_load_report,
 )
 from glioseg.train.config_diff import config_differences, resume_changes
+from glioseg.train.device_policy import KEYS as POLICY_KEYS
 from glioseg.train.device_policy import choose_for_run, write_record
 from glioseg.train.device_step import StatsRead, StepStats
 from glioseg.train.errors import TrainError, interrupted
@@ -204,6 +205,21 @@ def _resume_point(run_dir: Path, cfg: C.Config, resume: bool,
     return state
 
 
+def finished_summary(state: Mapping[str, Any] | None, changed: Mapping[str, Any],
+                     steps: int) -> dict[str, Any] | None:
+    """What a run whose checkpoint ``state`` is already at ``steps`` reports instead of
+    training (``"finished": True``, its step, and the keys of ``changed`` (the checkpoint's
+    ``resume_changes``) that were not applied: all but ``train.steps`` and an ``auto`` of
+    ``device_policy`` that the run makes concrete when it starts, so not a change by itself);
+    None when steps remain or there is no checkpoint."""
+    if state is None or state["step"] < steps:
+        return None
+    resolved = {f"train.{k}" for k in POLICY_KEYS}
+    return {"step": int(state["step"]), "finished": True, "steps": steps,
+            "changed": sorted(k for k, (_, new) in changed.items()
+                              if k != "train.steps" and not (k in resolved and new == "auto"))}
+
+
 def fit(cfg: C.Config, run_dir: str | Path, *, resume: bool = False) -> dict[str, Any]:
     """Train ``cfg`` into ``run_dir``; returns the final validation scores and step.
 
@@ -249,11 +265,10 @@ def _run(cfg: C.Config, run_dir: Path, info: D.DistInfo, resume: bool,
                                  share=D.broadcast_object, say=said.append, write=False)
     state = _resume_point(run_dir, cfg, resume, info)
     resumed = state.pop("resume") if state is not None else None
-    if state is not None and state["step"] >= cfg.train.steps:  # nothing to train
-        best = state.get("best") or {}
-        return {"step": int(state["step"]), "finished": True, "steps": cfg.train.steps,
-                "changed": sorted(set(resumed["changed"]) - {"train.steps"}) if resumed else [],
-                "rank": info.rank,
+    finished = finished_summary(state, resumed["changed"] if resumed else {}, cfg.train.steps)
+    if finished is not None:  # nothing to train
+        best = (state or {}).get("best") or {}
+        return {**finished, "rank": info.rank,
                 "best_metric": float(best.get("metric", -math.inf)),
                 "best_step": int(best.get("step", 0))}
     comp = build_components(cfg, info, fresh=state is None)

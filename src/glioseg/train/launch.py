@@ -207,15 +207,11 @@ def finished_run(cfg: Any, out: Path) -> dict[str, Any] | None:
     """The summary of the run in ``out`` when its checkpoint is already at ``train.steps``
     (as ``fit`` returns it: ``"finished": True``), else None. Refuses another config as
     ``fit`` does."""
-    from glioseg.train.fit import _resume_point
+    from glioseg.train.fit import _resume_point, finished_summary
 
     state = _resume_point(out, cfg, False)
-    if state is None or state["step"] < cfg.train.steps:
-        return None
-    changed = {k for k, (_, new) in state["resume"]["changed"].items()
-               if k != "train.steps" and new != "auto"}  # ``auto`` is made concrete by fit
-    return {"step": int(state["step"]), "finished": True, "steps": cfg.train.steps,
-            "changed": sorted(changed)}
+    return finished_summary(state, state["resume"]["changed"] if state else {},
+                            cfg.train.steps)
 
 
 def summary_lines(summary: Mapping[str, Any], out: Path) -> list[str]:
