@@ -30,11 +30,10 @@ from typing import Any
 import torch
 
 from glioseg.data.labels import MODALITY_ALIASES
-from glioseg.model.card import CardError, ModelCard, load_card, resolve_paths
+from glioseg.model.card import ModelCard, load_card, resolve_paths
 from glioseg.model.state_dict import (
     WeightsMismatchError,
     load_state_dict,
-    not_a_model,
     strip_wrapper_prefixes,
     unwrap_model,
 )
@@ -313,10 +312,7 @@ def load_pretrained(
 ) -> tuple[LoadReport, ModelCard]:
     """:func:`load_adapted` from a saved model (folder, ``.safetensors`` or ``card.json``),
     partial ones (imported encoders) included. Returns the report and the source card."""
-    problem = not_a_model(path)
-    if problem is not None:
-        raise CardError(problem)
-    weights_path, _ = resolve_paths(path)
+    weights_path, _ = resolve_paths(path)  # a run folder, a .pt, an export: says what to pass
     card = load_card(path)
     state = load_state_dict(weights_path)
     report = load_adapted(model, state, card, target_modalities, target_regions, **kwargs)  # type: ignore[arg-type]
